@@ -1,0 +1,31 @@
+//! Nexus core: the domain model and the ports, nothing else.
+//!
+//! This crate owns the vocabulary every other crate speaks: [`Command`], [`DomainEvent`],
+//! [`CommandResult`], the pure [`Aggregate`] and [`Projection`] traits, the [`Domain`] registry a
+//! service is assembled from, and the port traits ([`EventStore`], [`ReadStore`]) that adapters
+//! implement.
+//!
+//! Architecture invariant: the core does no I/O. No tokio, no SQL, no HTTP, no clock reads except
+//! through values handed in by the caller. Adapters depend on the core, never the reverse, so a new
+//! backend (PostgreSQL, NATS, RabbitMQ) slots in without a change here.
+
+mod aggregate;
+mod domain;
+mod model;
+pub mod ports;
+mod projection;
+
+pub use aggregate::{
+    Aggregate, AggregateHandler, AggregateState, CommandSpec, DecideError, DomainError, EventDraft,
+    EventSpec,
+};
+pub use domain::Domain;
+pub use model::{
+    Command, CommandMetadata, CommandResult, DomainEvent, EventMetadata, FieldError, format_timestamp,
+    is_valid_aggregate_id,
+};
+pub use ports::{
+    AppendOutcome, AppendRequest, CommandRecord, EventStore, Filter, ListQuery, NewEvent, Page, ReadStore,
+    SortOrder, StoreError,
+};
+pub use projection::{Projection, ProjectionError, ReadDocument};

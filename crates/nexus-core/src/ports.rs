@@ -1,0 +1,164 @@
+//! Port traits: what the runtime needs from storage, and nothing about how it is done.
+//!
+//! Every backend (SQLite now; PostgreSQL next) implements these and passes the same conformance
+//! suite. Errors are semantic ([`StoreError`]); the database's own error is collapsed into
+//! [`StoreError::Unavailable`] only after the adapter decided it is not something else.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::{CommandResult, DomainEvent, EventMetadata};
+use crate::projection::ReadDocument;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Optimistic concurrency: the aggregate moved on since the decision was made.
+    #[error("aggregate {aggregate_id} is at version {actual}, not the expected {expected}")]
+    WrongExpectedVersion { aggregate_id: String, expected: u64, actual: u64 },
+    /// The backend cannot be reached or refused to work; retrying later may succeed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    /// What is stored cannot be read back (a bug or a hand-edited database).
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// The request itself is malformed (e.g. an unknown sort field).
+    #[error("{0}")]
+    InvalidRequest(String),
+}
+
+/// An event ready to append; the store assigns `aggregateVersion` (expected + index + 1) and
+/// `position`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub timestamp: String,
+    pub payload: Value,
+    pub metadata: EventMetadata,
+}
+
+/// The idempotency record written in the same transaction as the events it produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    pub command_id: String,
+    /// Hash of what the command asked for; a reuse with another fingerprint is a conflict.
+    pub fingerprint: String,
+    pub result: CommandResult,
+}
+
+#[derive(Clone, Debug)]
+pub struct AppendRequest {
+    pub aggregate_id: String,
+    pub aggregate_type: String,
+    /// The version the decision was made on (0 for a new aggregate). Checked atomically.
+    pub expected_version: u64,
+    pub events: Vec<NewEvent>,
+    pub command: Option<CommandRecord>,
+}
+
+#[derive(Clone, Debug)]
+pub enum AppendOutcome {
+    /// The events are durable, with their assigned versions and positions.
+    Committed(Vec<DomainEvent>),
+    /// The command id was already recorded; nothing was appended.
+    Duplicate(CommandRecord),
+}
+
+/// The event store: an append-only log partitioned by aggregate, with a global change feed.
+/// There is deliberately no update or delete.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends a batch atomically if the aggregate is still at `expected_version`; durable when
+    /// this returns `Ok`.
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError>;
+
+    /// One aggregate's events with `from_version <= version <= to_version`, in version order.
+    async fn read_stream(
+        &self,
+        aggregate_id: &str,
+        from_version: u64,
+        to_version: Option<u64>,
+    ) -> Result<Vec<DomainEvent>, StoreError>;
+
+    /// The change feed: up to `limit` events with `position > after`, in position order. A
+    /// position once returned is never preceded later by a smaller one (no gaps appear behind a
+    /// reader).
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<DomainEvent>, StoreError>;
+
+    /// Events of one type with `start <= timestamp <= end` (ISO 8601 strings), in time order.
+    async fn read_by_type(
+        &self,
+        event_type: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<DomainEvent>, StoreError>;
+
+    async fn find_command(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError>;
+
+    /// The highest committed position (0 when empty).
+    async fn head(&self) -> Result<u64, StoreError>;
+
+    /// Waits until the head passes `after` or `timeout` elapses; returns the head then. Lets a
+    /// tailer sleep without polling hot.
+    async fn wait_past(&self, after: u64, timeout: Duration) -> Result<u64, StoreError>;
+}
+
+/// A field filter of a list query: `field = value` (membership for array fields).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Filter {
+    pub field: String,
+    pub value: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortOrder {
+    Asc,
+    Desc,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListQuery {
+    pub filters: Vec<Filter>,
+    pub sort: Option<(String, SortOrder)>,
+    pub limit: usize,
+    /// Number of documents to skip (decoded from the opaque `nextToken` by the API layer).
+    pub offset: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page {
+    pub items: Vec<ReadDocument>,
+    pub total: u64,
+}
+
+/// Read models and the checkpoints of the projections that build them. `commit` writes documents
+/// and checkpoint in one transaction: that is what makes a projection's effect exactly-once.
+#[async_trait]
+pub trait ReadStore: Send + Sync + 'static {
+    /// The last position a projection has applied (0 when it never ran).
+    async fn checkpoint(&self, projection: &str) -> Result<u64, StoreError>;
+
+    async fn load(&self, resource: &str, ids: &[String]) -> Result<Vec<ReadDocument>, StoreError>;
+
+    /// Upserts `docs` into `resource` and moves `projection`'s checkpoint to `position`, atomically.
+    async fn commit(
+        &self,
+        projection: &str,
+        resource: &str,
+        docs: Vec<ReadDocument>,
+        position: u64,
+    ) -> Result<(), StoreError>;
+
+    async fn get(&self, resource: &str, id: &str) -> Result<Option<ReadDocument>, StoreError>;
+
+    async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// Answers when the backend is reachable.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

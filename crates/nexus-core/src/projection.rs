@@ -1,0 +1,67 @@
+//! Projections: pure functions from events to read-model documents.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::model::DomainEvent;
+
+/// A read-model document (the seed's `ReadModel`): the common fields every resource has, plus the
+/// projection's own fields, flattened into one JSON object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadDocument {
+    pub id: String,
+    pub aggregate_id: String,
+    /// Version of the last event applied: the guard that makes replays harmless.
+    pub version: u64,
+    pub last_updated: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub searchable_text: String,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(flatten)]
+    pub fields: Map<String, Value>,
+}
+
+impl ReadDocument {
+    /// An empty document that no event has touched yet (version 0).
+    pub fn empty(id: impl Into<String>, aggregate_id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            aggregate_id: aggregate_id.into(),
+            version: 0,
+            last_updated: String::new(),
+            status: String::new(),
+            searchable_text: String::new(),
+            metadata: Map::new(),
+            tags: Vec::new(),
+            fields: Map::new(),
+        }
+    }
+
+    pub fn set(&mut self, field: &str, value: impl Into<Value>) {
+        self.fields.insert(field.to_owned(), value.into());
+    }
+}
+
+/// The projection could not apply an event: a bug or a poison event, never retried silently away.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProjectionError(pub String);
+
+/// Builds one resource type's read models from events. Pure and deterministic: a rebuild from the
+/// first event must produce the same documents.
+pub trait Projection: Send + Sync + 'static {
+    /// The resource type, served at `/api/queries/{name}`.
+    fn name(&self) -> &'static str;
+
+    fn handles(&self, event_type: &str) -> bool;
+
+    /// Folds `event` into `doc`. The runner sets `version` and `lastUpdated` afterwards and skips
+    /// events at or below the document's version, so `apply` never sees a replay.
+    fn apply(&self, doc: &mut ReadDocument, event: &DomainEvent) -> Result<(), ProjectionError>;
+}

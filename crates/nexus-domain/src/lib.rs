@@ -1,0 +1,160 @@
+//! The reference domain: orders, users, inventory and payments, served by `nexus serve` out of the
+//! box (contract §8).
+//!
+//! It is also the template for your own service, so it uses nothing but nexus-core's public API.
+//! Each module is one aggregate and everything it owns:
+//!
+//! - the aggregate: a pure `decide` (state + command → events or a [`DomainError`]) and `apply`
+//!   (state + event → state) over adjacently tagged serde enums;
+//! - the JSON Schemas (draft 2020-12) of its command and event payloads, kept as files under
+//!   `schemas/` and compiled in with `include_str!`, so the registry serves exactly what the code
+//!   was written against;
+//! - for orders and users, the [`Projection`](nexus_core::Projection) that builds its read model.
+//!
+//! [`domain`] registers them all; that is the whole wiring.
+//!
+//! Architecture invariant: no I/O, no clock, no randomness. Ids, times and versions come from the
+//! runtime. The runtime validates every payload against its schema before `decide` sees it, so the
+//! aggregates check the business rules and only those shape rules whose breach would corrupt their
+//! state (a zero quantity, a negative amount): `decide` is also called directly, by tests and tools.
+//!
+//! [`DomainError`]: nexus_core::DomainError
+
+pub mod inventory;
+mod money;
+pub mod orders;
+pub mod payments;
+#[cfg(test)]
+mod testing;
+pub mod users;
+
+use nexus_core::{Domain, DomainEvent, ProjectionError};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+pub use inventory::Product;
+pub use orders::{Order, OrdersProjection};
+pub use payments::Account;
+pub use users::{User, UsersProjection};
+
+/// The reference domain: the four aggregates and the `orders` and `users` projections.
+pub fn domain() -> Domain {
+    Domain::new()
+        .aggregate::<Order>()
+        .aggregate::<User>()
+        .aggregate::<Product>()
+        .aggregate::<Account>()
+        .projection(OrdersProjection)
+        .projection(UsersProjection)
+}
+
+/// Reads a stored event as an aggregate's typed event enum. A projection that cannot read an event
+/// it said it handles must stop, not skip it: the read model would silently drift.
+fn read_event<E: DeserializeOwned>(event: &DomainEvent) -> Result<E, ProjectionError> {
+    serde_json::from_value(json!({"eventType": event.event_type, "payload": event.payload})).map_err(|e| {
+        ProjectionError(format!("cannot read event {} ({}): {e}", event.event_id, event.event_type))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use nexus_core::{DecideError, EventSpec};
+    use serde_json::Value;
+
+    use super::*;
+
+    const SCHEMA_DIALECT: &str = "https://json-schema.org/draft/2020-12/schema";
+
+    fn parse(what: &str, schema: &str) -> Value {
+        let value: Value =
+            serde_json::from_str(schema).unwrap_or_else(|e| panic!("schema of {what} is not JSON: {e}"));
+        assert_eq!(value["$schema"], SCHEMA_DIALECT, "schema of {what}");
+        assert_eq!(value["type"], "object", "schema of {what}");
+        value
+    }
+
+    #[test]
+    fn the_domain_registers_every_aggregate_and_projection_once() {
+        // `Domain` panics on a duplicate command, event or projection name.
+        let domain = domain();
+        let kinds: Vec<_> = domain.aggregates().iter().map(|a| a.kind()).collect();
+        assert_eq!(kinds, ["Order", "User", "Product", "Account"]);
+        let projections: Vec<_> = domain.projections().iter().map(|p| p.name()).collect();
+        assert_eq!(projections, ["orders", "users"]);
+        assert_eq!(domain.commands().count(), 11);
+        assert_eq!(domain.events().count(), 11);
+    }
+
+    #[test]
+    fn command_schemas_parse_and_reject_unknown_fields() {
+        for spec in domain().commands() {
+            let schema = parse(spec.name, spec.schema);
+            assert_eq!(schema["additionalProperties"], false, "{}", spec.name);
+        }
+    }
+
+    #[test]
+    fn event_schemas_parse_and_allow_new_optional_fields() {
+        let historical =
+            EventSpec { name: "UserRegistered", schema_version: 1, schema: users::USER_REGISTERED_V1_SCHEMA };
+        for spec in domain().events().chain([&historical]) {
+            let schema = parse(spec.name, spec.schema);
+            assert_eq!(schema["additionalProperties"], true, "{}", spec.name);
+        }
+        assert_eq!(domain().event("UserRegistered").map(|spec| spec.schema_version), Some(2));
+    }
+
+    #[test]
+    fn every_schema_file_belongs_to_a_registered_type() {
+        let domain = domain();
+        let mut expected: BTreeSet<String> =
+            domain.commands().map(|spec| format!("commands/{}.json", spec.name)).collect();
+        expected.extend(
+            domain.events().map(|spec| format!("events/{}.v{}.json", spec.name, spec.schema_version)),
+        );
+        expected.insert("events/UserRegistered.v1.json".to_owned());
+
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+        let mut found = BTreeSet::new();
+        for folder in ["commands", "events"] {
+            for entry in std::fs::read_dir(root.join(folder)).unwrap() {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                found.insert(format!("{folder}/{name}"));
+            }
+        }
+        assert_eq!(found, expected);
+    }
+
+    /// A spec name that is not a variant of the command enum would make the command unroutable:
+    /// deserialization would fail with "unknown variant" for every payload.
+    #[test]
+    fn every_registered_command_is_a_variant_of_its_aggregate_command() {
+        let domain = domain();
+        for spec in domain.commands() {
+            let (_, handler) = domain.command(spec.name).unwrap();
+            let state = handler.initial_state();
+            let outcome = handler.decide(&state, spec.name, &json!({"definitely": "not valid"}));
+            if let Err(DecideError::Invalid(errors)) = outcome {
+                assert!(!errors[0].error.contains("unknown variant"), "{}: {errors:?}", spec.name);
+            }
+        }
+    }
+
+    /// Likewise, an event spec must name a variant of its aggregate's event enum.
+    #[test]
+    fn every_registered_event_is_a_variant_of_its_aggregate_event() {
+        let domain = domain();
+        for handler in domain.aggregates() {
+            for spec in handler.events() {
+                let mut state = handler.initial_state();
+                let event = testing::stored("x-1", 1, spec.name, json!({"definitely": "not valid"}));
+                if let Err(error) = handler.apply(&mut state, &event) {
+                    assert!(!error.contains("unknown variant"), "{}: {error}", spec.name);
+                }
+            }
+        }
+    }
+}

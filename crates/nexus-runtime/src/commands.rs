@@ -1,0 +1,274 @@
+//! The command path: validate, load, decide, append; per-aggregate serialization; idempotency.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::Utc;
+use nexus_core::ports::{AppendOutcome, AppendRequest, CommandRecord, NewEvent};
+use nexus_core::{
+    AggregateHandler, AggregateState, CommandResult, DecideError, Domain, DomainError, EventMetadata,
+    EventStore, FieldError, StoreError, format_timestamp, is_valid_aggregate_id,
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::schema::PayloadValidator;
+
+/// How often a command is re-decided after losing a race with another process before giving up.
+const MAX_ATTEMPTS: usize = 32;
+
+/// A command as the edge received it; the bus fills in what is missing.
+#[derive(Clone, Debug, Default)]
+pub struct CommandRequest {
+    pub command_type: String,
+    pub aggregate_id: Option<String>,
+    /// Client-chosen idempotency key; generated when absent.
+    pub command_id: Option<String>,
+    pub expected_version: Option<u64>,
+    pub payload: Value,
+    pub user_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("no handler for command type '{0}'")]
+    UnknownCommand(String),
+    #[error("the command is invalid")]
+    Invalid(Vec<FieldError>),
+    #[error("{0}")]
+    Rejected(DomainError),
+    #[error("expected version {expected}, but the aggregate is at version {actual}")]
+    Concurrency { expected: u64, actual: u64 },
+    #[error("commandId '{command_id}' was already used for a different command")]
+    IdempotencyConflict { command_id: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The domain code broke a rule of the framework (e.g. emitted an unregistered event type).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The cached, loaded state of one aggregate. Its mutex is what serializes commands on one
+/// aggregate inside this process; the expected-version check serializes them across processes.
+#[derive(Default)]
+struct Slot {
+    kind: &'static str,
+    version: u64,
+    state: Option<AggregateState>,
+}
+
+/// Handles commands for every aggregate of a [`Domain`].
+pub struct CommandBus {
+    domain: Arc<Domain>,
+    store: Arc<dyn EventStore>,
+    validator: PayloadValidator,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    cache_capacity: usize,
+}
+
+impl CommandBus {
+    /// Builds the bus; fails when a command schema of the domain does not compile.
+    pub fn new(domain: Arc<Domain>, store: Arc<dyn EventStore>, cache_capacity: usize) -> Result<Self, String> {
+        let validator = PayloadValidator::for_commands(&domain)?;
+        Ok(Self { domain, store, validator, slots: Mutex::new(HashMap::new()), cache_capacity })
+    }
+
+    pub async fn handle(&self, request: CommandRequest) -> Result<CommandResult, CommandError> {
+        let started = Instant::now();
+        let command_type = request.command_type.clone();
+        let result = self.handle_inner(request).await;
+        let outcome = match &result {
+            Ok(_) => "accepted",
+            Err(CommandError::Invalid(_) | CommandError::UnknownCommand(_)) => "invalid",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Concurrency { .. } | CommandError::IdempotencyConflict { .. }) => "conflict",
+            Err(_) => "error",
+        };
+        metrics::histogram!("nexus_command_duration_seconds", "command" => command_type, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn handle_inner(&self, request: CommandRequest) -> Result<CommandResult, CommandError> {
+        let (spec, handler) = self
+            .domain
+            .command(&request.command_type)
+            .ok_or_else(|| CommandError::UnknownCommand(request.command_type.clone()))?;
+        let mut errors = self.validator.check(&request.command_type, &request.payload);
+        let aggregate_id = match &request.aggregate_id {
+            Some(id) if is_valid_aggregate_id(id) => id.clone(),
+            Some(_) => {
+                errors.push(FieldError::new("aggregateId", "must be 1-128 characters of [A-Za-z0-9._:-]"));
+                String::new()
+            }
+            None if spec.creates => uuid::Uuid::new_v4().to_string(),
+            None => {
+                errors.push(FieldError::new("aggregateId", format!("is required for {}", spec.name)));
+                String::new()
+            }
+        };
+        if let Some(id) = &request.command_id {
+            if id.is_empty() || id.len() > 128 {
+                errors.push(FieldError::new("commandId", "must be 1-128 characters"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(CommandError::Invalid(errors));
+        }
+        let fingerprint = fingerprint(&request.command_type, &aggregate_id, &request.payload);
+        let command_id = match &request.command_id {
+            Some(id) => {
+                if let Some(record) = self.store.find_command(id).await? {
+                    return replay(record, &fingerprint);
+                }
+                id.clone()
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+
+        let slot = self.slot(&aggregate_id);
+        let mut guard = slot.lock().await;
+        let slot: &mut Slot = &mut guard;
+        for _ in 0..MAX_ATTEMPTS {
+            self.catch_up(handler.as_ref(), &aggregate_id, slot).await?;
+            if let Some(expected) = request.expected_version {
+                if expected != slot.version {
+                    return Err(CommandError::Concurrency { expected, actual: slot.version });
+                }
+            }
+            let state = slot.state.as_ref().expect("caught up");
+            let drafts = handler.decide(state, &request.command_type, &request.payload).map_err(|e| match e {
+                DecideError::Invalid(fields) => CommandError::Invalid(fields),
+                DecideError::Rejected(error) => CommandError::Rejected(error),
+            })?;
+            let timestamp = format_timestamp(Utc::now());
+            let mut events = Vec::with_capacity(drafts.len());
+            for draft in drafts {
+                let spec = self.domain.event(&draft.event_type).ok_or_else(|| {
+                    CommandError::Internal(format!(
+                        "{} emitted event type {} that no aggregate registered",
+                        handler.kind(),
+                        draft.event_type
+                    ))
+                })?;
+                events.push(NewEvent {
+                    event_id: uuid::Uuid::now_v7().to_string(),
+                    event_type: draft.event_type,
+                    timestamp: timestamp.clone(),
+                    payload: draft.payload,
+                    metadata: EventMetadata {
+                        correlation_id: request.correlation_id.clone().unwrap_or_else(|| command_id.clone()),
+                        causation_id: request.causation_id.clone().unwrap_or_else(|| command_id.clone()),
+                        user_id: request.user_id.clone().unwrap_or_else(|| "anonymous".into()),
+                        schema_version: spec.schema_version.to_string(),
+                    },
+                });
+            }
+            let result = CommandResult {
+                success: true,
+                command_id: command_id.clone(),
+                aggregate_id: aggregate_id.clone(),
+                version: slot.version + events.len() as u64,
+                event_ids: events.iter().map(|e| e.event_id.clone()).collect(),
+            };
+            let append = AppendRequest {
+                aggregate_id: aggregate_id.clone(),
+                aggregate_type: handler.kind().to_owned(),
+                expected_version: slot.version,
+                events,
+                command: Some(CommandRecord {
+                    command_id: command_id.clone(),
+                    fingerprint: fingerprint.clone(),
+                    result: result.clone(),
+                }),
+            };
+            match self.store.append(append).await {
+                Ok(AppendOutcome::Committed(events)) => {
+                    metrics::counter!("nexus_events_appended_total").increment(events.len() as u64);
+                    let state = slot.state.as_mut().expect("caught up");
+                    for event in &events {
+                        if let Err(error) = handler.apply(state, event) {
+                            // Stored but not foldable: drop the cache, the next command reloads
+                            // and reports it.
+                            *slot = Slot::default();
+                            return Err(CommandError::Internal(error));
+                        }
+                        slot.version = event.aggregate_version;
+                    }
+                    return Ok(result);
+                }
+                Ok(AppendOutcome::Duplicate(record)) => return replay(record, &fingerprint),
+                Err(StoreError::WrongExpectedVersion { actual, .. }) => {
+                    if let Some(expected) = request.expected_version {
+                        return Err(CommandError::Concurrency { expected, actual });
+                    }
+                    // Another process appended first: catch up and decide again.
+                    continue;
+                }
+                Err(error) => {
+                    *slot = Slot::default();
+                    return Err(error.into());
+                }
+            }
+        }
+        Err(StoreError::Unavailable(
+            format!("aggregate {aggregate_id} kept changing; gave up after {MAX_ATTEMPTS} attempts").into(),
+        )
+        .into())
+    }
+
+    /// Brings the slot's state up to the store's latest version.
+    async fn catch_up(
+        &self,
+        handler: &dyn AggregateHandler,
+        aggregate_id: &str,
+        slot: &mut Slot,
+    ) -> Result<(), CommandError> {
+        if slot.state.is_none() || slot.kind != handler.kind() {
+            *slot = Slot { kind: handler.kind(), version: 0, state: Some(handler.initial_state()) };
+        }
+        let events = self.store.read_stream(aggregate_id, slot.version + 1, None).await?;
+        let state = slot.state.as_mut().expect("initialized above");
+        for event in &events {
+            if let Err(error) = handler.apply(state, event) {
+                *slot = Slot::default();
+                return Err(CommandError::Rejected(DomainError::rule(format!(
+                    "aggregate '{aggregate_id}' cannot take this command: {error}"
+                ))));
+            }
+            slot.version = event.aggregate_version;
+        }
+        Ok(())
+    }
+
+    fn slot(&self, aggregate_id: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        let mut slots = self.slots.lock().expect("slot table poisoned");
+        if slots.len() >= self.cache_capacity {
+            // Forget idle aggregates (nobody holds their slot); their state reloads on demand.
+            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+        slots.entry(aggregate_id.to_owned()).or_default().clone()
+    }
+}
+
+fn replay(record: CommandRecord, fingerprint: &str) -> Result<CommandResult, CommandError> {
+    if record.fingerprint == fingerprint {
+        Ok(record.result)
+    } else {
+        Err(CommandError::IdempotencyConflict { command_id: record.command_id })
+    }
+}
+
+/// What the command asked for, independent of key order: serde_json's default map is sorted.
+fn fingerprint(command_type: &str, aggregate_id: &str, payload: &Value) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(command_type.as_bytes());
+    hasher.update([0]);
+    hasher.update(aggregate_id.as_bytes());
+    hasher.update([0]);
+    hasher.update(payload.to_string().as_bytes());
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}

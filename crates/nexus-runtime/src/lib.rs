@@ -1,0 +1,20 @@
+//! Nexus runtime: what happens between the HTTP edge and the ports.
+//!
+//! - [`CommandBus`]: validate → load → decide → append with the expected version, serialized per
+//!   aggregate in this process, re-decided on a conflict with another process, idempotent by
+//!   `commandId`.
+//! - [`ProjectionRunner`]: tails the change feed from its checkpoint and commits documents and
+//!   checkpoint together, then tells the [`Notifier`].
+//!
+//! Architecture invariant: no SQL, no HTTP, no knowledge of which backend is behind a port. Every
+//! storage call goes through `nexus_core::ports`.
+
+mod commands;
+mod notify;
+mod projections;
+mod schema;
+
+pub use commands::{CommandBus, CommandError, CommandRequest};
+pub use notify::{Notifier, ProjectionUpdate};
+pub use projections::{ProjectionRunner, ProjectionStatus};
+pub use schema::PayloadValidator;

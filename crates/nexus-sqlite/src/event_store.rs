@@ -1,0 +1,371 @@
+//! The embedded event store: one SQLite file, one group-committing writer thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nexus_core::{
+    AppendOutcome, AppendRequest, CommandRecord, DomainEvent, EventStore, StoreError,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{oneshot, watch};
+
+use crate::pool::ReaderPool;
+use crate::{corrupt, migrate, unavailable};
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE events (
+    position       INTEGER PRIMARY KEY,
+    event_id       TEXT    NOT NULL UNIQUE,
+    aggregate_id   TEXT    NOT NULL,
+    aggregate_type TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    event_type     TEXT    NOT NULL,
+    timestamp      TEXT    NOT NULL,
+    payload        TEXT    NOT NULL,
+    metadata       TEXT    NOT NULL,
+    UNIQUE (aggregate_id, version)
+);
+CREATE INDEX events_by_type_and_time ON events (event_type, timestamp);
+CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE is refused'); END;
+CREATE TRIGGER events_are_append_only_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE is refused'); END;
+CREATE TABLE commands (
+    command_id   TEXT PRIMARY KEY,
+    fingerprint  TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    result       TEXT NOT NULL
+) WITHOUT ROWID;
+"#];
+
+/// Most appends one transaction takes; bounds a commit's latency under a flood.
+const MAX_BATCH: usize = 1024;
+
+const EVENT_COLUMNS: &str =
+    "position, event_id, aggregate_id, version, event_type, timestamp, payload, metadata";
+
+struct Job {
+    request: AppendRequest,
+    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// SQLite event store. Appends are durable (`synchronous = FULL`) when `append` returns.
+pub struct SqliteEventStore {
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<ReaderPool>,
+    head: watch::Receiver<u64>,
+}
+
+impl SqliteEventStore {
+    /// Opens (creating if needed) `events.db` in `dir` and starts the writer thread.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("events.db");
+        let mut conn = open_writer(&path).map_err(unavailable)?;
+        migrate(&mut conn, MIGRATIONS).map_err(unavailable)?;
+        let head: u64 = conn
+            .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| row.get(0))
+            .map_err(unavailable)?;
+        let (head_tx, head_rx) = watch::channel(head);
+        let (jobs, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("nexus-sqlite-writer".into())
+            .spawn(move || write_loop(conn, queue, head_tx))
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        Ok(Self { jobs, readers: ReaderPool::new(path), head: head_rx })
+    }
+}
+
+fn open_writer(path: &PathBuf) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: the WAL is synced at every commit, so "202 Accepted" means durable. Group commit is
+    // what keeps that affordable.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// The single writer: takes every queued append into one transaction, commits once, answers all.
+fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Job>, head: watch::Sender<u64>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = commit_batch(&mut conn, &batch);
+        match outcome {
+            Ok((results, last_position)) => {
+                if let Some(position) = last_position {
+                    head.send_replace(position);
+                }
+                for (job, result) in batch.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, jobs = batch.len(), "event store commit failed");
+                let message = error.to_string();
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::Unavailable(message.clone().into())));
+                }
+            }
+        }
+    }
+    tracing::debug!("event store writer stopped");
+}
+
+type BatchResult = (Vec<Result<AppendOutcome, StoreError>>, Option<u64>);
+
+fn commit_batch(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<BatchResult> {
+    let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut last_position = None;
+    for job in batch {
+        // A savepoint per append: one failing append never takes its batch-mates down with it.
+        let mut savepoint = tx.savepoint()?;
+        match append_one(&savepoint, &job.request) {
+            Ok(outcome) => {
+                savepoint.commit()?;
+                if let AppendOutcome::Committed(events) = &outcome {
+                    if let Some(last) = events.last() {
+                        last_position = Some(last.position);
+                    }
+                }
+                results.push(Ok(outcome));
+            }
+            Err(error) => {
+                savepoint.rollback()?;
+                drop(savepoint);
+                results.push(Err(error));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok((results, last_position))
+}
+
+fn append_one(tx: &Connection, request: &AppendRequest) -> Result<AppendOutcome, StoreError> {
+    if let Some(command) = &request.command {
+        if let Some(existing) = find_command(tx, &command.command_id)? {
+            return Ok(AppendOutcome::Duplicate(existing));
+        }
+    }
+    let actual: u64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_id = ?1")
+        .and_then(|mut stmt| stmt.query_row([&request.aggregate_id], |row| row.get(0)))
+        .map_err(unavailable)?;
+    if actual != request.expected_version {
+        return Err(StoreError::WrongExpectedVersion {
+            aggregate_id: request.aggregate_id.clone(),
+            expected: request.expected_version,
+            actual,
+        });
+    }
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO events (event_id, aggregate_id, aggregate_type, version, event_type, \
+             timestamp, payload, metadata) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING position",
+        )
+        .map_err(unavailable)?;
+    let mut committed = Vec::with_capacity(request.events.len());
+    for (index, event) in request.events.iter().enumerate() {
+        let version = request.expected_version + index as u64 + 1;
+        let metadata = serde_json::to_string(&event.metadata).map_err(|e| corrupt("metadata", e))?;
+        let payload = serde_json::to_string(&event.payload).map_err(|e| corrupt("payload", e))?;
+        let position: u64 = insert
+            .query_row(
+                params![
+                    event.event_id,
+                    request.aggregate_id,
+                    request.aggregate_type,
+                    version,
+                    event.event_type,
+                    event.timestamp,
+                    payload,
+                    metadata
+                ],
+                |row| row.get(0),
+            )
+            .map_err(unavailable)?;
+        committed.push(DomainEvent {
+            event_id: event.event_id.clone(),
+            event_type: event.event_type.clone(),
+            aggregate_id: request.aggregate_id.clone(),
+            aggregate_version: version,
+            position,
+            timestamp: event.timestamp.clone(),
+            payload: event.payload.clone(),
+            metadata: event.metadata.clone(),
+        });
+    }
+    if let Some(command) = &request.command {
+        let result = serde_json::to_string(&command.result).map_err(|e| corrupt("command result", e))?;
+        tx.prepare_cached(
+            "INSERT INTO commands (command_id, fingerprint, aggregate_id, result) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![command.command_id, command.fingerprint, request.aggregate_id, result])
+        })
+        .map_err(unavailable)?;
+    }
+    Ok(AppendOutcome::Committed(committed))
+}
+
+fn find_command(conn: &Connection, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
+    let row: Option<(String, String)> = conn
+        .prepare_cached("SELECT fingerprint, result FROM commands WHERE command_id = ?1")
+        .and_then(|mut stmt| stmt.query_row([command_id], |row| Ok((row.get(0)?, row.get(1)?))).optional())
+        .map_err(unavailable)?;
+    row.map(|(fingerprint, result)| {
+        Ok(CommandRecord {
+            command_id: command_id.to_owned(),
+            fingerprint,
+            result: serde_json::from_str(&result).map_err(|e| corrupt("command result", e))?,
+        })
+    })
+    .transpose()
+}
+
+fn read_events(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<DomainEvent>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(unavailable)?;
+    let rows = stmt
+        .query_map(params, |row| {
+            Ok((
+                row.get::<_, u64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, u64>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, String>(6)?,
+                row.get::<_, String>(7)?,
+            ))
+        })
+        .map_err(unavailable)?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (position, event_id, aggregate_id, version, event_type, timestamp, payload, metadata) =
+            row.map_err(unavailable)?;
+        events.push(DomainEvent {
+            payload: serde_json::from_str(&payload).map_err(|e| corrupt(&event_id, e))?,
+            metadata: serde_json::from_str(&metadata).map_err(|e| corrupt(&event_id, e))?,
+            event_id,
+            event_type,
+            aggregate_id,
+            aggregate_version: version,
+            position,
+            timestamp,
+        });
+    }
+    Ok(events)
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { request, reply })
+            .map_err(|_| StoreError::Unavailable("the event store writer has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Unavailable("the event store writer has stopped".into()))?
+    }
+
+    async fn read_stream(
+        &self,
+        aggregate_id: &str,
+        from_version: u64,
+        to_version: Option<u64>,
+    ) -> Result<Vec<DomainEvent>, StoreError> {
+        let aggregate_id = aggregate_id.to_owned();
+        let to_version = to_version.unwrap_or(i64::MAX as u64);
+        self.readers
+            .run(move |conn| {
+                read_events(
+                    conn,
+                    &format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = ?1 \
+                         AND version >= ?2 AND version <= ?3 ORDER BY version"
+                    ),
+                    params![aggregate_id, from_version, to_version],
+                )
+            })
+            .await
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
+        // Positions are assigned by the single writer in commit order, so reading past `after`
+        // can never skip a position that commits later.
+        self.readers
+            .run(move |conn| {
+                read_events(
+                    conn,
+                    &format!("SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"),
+                    params![after, limit as u64],
+                )
+            })
+            .await
+    }
+
+    async fn read_by_type(
+        &self,
+        event_type: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<DomainEvent>, StoreError> {
+        let (event_type, start, end) = (event_type.to_owned(), start.to_owned(), end.to_owned());
+        self.readers
+            .run(move |conn| {
+                read_events(
+                    conn,
+                    &format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE event_type = ?1 AND timestamp >= ?2 \
+                         AND timestamp <= ?3 ORDER BY timestamp, position LIMIT ?4"
+                    ),
+                    params![event_type, start, end, limit as u64],
+                )
+            })
+            .await
+    }
+
+    async fn find_command(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        let command_id = command_id.to_owned();
+        self.readers.run(move |conn| find_command(conn, &command_id)).await
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        self.readers
+            .run(|conn| {
+                conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| row.get(0))
+                    .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn wait_past(&self, after: u64, timeout: Duration) -> Result<u64, StoreError> {
+        let mut head = self.head.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let current = *head.borrow_and_update();
+            if current > after {
+                return Ok(current);
+            }
+            match tokio::time::timeout_at(deadline, head.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => {
+                    return Err(StoreError::Unavailable("the event store writer has stopped".into()));
+                }
+                Err(_) => return Ok(current),
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! A small pool of read-only connections used from tokio's blocking pool.
+//!
+//! Hand-written because it is a dozen lines: SQLite connections are cheap to keep, and each
+//! read needs one for a few microseconds; checking one out must never block the runtime.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use nexus_core::StoreError;
+use rusqlite::{Connection, OpenFlags};
+
+use crate::unavailable;
+
+pub(crate) struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    pub(crate) fn new(path: PathBuf) -> Arc<Self> {
+        Arc::new(Self { path, idle: Mutex::new(Vec::new()) })
+    }
+
+    fn open(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(unavailable)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+        Ok(conn)
+    }
+
+    /// Runs `f` on a pooled connection on the blocking pool.
+    pub(crate) async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            // The lock guards a Vec push/pop only, never a query: a std mutex is right here.
+            let conn = pool.idle.lock().expect("reader pool poisoned").pop();
+            let conn = match conn {
+                Some(conn) => conn,
+                None => pool.open()?,
+            };
+            let result = f(&conn);
+            pool.idle.lock().expect("reader pool poisoned").push(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(Box::new(e)))?
+    }
+}

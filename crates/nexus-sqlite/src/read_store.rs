@@ -1,0 +1,218 @@
+//! The embedded read store: JSON documents per resource type, and projection checkpoints.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nexus_core::{ListQuery, Page, ReadDocument, ReadStore, SortOrder, StoreError};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use crate::pool::ReaderPool;
+use crate::{corrupt, migrate, unavailable};
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE documents (
+    resource TEXT    NOT NULL,
+    id       TEXT    NOT NULL,
+    version  INTEGER NOT NULL,
+    doc      TEXT    NOT NULL,
+    PRIMARY KEY (resource, id)
+) WITHOUT ROWID;
+CREATE TABLE checkpoints (
+    projection TEXT PRIMARY KEY,
+    position   INTEGER NOT NULL
+) WITHOUT ROWID;
+"#];
+
+/// SQLite read store. Written only by projection runners; one write connection, many readers.
+pub struct SqliteReadStore {
+    // Projections commit in turns; a std mutex, held only inside a blocking task.
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<ReaderPool>,
+}
+
+impl SqliteReadStore {
+    /// Opens (creating if needed) `read.db` in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("read.db");
+        let mut conn = Connection::open(&path).map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+        // NORMAL is enough: documents and checkpoint commit together, so a lost tail of commits
+        // after a power cut is replayed from the event store; WAL never corrupts.
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
+        migrate(&mut conn, MIGRATIONS).map_err(unavailable)?;
+        Ok(Self { writer: Arc::new(Mutex::new(conn)), readers: ReaderPool::new(path) })
+    }
+}
+
+fn parse_doc(text: &str) -> Result<ReadDocument, StoreError> {
+    serde_json::from_str(text).map_err(|e| corrupt("read-model document", e))
+}
+
+/// A field name usable in a JSON path: letters, digits, `_`, and `.` for nested fields.
+fn json_path(field: &str) -> Result<String, StoreError> {
+    let valid = !field.is_empty()
+        && field.split('.').all(|part| {
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        });
+    if valid {
+        Ok(format!("$.{field}"))
+    } else {
+        Err(StoreError::InvalidRequest(format!("'{field}' is not a valid field name")))
+    }
+}
+
+/// `WHERE` clause and parameters for a list query (parameter 1 is the resource).
+fn where_clause(resource: &str, query: &ListQuery) -> Result<(String, Vec<SqlValue>), StoreError> {
+    let mut sql = String::from("resource = ?1");
+    let mut values = vec![SqlValue::Text(resource.to_owned())];
+    for filter in &query.filters {
+        let path = values.len() + 1;
+        let value = path + 1;
+        // Arrays (tags) match by membership; scalars by their text form, so `?total=15` and
+        // `?status=PLACED` both work from a query string.
+        sql.push_str(&format!(
+            " AND (CASE json_type(doc, ?{path}) \
+               WHEN 'array' THEN EXISTS (SELECT 1 FROM json_each(doc, ?{path}) WHERE CAST(value AS TEXT) = ?{value}) \
+               WHEN 'true' THEN ?{value} = 'true' \
+               WHEN 'false' THEN ?{value} = 'false' \
+               ELSE CAST(json_extract(doc, ?{path}) AS TEXT) = ?{value} END)"
+        ));
+        values.push(SqlValue::Text(json_path(&filter.field)?));
+        values.push(SqlValue::Text(filter.value.clone()));
+    }
+    Ok((sql, values))
+}
+
+#[async_trait]
+impl ReadStore for SqliteReadStore {
+    async fn checkpoint(&self, projection: &str) -> Result<u64, StoreError> {
+        let projection = projection.to_owned();
+        self.readers
+            .run(move |conn| {
+                conn.query_row("SELECT position FROM checkpoints WHERE projection = ?1", [projection], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .map(|position| position.unwrap_or(0))
+                .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn load(&self, resource: &str, ids: &[String]) -> Result<Vec<ReadDocument>, StoreError> {
+        let resource = resource.to_owned();
+        let ids = ids.to_vec();
+        self.readers
+            .run(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT doc FROM documents WHERE resource = ?1 AND id = ?2")
+                    .map_err(unavailable)?;
+                let mut docs = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    let text: Option<String> =
+                        stmt.query_row(params![resource, id], |row| row.get(0)).optional().map_err(unavailable)?;
+                    if let Some(text) = text {
+                        docs.push(parse_doc(&text)?);
+                    }
+                }
+                Ok(docs)
+            })
+            .await
+    }
+
+    async fn commit(
+        &self,
+        projection: &str,
+        resource: &str,
+        docs: Vec<ReadDocument>,
+        position: u64,
+    ) -> Result<(), StoreError> {
+        let (projection, resource) = (projection.to_owned(), resource.to_owned());
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().expect("read store writer poisoned");
+            let tx = conn.transaction().map_err(unavailable)?;
+            {
+                // The version guard lives in the database too: an older document never overwrites
+                // a newer one, whoever writes it.
+                let mut upsert = tx
+                    .prepare_cached(
+                        "INSERT INTO documents (resource, id, version, doc) VALUES (?1, ?2, ?3, ?4) \
+                         ON CONFLICT (resource, id) DO UPDATE SET version = excluded.version, doc = excluded.doc \
+                         WHERE excluded.version > documents.version",
+                    )
+                    .map_err(unavailable)?;
+                for doc in &docs {
+                    let text = serde_json::to_string(doc).map_err(|e| corrupt("read-model document", e))?;
+                    upsert.execute(params![resource, doc.id, doc.version, text]).map_err(unavailable)?;
+                }
+                tx.execute(
+                    "INSERT INTO checkpoints (projection, position) VALUES (?1, ?2) \
+                     ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+                    params![projection, position],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(Box::new(e)))?
+    }
+
+    async fn get(&self, resource: &str, id: &str) -> Result<Option<ReadDocument>, StoreError> {
+        let (resource, id) = (resource.to_owned(), id.to_owned());
+        self.readers
+            .run(move |conn| {
+                let text: Option<String> = conn
+                    .prepare_cached("SELECT doc FROM documents WHERE resource = ?1 AND id = ?2")
+                    .and_then(|mut stmt| stmt.query_row(params![resource, id], |row| row.get(0)).optional())
+                    .map_err(unavailable)?;
+                text.as_deref().map(parse_doc).transpose()
+            })
+            .await
+    }
+
+    async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError> {
+        let (clause, mut values) = where_clause(resource, query)?;
+        let order = match &query.sort {
+            Some((field, order)) => {
+                values.push(SqlValue::Text(json_path(field)?));
+                let direction = if *order == SortOrder::Asc { "ASC" } else { "DESC" };
+                format!("json_extract(doc, ?{}) {direction}, id ASC", values.len())
+            }
+            None => "id ASC".to_owned(),
+        };
+        let count_values = values.len() - usize::from(query.sort.is_some());
+        let limit = query.limit as i64;
+        let offset = query.offset as i64;
+        self.readers
+            .run(move |conn| {
+                let total: u64 = conn
+                    .prepare_cached(&format!("SELECT COUNT(*) FROM documents WHERE {clause}"))
+                    .and_then(|mut stmt| {
+                        stmt.query_row(params_from_iter(values[..count_values].iter()), |row| row.get(0))
+                    })
+                    .map_err(unavailable)?;
+                let sql = format!(
+                    "SELECT doc FROM documents WHERE {clause} ORDER BY {order} LIMIT {limit} OFFSET {offset}"
+                );
+                let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
+                let texts = stmt
+                    .query_map(params_from_iter(values.iter()), |row| row.get::<_, String>(0))
+                    .map_err(unavailable)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(unavailable)?;
+                let items = texts.iter().map(|t| parse_doc(t)).collect::<Result<Vec<_>, _>>()?;
+                Ok(Page { items, total })
+            })
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.readers.run(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)).await
+    }
+}
