@@ -222,6 +222,11 @@ impl Aggregate for Order {
 }
 
 impl Order {
+    /// The order's status; `None` before it is placed.
+    pub fn status(&self) -> Option<OrderStatus> {
+        self.status
+    }
+
     fn existing(&self) -> Result<OrderStatus, DomainError> {
         self.status.ok_or_else(|| DomainError::rule("order does not exist"))
     }
