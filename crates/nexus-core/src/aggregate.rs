@@ -167,7 +167,8 @@ fn draft<A: Aggregate>(event: &A::Event) -> Result<EventDraft, DecideError> {
             A::KIND
         )))
     };
-    let Value::Object(mut fields) = serde_json::to_value(event).map_err(|e| encoding_error(&e.to_string()))?
+    let Value::Object(mut fields) =
+        serde_json::to_value(event).map_err(|e| encoding_error(&e.to_string()))?
     else {
         return Err(encoding_error("not an object"));
     };

@@ -16,8 +16,7 @@ pub mod ports;
 mod projection;
 
 pub use aggregate::{
-    Aggregate, AggregateHandler, AggregateState, CommandSpec, DecideError, DomainError, EventDraft,
-    EventSpec,
+    Aggregate, AggregateHandler, AggregateState, CommandSpec, DecideError, DomainError, EventDraft, EventSpec,
 };
 pub use domain::Domain;
 pub use model::{

@@ -71,7 +71,11 @@ pub struct CommandBus {
 
 impl CommandBus {
     /// Builds the bus; fails when a command schema of the domain does not compile.
-    pub fn new(domain: Arc<Domain>, store: Arc<dyn EventStore>, cache_capacity: usize) -> Result<Self, String> {
+    pub fn new(
+        domain: Arc<Domain>,
+        store: Arc<dyn EventStore>,
+        cache_capacity: usize,
+    ) -> Result<Self, String> {
         let validator = PayloadValidator::for_commands(&domain)?;
         Ok(Self { domain, store, validator, slots: Mutex::new(HashMap::new()), cache_capacity })
     }
@@ -140,10 +144,11 @@ impl CommandBus {
                 }
             }
             let state = slot.state.as_ref().expect("caught up");
-            let drafts = handler.decide(state, &request.command_type, &request.payload).map_err(|e| match e {
-                DecideError::Invalid(fields) => CommandError::Invalid(fields),
-                DecideError::Rejected(error) => CommandError::Rejected(error),
-            })?;
+            let drafts =
+                handler.decide(state, &request.command_type, &request.payload).map_err(|e| match e {
+                    DecideError::Invalid(fields) => CommandError::Invalid(fields),
+                    DecideError::Rejected(error) => CommandError::Rejected(error),
+                })?;
             let timestamp = format_timestamp(Utc::now());
             let mut events = Vec::with_capacity(drafts.len());
             for draft in drafts {

@@ -138,14 +138,16 @@ impl ProjectionRunner {
             }
         }
         let changed: HashSet<&str> = updates.iter().map(|u| u.aggregate_id.as_str()).collect();
-        let touched: Vec<ReadDocument> = docs.into_values().filter(|d| changed.contains(d.id.as_str())).collect();
+        let touched: Vec<ReadDocument> =
+            docs.into_values().filter(|d| changed.contains(d.id.as_str())).collect();
         self.read.commit(name, name, touched, last_position).await.map_err(|e| e.to_string())?;
 
         if let Ok(at) = DateTime::parse_from_rfc3339(&last.timestamp) {
             let lag = (Utc::now() - at.to_utc()).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
             metrics::histogram!("nexus_projection_lag_seconds", "projection" => name).record(lag);
         }
-        metrics::counter!("nexus_projection_events_total", "projection" => name).increment(updates.len() as u64);
+        metrics::counter!("nexus_projection_events_total", "projection" => name)
+            .increment(updates.len() as u64);
         for update in updates {
             self.notifier.publish(update);
         }

@@ -46,7 +46,10 @@ impl PayloadValidator {
                         fields.push(FieldError::new(join(&path, name), "is not an allowed field"));
                     }
                 }
-                _ => fields.push(FieldError::new(if path.is_empty() { "payload".into() } else { path }, error.to_string())),
+                _ => fields.push(FieldError::new(
+                    if path.is_empty() { "payload".into() } else { path },
+                    error.to_string(),
+                )),
             }
         }
         fields
@@ -102,7 +105,9 @@ mod tests {
             &json!({"items": [{"productId": "p1", "quantity": 0}, {"quantity": "two"}], "extra": 1}),
         );
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        for expected in ["customerId", "items[0].quantity", "items[1].productId", "items[1].quantity", "extra"] {
+        for expected in
+            ["customerId", "items[0].quantity", "items[1].productId", "items[1].quantity", "extra"]
+        {
             assert!(fields.contains(&expected), "{expected} missing from {errors:?}");
         }
     }

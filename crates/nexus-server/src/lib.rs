@@ -1,1 +1,161 @@
-//! stub
+//! The Nexus server: the contract's HTTP and WebSocket API over the runtime, and the wiring of
+//! configured backends into trait objects.
+//!
+//! [`run`] takes its listener and shutdown signal from the caller (as mini-redis does), so tests
+//! start real servers on port 0 and the binary stays thin.
+//!
+//! Architecture invariant: this is the only crate that knows both HTTP and which backend is in
+//! use; everything below it sees `Arc<dyn EventStore>` and `Arc<dyn ReadStore>`. `ApiError` alone
+//! maps failures to statuses and contract codes.
+
+pub mod config;
+mod error;
+mod extract;
+mod routes;
+mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use nexus_core::{Domain, EventStore, ReadStore, StoreError};
+use nexus_runtime::{CommandBus, Notifier, ProjectionRunner, ProjectionStatus};
+use nexus_sqlite::{SqliteEventStore, SqliteReadStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::{Config, ConfigError, Overrides};
+pub use error::ApiError;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the domain is invalid: {0}")]
+    Domain(String),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shared state of the request handlers.
+#[derive(Clone)]
+pub(crate) struct AppState(Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) domain: Arc<Domain>,
+    pub(crate) bus: CommandBus,
+    pub(crate) events: Arc<dyn EventStore>,
+    pub(crate) read: Arc<dyn ReadStore>,
+    pub(crate) notifier: Notifier,
+    pub(crate) projections: Vec<(&'static str, Arc<ProjectionStatus>)>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) metrics: PrometheusHandle,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// The process-wide Prometheus recorder (the `metrics` facade allows one per process).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed by an embedding program; then ours only
+            // renders what it sees, which is nothing, and that is the embedder's choice.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops cleanly: in-flight requests
+/// finish, projections stop after their current batch (their checkpoints are committed with each
+/// batch), the event store writer drains its queue.
+pub async fn run(
+    config: Config,
+    domain: Domain,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| ServeError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    let events: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&config.data_dir)?);
+    let read: Arc<dyn ReadStore> = Arc::new(SqliteReadStore::open(&config.data_dir)?);
+    let domain = Arc::new(domain);
+    let bus = CommandBus::new(domain.clone(), events.clone(), config.aggregate_cache_capacity)
+        .map_err(ServeError::Domain)?;
+    let notifier = Notifier::new(65_536);
+    let (stop, stopped) = watch::channel(false);
+
+    let mut runners = Vec::new();
+    let mut projections = Vec::new();
+    for projection in domain.projections() {
+        let runner = ProjectionRunner::new(
+            projection.clone(),
+            events.clone(),
+            read.clone(),
+            notifier.clone(),
+            config.projection_batch_size,
+        );
+        projections.push((projection.name(), runner.status()));
+        runners.push(tokio::spawn(runner.run(stopped.clone())));
+    }
+
+    let state = AppState(Arc::new(Inner {
+        config: config.clone(),
+        domain,
+        bus,
+        events,
+        read,
+        notifier,
+        projections,
+        shutdown: stopped,
+        metrics: metrics_handle(),
+    }));
+    let upkeep = tokio::spawn({
+        let handle = state.metrics.clone();
+        async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        }
+    });
+    let app = router(state);
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "nexus serving");
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await;
+    tracing::info!("shutting down: stopping projections");
+    let _ = stop.send(true);
+    for runner in runners {
+        let _ = runner.await;
+    }
+    upkeep.abort();
+    served?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn router(state: AppState) -> Router {
+    routes::router(state)
+}

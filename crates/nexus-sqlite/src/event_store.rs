@@ -5,9 +5,7 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nexus_core::{
-    AppendOutcome, AppendRequest, CommandRecord, DomainEvent, EventStore, StoreError,
-};
+use nexus_core::{AppendOutcome, AppendRequest, CommandRecord, DomainEvent, EventStore, StoreError};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
@@ -308,7 +306,9 @@ impl EventStore for SqliteEventStore {
             .run(move |conn| {
                 read_events(
                     conn,
-                    &format!("SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"),
+                    &format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+                    ),
                     params![after, limit as u64],
                 )
             })

@@ -55,9 +55,9 @@ fn parse_doc(text: &str) -> Result<ReadDocument, StoreError> {
 /// A field name usable in a JSON path: letters, digits, `_`, and `.` for nested fields.
 fn json_path(field: &str) -> Result<String, StoreError> {
     let valid = !field.is_empty()
-        && field.split('.').all(|part| {
-            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        });
+        && field
+            .split('.')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
     if valid {
         Ok(format!("$.{field}"))
     } else {
@@ -93,9 +93,11 @@ impl ReadStore for SqliteReadStore {
         let projection = projection.to_owned();
         self.readers
             .run(move |conn| {
-                conn.query_row("SELECT position FROM checkpoints WHERE projection = ?1", [projection], |row| {
-                    row.get(0)
-                })
+                conn.query_row(
+                    "SELECT position FROM checkpoints WHERE projection = ?1",
+                    [projection],
+                    |row| row.get(0),
+                )
                 .optional()
                 .map(|position| position.unwrap_or(0))
                 .map_err(unavailable)
@@ -113,8 +115,10 @@ impl ReadStore for SqliteReadStore {
                     .map_err(unavailable)?;
                 let mut docs = Vec::with_capacity(ids.len());
                 for id in &ids {
-                    let text: Option<String> =
-                        stmt.query_row(params![resource, id], |row| row.get(0)).optional().map_err(unavailable)?;
+                    let text: Option<String> = stmt
+                        .query_row(params![resource, id], |row| row.get(0))
+                        .optional()
+                        .map_err(unavailable)?;
                     if let Some(text) = text {
                         docs.push(parse_doc(&text)?);
                     }

@@ -1,0 +1,162 @@
+//! Configuration: one validated struct, built once from defaults, the TOML file, then flags and
+//! environment (which clap has already merged), and passed explicitly.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything `nexus serve` runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    /// Events a projection reads and commits per transaction.
+    pub projection_batch_size: usize,
+    /// Aggregates whose state the command path keeps in memory.
+    pub aggregate_cache_capacity: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request body (contract: 1 MiB).
+    pub max_body_bytes: usize,
+    /// How long `?minVersion=` waits when the request names no `timeoutMs` (contract: 3000).
+    pub min_version_timeout_ms: u64,
+    /// The longest `timeoutMs` a request may ask for.
+    pub max_wait_ms: u64,
+    pub default_page_size: usize,
+    pub max_page_size: usize,
+}
+
+/// The TOML file's shape: every key optional, unknown keys refused (a typo must not be silently
+/// ignored).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct File {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    projection_batch_size: Option<usize>,
+    aggregate_cache_capacity: Option<usize>,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileLimits {
+    max_body_bytes: Option<usize>,
+    min_version_timeout_ms: Option<u64>,
+    max_wait_ms: Option<u64>,
+    default_page_size: Option<usize>,
+    max_page_size: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Values given on the command line or in the environment; they win over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
+    pub const DEFAULT_DATA_DIR: &'static str = "./nexus-data";
+
+    /// Builds the configuration: contract defaults, then `file`, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let parsed = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                toml::from_str::<File>(&text)
+                    .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?
+            }
+            None => File::default(),
+        };
+        let config = Self {
+            listen: overrides
+                .listen
+                .or(parsed.listen)
+                .unwrap_or_else(|| Self::DEFAULT_LISTEN.parse().expect("valid default")),
+            data_dir: overrides.data_dir.or(parsed.data_dir).unwrap_or_else(|| Self::DEFAULT_DATA_DIR.into()),
+            limits: Limits {
+                max_body_bytes: parsed.limits.max_body_bytes.unwrap_or(1024 * 1024),
+                min_version_timeout_ms: parsed.limits.min_version_timeout_ms.unwrap_or(3000),
+                max_wait_ms: parsed.limits.max_wait_ms.unwrap_or(30_000),
+                default_page_size: parsed.limits.default_page_size.unwrap_or(50),
+                max_page_size: parsed.limits.max_page_size.unwrap_or(1000),
+            },
+            projection_batch_size: parsed.projection_batch_size.unwrap_or(1000),
+            aggregate_cache_capacity: parsed.aggregate_cache_capacity.unwrap_or(100_000),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The defaults for a data directory and address, as tests and embedders want them.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        let overrides = Overrides { data_dir: Some(data_dir.into()), ..Overrides::default() };
+        Self::load(None, overrides).expect("defaults are valid")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        let checks = [
+            (limits.max_body_bytes >= 1024, "limits.max-body-bytes must be at least 1024"),
+            (limits.default_page_size >= 1, "limits.default-page-size must be at least 1"),
+            (
+                limits.default_page_size <= limits.max_page_size,
+                "limits.default-page-size must not exceed limits.max-page-size",
+            ),
+            (
+                limits.min_version_timeout_ms <= limits.max_wait_ms,
+                "limits.min-version-timeout-ms must not exceed limits.max-wait-ms",
+            ),
+            (self.projection_batch_size >= 1, "projection-batch-size must be at least 1"),
+            (self.aggregate_cache_capacity >= 1, "aggregate-cache-capacity must be at least 1"),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err(ConfigError::Invalid((*message).to_owned())),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nexus.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\n[limits]\nmax-body-bytes = 2048\n").unwrap();
+        let config = Config::load(Some(&path), Overrides::default()).unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.limits.max_body_bytes, 2048);
+        let overrides = Overrides { listen: Some("127.0.0.1:9001".parse().unwrap()), data_dir: None };
+        assert_eq!(Config::load(Some(&path), overrides).unwrap().listen.port(), 9001);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nexus.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+        assert!(matches!(Config::load(Some(&path), Overrides::default()), Err(ConfigError::Parse { .. })));
+        std::fs::write(&path, "[limits]\nmax-body-bytes = 10\n").unwrap();
+        assert!(matches!(Config::load(Some(&path), Overrides::default()), Err(ConfigError::Invalid(_))));
+    }
+}

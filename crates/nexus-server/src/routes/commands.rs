@@ -1,0 +1,108 @@
+//! `POST /api/commands/{commandType}`: the write side's only door.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use nexus_core::{CommandResult, FieldError};
+use nexus_runtime::CommandRequest;
+use serde_json::{Map, Value};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+
+/// Accepts a command. The body is the payload plus the envelope keys (`aggregateId`, `commandId`,
+/// `expectedVersion`, `metadata`), or the seed's full `Command` envelope when it has a `payload`
+/// object. Answers 202 only once the events are durable.
+pub(crate) async fn handle(
+    State(state): State<AppState>,
+    Path(command_type): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<CommandResult>), ApiError> {
+    let request = parse_request(command_type, body, &headers)?;
+    let result = state.bus.handle(request).await?;
+    Ok((StatusCode::ACCEPTED, Json(result)))
+}
+
+fn parse_request(command_type: String, body: Value, headers: &HeaderMap) -> Result<CommandRequest, ApiError> {
+    let Value::Object(mut body) = body else {
+        return Err(ApiError::field("body", "must be a JSON object"));
+    };
+    let mut errors = Vec::new();
+    let full_envelope = matches!(body.get("payload"), Some(Value::Object(_)));
+    let payload = if full_envelope {
+        let payload = body.remove("payload").expect("checked above");
+        // The seed's envelope names the type too; it must agree with the path.
+        if let Some(named) = body.remove("commandType") {
+            if named.as_str() != Some(command_type.as_str()) {
+                errors.push(FieldError::new("commandType", format!("must match the path ({command_type})")));
+            }
+        }
+        body.remove("timestamp");
+        payload
+    } else {
+        Value::Null
+    };
+    let aggregate_id = take_string(&mut body, "aggregateId", &mut errors);
+    let command_id =
+        take_string(&mut body, "commandId", &mut errors).or_else(|| header(headers, "idempotency-key"));
+    let expected_version = match body.remove("expectedVersion") {
+        None | Some(Value::Null) => None,
+        Some(value) => match value.as_u64() {
+            Some(version) => Some(version),
+            None => {
+                errors.push(FieldError::new("expectedVersion", "must be a non-negative integer"));
+                None
+            }
+        },
+    };
+    let mut metadata = match body.remove("metadata") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => map,
+        Some(_) => {
+            errors.push(FieldError::new("metadata", "must be an object"));
+            Map::new()
+        }
+    };
+    let mut meta = |key: &str| match metadata.remove(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errors.push(FieldError::new(format!("metadata.{key}"), "must be a string"));
+            None
+        }
+    };
+    let user_id = meta("userId");
+    let correlation_id = meta("correlationId").or_else(|| header(headers, "x-correlation-id"));
+    let causation_id = meta("causationId");
+    if !errors.is_empty() {
+        return Err(ApiError::fields(errors));
+    }
+    let payload = if full_envelope { payload } else { Value::Object(body) };
+    Ok(CommandRequest {
+        command_type,
+        aggregate_id,
+        command_id,
+        expected_version,
+        payload,
+        user_id,
+        correlation_id,
+        causation_id,
+    })
+}
+
+fn take_string(body: &mut Map<String, Value>, key: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+    match body.remove(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errors.push(FieldError::new(key, "must be a string"));
+            None
+        }
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}

@@ -1,0 +1,165 @@
+//! The read side: documents by id (with read-your-writes) and filtered, sorted, paged lists.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use nexus_core::ports::{Filter, ListQuery, SortOrder};
+use nexus_core::{FieldError, ReadDocument};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::QueryParams;
+
+fn known_resource(state: &AppState, resource: &str) -> Result<(), ApiError> {
+    match state.domain.projection_named(resource) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::NotFound(format!("no resource type '{resource}'"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct GetParams {
+    min_version: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+/// `GET /api/queries/{resourceType}/{id}[?minVersion=N&timeoutMs=T]`.
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path((resource, id)): Path<(String, String)>,
+    QueryParams(params): QueryParams<GetParams>,
+) -> Result<Json<ReadDocument>, ApiError> {
+    known_resource(&state, &resource)?;
+    let Some(wanted) = params.min_version else {
+        return match state.read.get(&resource, &id).await? {
+            Some(doc) => Ok(Json(doc)),
+            None => Err(ApiError::NotFound(format!("no {resource} document '{id}'"))),
+        };
+    };
+    let limits = &state.config.limits;
+    let timeout_ms = params.timeout_ms.unwrap_or(limits.min_version_timeout_ms);
+    if timeout_ms > limits.max_wait_ms {
+        return Err(ApiError::field("timeoutMs", format!("must be at most {}", limits.max_wait_ms)));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    // Subscribe before reading, so an update landing between the read and the wait is not missed.
+    let mut updates = state.notifier.subscribe();
+    loop {
+        let doc = state.read.get(&resource, &id).await?;
+        let current = doc.as_ref().map_or(0, |d| d.version);
+        if current >= wanted {
+            return Ok(Json(doc.expect("version > 0 means the document exists")));
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, updates.recv()).await {
+                Err(_) => return Err(ApiError::ProjectionTimeout { wanted, current, timeout_ms }),
+                Ok(Ok(update)) => {
+                    if update.resource == resource && update.aggregate_id == id && update.version >= wanted {
+                        break;
+                    }
+                }
+                // Missed some updates: read again rather than guess.
+                Ok(Err(RecvError::Lagged(_))) => break,
+                Ok(Err(RecvError::Closed)) => return Err(ApiError::Unavailable("server is stopping".into())),
+            }
+        }
+    }
+}
+
+/// Parameters of a list that are not field filters.
+const RESERVED: [&str; 3] = ["sort", "limit", "nextToken"];
+
+/// `GET /api/queries/{resourceType}?<field>=<value>&sort=<field>:asc|desc&limit=&nextToken=`.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Path(resource): Path<String>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    known_resource(&state, &resource)?;
+    let limits = &state.config.limits;
+    let mut errors = Vec::new();
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => limits.default_page_size,
+        Some(Ok(n)) if (1..=limits.max_page_size).contains(&n) => n,
+        Some(_) => {
+            errors.push(FieldError::new(
+                "limit",
+                format!("must be an integer from 1 to {}", limits.max_page_size),
+            ));
+            limits.default_page_size
+        }
+    };
+    let sort = params.get("sort").and_then(|sort| {
+        let (field, order) = sort.split_once(':').unwrap_or((sort, "asc"));
+        match order.to_ascii_lowercase().as_str() {
+            "asc" => Some((field.to_owned(), SortOrder::Asc)),
+            "desc" => Some((field.to_owned(), SortOrder::Desc)),
+            _ => {
+                errors.push(FieldError::new("sort", "must be <field>:asc or <field>:desc"));
+                None
+            }
+        }
+    });
+    let mut filters: Vec<Filter> = params
+        .iter()
+        .filter(|(key, _)| !RESERVED.contains(&key.as_str()))
+        .map(|(field, value)| Filter { field: field.clone(), value: value.clone() })
+        .collect();
+    filters.sort_by(|a, b| a.field.cmp(&b.field));
+    let fingerprint = page_fingerprint(&filters, &sort);
+    let offset = match params.get("nextToken") {
+        None => 0,
+        Some(token) => match decode_token(token, &fingerprint) {
+            Some(offset) => offset,
+            None => {
+                errors.push(FieldError::new("nextToken", "is not a token this query returned"));
+                0
+            }
+        },
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::fields(errors));
+    }
+    let query = ListQuery { filters, sort, limit, offset };
+    let page = state.read.list(&resource, &query).await?;
+    let next = offset + page.items.len();
+    let next_token =
+        (page.items.len() == limit && (next as u64) < page.total).then(|| encode_token(next, &fingerprint));
+    let mut response =
+        Json(json!({"items": page.items, "total": page.total, "nextToken": next_token})).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+    Ok(response)
+}
+
+/// Ties a page token to the query that made it, so a token is not replayed against another query.
+fn page_fingerprint(filters: &[Filter], sort: &Option<(String, SortOrder)>) -> String {
+    let mut text: String = filters.iter().map(|f| format!("{}={}&", f.field, f.value)).collect();
+    if let Some((field, order)) = sort {
+        text.push_str(&format!("sort={field}:{order:?}"));
+    }
+    format!(
+        "{:x}",
+        text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    )
+}
+
+fn encode_token(offset: usize, fingerprint: &str) -> String {
+    URL_SAFE_NO_PAD.encode(json!({"o": offset, "q": fingerprint}).to_string())
+}
+
+fn decode_token(token: &str, fingerprint: &str) -> Option<usize> {
+    let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
+    let value: Value = serde_json::from_slice(&bytes).ok()?;
+    (value.get("q")?.as_str()? == fingerprint).then_some(())?;
+    value.get("o")?.as_u64().map(|o| o as usize)
+}

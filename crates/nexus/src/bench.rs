@@ -1,0 +1,438 @@
+//! `nexus bench`: a load generator in the spirit of `pgbench` and `nats bench`.
+//!
+//! Drives a running server (`--url`) or an embedded one started in a temporary directory, with a
+//! weighted mix of operations from N concurrent clients, and reports throughput, latency
+//! percentiles per operation, errors by code, and command→read-model lag measured through
+//! WebSocket notifications by a sampler running beside the load.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(clap::Args, Clone)]
+pub struct BenchArgs {
+    /// Base URL of a running server; without it an embedded server is started in a temp dir.
+    #[arg(long)]
+    url: Option<String>,
+    /// Concurrent clients.
+    #[arg(long, short = 'c', default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds to run (ignored when --count is given).
+    #[arg(long, short = 'd', default_value_t = 10)]
+    duration: u64,
+    /// Total operations to run instead of a duration.
+    #[arg(long, short = 'n')]
+    count: Option<u64>,
+    /// Operation mix as weights: place, ship, get, list (e.g. place=70,ship=10,get=15,list=5).
+    #[arg(long, default_value = "place=100")]
+    mix: String,
+    /// Lag samples per second taken by the WebSocket sampler (0 disables it).
+    #[arg(long, default_value_t = 50)]
+    lag_samples: u32,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Op {
+    Place,
+    Ship,
+    Get,
+    List,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Place => "PlaceOrder",
+            Op::Ship => "ShipOrder",
+            Op::Get => "get-by-id",
+            Op::List => "list",
+        }
+    }
+}
+
+fn parse_mix(mix: &str) -> anyhow::Result<Vec<(Op, u32)>> {
+    let mut weights = Vec::new();
+    for part in mix.split(',').filter(|p| !p.is_empty()) {
+        let (name, weight) = part.split_once('=').unwrap_or((part, "1"));
+        let op = match name.trim() {
+            "place" => Op::Place,
+            "ship" => Op::Ship,
+            "get" => Op::Get,
+            "list" => Op::List,
+            other => bail!("unknown operation '{other}' in --mix (use place, ship, get, list)"),
+        };
+        let weight: u32 = weight.trim().parse().with_context(|| format!("weight of {name} in --mix"))?;
+        weights.push((op, weight));
+    }
+    if weights.iter().map(|(_, w)| w).sum::<u32>() == 0 {
+        bail!("--mix needs at least one operation with a weight above 0");
+    }
+    Ok(weights)
+}
+
+#[derive(Default)]
+struct Stats {
+    latencies: BTreeMap<Op, Vec<u32>>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    fn merge(&mut self, other: Stats) {
+        for (op, mut values) in other.latencies {
+            self.latencies.entry(op).or_default().append(&mut values);
+        }
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mix = parse_mix(&args.mix)?;
+    let (base, _embedded) = match &args.url {
+        Some(url) => (url.trim_end_matches('/').to_owned(), None),
+        None => {
+            let (url, guard) = start_embedded().await?;
+            (url, Some(guard))
+        }
+    };
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    client
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("server at {base} is not ready"))?;
+
+    let remaining = Arc::new(AtomicU64::new(args.count.unwrap_or(u64::MAX)));
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = match args.count {
+        Some(_) => None,
+        None => Some(Instant::now() + Duration::from_secs(args.duration)),
+    };
+    eprintln!(
+        "nexus bench: {} clients, {}, mix {}, against {base}",
+        args.concurrency,
+        args.count.map_or(format!("{} s", args.duration), |n| format!("{n} operations")),
+        args.mix
+    );
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for seed in 0..args.concurrency {
+        workers.push(tokio::spawn(worker(
+            client.clone(),
+            base.clone(),
+            mix.clone(),
+            seed as u64 + 1,
+            remaining.clone(),
+            done.clone(),
+            deadline,
+        )));
+    }
+    let sampler = (args.lag_samples > 0).then(|| {
+        tokio::spawn(lag_sampler(client.clone(), base.clone(), args.lag_samples, remaining.clone(), deadline))
+    });
+    let progress = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = done.load(Ordering::Relaxed);
+                eprintln!(
+                    "  {:>6.1} s  {:>10} ops  {:>8} ops/s",
+                    started.elapsed().as_secs_f64(),
+                    now,
+                    now - last
+                );
+                last = now;
+            }
+        }
+    });
+    let mut stats = Stats::default();
+    for worker in workers {
+        stats.merge(worker.await?);
+    }
+    let elapsed = started.elapsed();
+    progress.abort();
+    let lags = match sampler {
+        Some(sampler) => {
+            remaining.store(0, Ordering::Relaxed);
+            sampler.await?
+        }
+        None => Vec::new(),
+    };
+    report(&args, &stats, elapsed, lags);
+    Ok(())
+}
+
+/// Keeps the embedded server's directory and task alive for the run.
+struct Embedded {
+    _dir: tempfile::TempDir,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+async fn start_embedded() -> anyhow::Result<(String, Embedded)> {
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let config = nexus_server::Config::embedded(dir.path());
+    let server = tokio::spawn(async move {
+        if let Err(error) =
+            nexus_server::run(config, nexus_domain::domain(), listener, std::future::pending()).await
+        {
+            eprintln!("embedded server failed: {error}");
+        }
+    });
+    eprintln!("started an embedded server on {addr} in {}", dir.path().display());
+    Ok((format!("http://{addr}"), Embedded { _dir: dir, _server: server }))
+}
+
+/// xorshift: enough randomness for picking operations, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn place_order_body(rng: &mut Rng, aggregate_id: Option<&str>) -> Value {
+    let mut body = json!({
+        "customerId": format!("customer-{}", rng.next() % 10_000),
+        "items": [
+            {"productId": format!("product-{}", rng.next() % 1000), "quantity": 1 + rng.next() % 5, "unitPrice": 9.5},
+            {"productId": format!("product-{}", rng.next() % 1000), "quantity": 1, "unitPrice": 20}
+        ]
+    });
+    if let Some(id) = aggregate_id {
+        body["aggregateId"] = json!(id);
+    }
+    body
+}
+
+async fn worker(
+    client: reqwest::Client,
+    base: String,
+    mix: Vec<(Op, u32)>,
+    seed: u64,
+    remaining: Arc<AtomicU64>,
+    done: Arc<AtomicU64>,
+    deadline: Option<Instant>,
+) -> Stats {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let total: u32 = mix.iter().map(|(_, w)| w).sum();
+    let mut stats = Stats::default();
+    let mut placed: Vec<String> = Vec::new();
+    loop {
+        if deadline.is_some_and(|d| Instant::now() >= d)
+            || remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err()
+        {
+            break;
+        }
+        let mut pick = (rng.next() % total as u64) as u32;
+        let mut op = mix[0].0;
+        for (candidate, weight) in &mix {
+            if pick < *weight {
+                op = *candidate;
+                break;
+            }
+            pick -= weight;
+        }
+        if op != Op::Place && op != Op::List && placed.is_empty() {
+            op = Op::Place;
+        }
+        let request = match op {
+            Op::Place => {
+                client.post(format!("{base}/api/commands/PlaceOrder")).json(&place_order_body(&mut rng, None))
+            }
+            Op::Ship => {
+                let id = placed.swap_remove((rng.next() % placed.len() as u64) as usize);
+                client.post(format!("{base}/api/commands/ShipOrder")).json(&json!({"aggregateId": id}))
+            }
+            Op::Get => {
+                let id = &placed[(rng.next() % placed.len() as u64) as usize];
+                client.get(format!("{base}/api/queries/orders/{id}"))
+            }
+            Op::List => client.get(format!("{base}/api/queries/orders?status=PLACED&limit=20")),
+        };
+        let started = Instant::now();
+        let outcome = request.send().await;
+        let micros = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        match outcome {
+            Ok(response) if response.status().is_success() => {
+                stats.latencies.entry(op).or_default().push(micros);
+                if op == Op::Place {
+                    if let Ok(body) = response.json::<Value>().await {
+                        if let Some(id) = body["aggregateId"].as_str() {
+                            if placed.len() < 10_000 {
+                                placed.push(id.to_owned());
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                let code = body["code"].as_str().unwrap_or("?");
+                *stats.errors.entry(format!("{status} {code}")).or_default() += 1;
+            }
+            Err(error) => {
+                let kind = if error.is_timeout() { "timeout" } else { "connection" };
+                *stats.errors.entry(kind.to_owned()).or_default() += 1;
+            }
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    stats
+}
+
+/// Samples command→read-model lag: subscribe to a fresh id, place an order on it, and time from
+/// the 202 to the `projection_updated` notification.
+async fn lag_sampler(
+    client: reqwest::Client,
+    base: String,
+    per_second: u32,
+    remaining: Arc<AtomicU64>,
+    deadline: Option<Instant>,
+) -> Vec<u32> {
+    let ws_url = format!("{}/api/subscriptions", base.replacen("http", "ws", 1));
+    let Ok((mut socket, _)) = tokio_tungstenite::connect_async(&ws_url).await else {
+        eprintln!("lag sampler: cannot connect to {ws_url}");
+        return Vec::new();
+    };
+    let mut rng = Rng(0xDEAD_BEEF);
+    let mut lags = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);
+    while deadline.is_none_or(|d| Instant::now() < d) && remaining.load(Ordering::Relaxed) > 0 {
+        tick.tick().await;
+        let id = format!("lag-{}", uuid::Uuid::new_v4());
+        let subscribe = json!({"type": "subscribe", "aggregateIds": [id]}).to_string();
+        if socket.send(Message::text(subscribe)).await.is_err() {
+            break;
+        }
+        if !wait_for(&mut socket, |m| m["type"] == "subscribed").await {
+            break;
+        }
+        let accepted = client
+            .post(format!("{base}/api/commands/PlaceOrder"))
+            .json(&place_order_body(&mut rng, Some(&id)))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 202);
+        let at = Instant::now();
+        if accepted
+            && wait_for(&mut socket, |m| m["type"] == "projection_updated" && m["aggregateId"] == id).await
+        {
+            lags.push(at.elapsed().as_micros() as u32);
+        }
+        let unsubscribe = json!({"type": "unsubscribe", "aggregateIds": [id]}).to_string();
+        let _ = socket.send(Message::text(unsubscribe)).await;
+    }
+    lags
+}
+
+async fn wait_for<S>(socket: &mut S, wanted: impl Fn(&Value) -> bool) -> bool
+where
+    S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, socket.next()).await {
+        if let Message::Text(text) = message {
+            if serde_json::from_str::<Value>(&text).is_ok_and(|m| wanted(&m)) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn percentiles(values: &mut [u32]) -> Value {
+    values.sort_unstable();
+    let at = |q: f64| -> f64 {
+        if values.is_empty() {
+            return 0.0;
+        }
+        let index = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1;
+        values[index] as f64 / 1000.0
+    };
+    json!({
+        "count": values.len(),
+        "p50Ms": at(0.50), "p90Ms": at(0.90), "p99Ms": at(0.99), "p999Ms": at(0.999),
+        "maxMs": values.last().map_or(0.0, |v| *v as f64 / 1000.0),
+    })
+}
+
+fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, mut lags: Vec<u32>) {
+    let seconds = elapsed.as_secs_f64();
+    let mut operations = serde_json::Map::new();
+    let mut total_ok = 0;
+    for (op, values) in &stats.latencies {
+        total_ok += values.len();
+        let mut values = values.clone();
+        let mut summary = percentiles(&mut values);
+        summary["perSecond"] = json!((values.len() as f64 / seconds).round());
+        operations.insert(op.name().to_owned(), summary);
+    }
+    let total_errors: u64 = stats.errors.values().sum();
+    let report = json!({
+        "concurrency": args.concurrency,
+        "mix": args.mix,
+        "seconds": (seconds * 100.0).round() / 100.0,
+        "ok": total_ok,
+        "errors": total_errors,
+        "opsPerSecond": (total_ok as f64 / seconds).round(),
+        "operations": operations,
+        "errorsByCode": stats.errors,
+        "lag": percentiles(&mut lags),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("serializable"));
+        return;
+    }
+    println!(
+        "\n{total_ok} ok, {total_errors} errors in {seconds:.2} s: {:.0} ops/s",
+        total_ok as f64 / seconds
+    );
+    println!(
+        "{:<12} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "operation", "count", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms"
+    );
+    for (name, s) in &operations {
+        println!(
+            "{:<12} {:>9} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            name,
+            s["count"],
+            s["perSecond"],
+            s["p50Ms"].as_f64().unwrap_or(0.0),
+            s["p90Ms"].as_f64().unwrap_or(0.0),
+            s["p99Ms"].as_f64().unwrap_or(0.0),
+            s["p999Ms"].as_f64().unwrap_or(0.0),
+            s["maxMs"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let lag = &report["lag"];
+    println!(
+        "command→read-model lag ({} samples): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lag["count"],
+        lag["p50Ms"].as_f64().unwrap_or(0.0),
+        lag["p99Ms"].as_f64().unwrap_or(0.0),
+        lag["maxMs"].as_f64().unwrap_or(0.0)
+    );
+    for (code, n) in &stats.errors {
+        println!("error {code}: {n}");
+    }
+}
