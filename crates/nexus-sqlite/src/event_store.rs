@@ -189,7 +189,14 @@ fn append_one(tx: &Connection, request: &AppendRequest) -> Result<AppendOutcome,
                 ],
                 |row| row.get(0),
             )
-            .map_err(unavailable)?;
+            .map_err(|error| match error.sqlite_error_code() {
+                // The only unique key an insert can break here is the event id: the version was
+                // checked above under the writer's exclusive transaction.
+                Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                    StoreError::InvalidRequest(format!("event id {} is already stored", event.event_id))
+                }
+                _ => unavailable(error),
+            })?;
         committed.push(DomainEvent {
             event_id: event.event_id.clone(),
             event_type: event.event_type.clone(),

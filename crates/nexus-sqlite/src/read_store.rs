@@ -71,18 +71,22 @@ fn where_clause(resource: &str, query: &ListQuery) -> Result<(String, Vec<SqlVal
     let mut values = vec![SqlValue::Text(resource.to_owned())];
     for filter in &query.filters {
         let path = values.len() + 1;
-        let value = path + 1;
-        // Arrays (tags) match by membership; scalars by their text form, so `?total=15` and
-        // `?status=PLACED` both work from a query string.
+        let text = path + 1;
+        let number = path + 2;
+        // Arrays (tags) match by membership, numbers by value (`?total=20` matches 20.0), the
+        // rest by their text form, so every filter can come from a query string.
         sql.push_str(&format!(
             " AND (CASE json_type(doc, ?{path}) \
-               WHEN 'array' THEN EXISTS (SELECT 1 FROM json_each(doc, ?{path}) WHERE CAST(value AS TEXT) = ?{value}) \
-               WHEN 'true' THEN ?{value} = 'true' \
-               WHEN 'false' THEN ?{value} = 'false' \
-               ELSE CAST(json_extract(doc, ?{path}) AS TEXT) = ?{value} END)"
+               WHEN 'array' THEN EXISTS (SELECT 1 FROM json_each(doc, ?{path}) WHERE CAST(value AS TEXT) = ?{text}) \
+               WHEN 'integer' THEN json_extract(doc, ?{path}) = ?{number} \
+               WHEN 'real' THEN json_extract(doc, ?{path}) = ?{number} \
+               WHEN 'true' THEN ?{text} = 'true' \
+               WHEN 'false' THEN ?{text} = 'false' \
+               ELSE CAST(json_extract(doc, ?{path}) AS TEXT) = ?{text} END)"
         ));
         values.push(SqlValue::Text(json_path(&filter.field)?));
         values.push(SqlValue::Text(filter.value.clone()));
+        values.push(filter.value.parse::<f64>().map_or(SqlValue::Null, SqlValue::Real));
     }
     Ok((sql, values))
 }

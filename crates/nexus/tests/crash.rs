@@ -58,7 +58,8 @@ async fn kill_9_loses_no_acknowledged_event_and_projection_catches_up() {
                     "customerId": format!("crash-{worker}"),
                     "items": [{"productId": format!("p{i}"), "quantity": 1, "unitPrice": 3}]
                 });
-                let Ok(response) = client.post(format!("{base}/api/commands/PlaceOrder")).json(&body).send().await
+                let Ok(response) =
+                    client.post(format!("{base}/api/commands/PlaceOrder")).json(&body).send().await
                 else {
                     break; // the server is gone
                 };
@@ -113,8 +114,14 @@ async fn kill_9_loses_no_acknowledged_event_and_projection_catches_up() {
         .json()
         .await
         .unwrap();
-    let head: Value =
-        client.get(format!("{}/api/admin/projections", server.base)).send().await.unwrap().json().await.unwrap();
+    let head: Value = client
+        .get(format!("{}/api/admin/projections", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let store_head = head["items"][0]["head"].as_u64().unwrap();
     assert!(page["total"].as_u64().unwrap() <= store_head);
     assert!(page["total"].as_u64().unwrap() >= acknowledged.len() as u64);

@@ -1,0 +1,75 @@
+//! Conformance suites for the Nexus ports.
+//!
+//! A backend crate runs every case against its own implementation with one macro call in its
+//! tests: [`event_store_suite!`] and [`read_store_suite!`]. The factory it passes returns a fresh,
+//! empty store (its own temp dir or schema) and a guard that cleans it up when dropped. A backend
+//! that cannot reach its server must make the factory panic: a suite never passes silently.
+//!
+//! Architecture invariant: cases talk only through the port traits, so passing them means the
+//! same thing for every backend.
+
+pub mod event_store;
+pub mod read_store;
+
+use std::any::Any;
+use std::sync::Arc;
+
+/// A store under test and whatever keeps it alive (temp dir, schema guard).
+pub struct Subject<T: ?Sized> {
+    pub store: Arc<T>,
+    pub guard: Box<dyn Any + Send>,
+}
+
+/// Runs every event-store case against `$factory`, an `async fn() -> Subject<dyn EventStore>`.
+#[macro_export]
+macro_rules! event_store_suite {
+    ($factory:ident) => {
+        $crate::event_store_suite!(@cases $factory;
+            append_assigns_versions_and_positions,
+            wrong_expected_version_appends_nothing,
+            only_one_of_two_racing_appends_wins,
+            duplicate_command_id_returns_the_first_record,
+            failed_append_in_a_batch_leaves_others_intact,
+            change_feed_is_gap_free_under_concurrent_writers,
+            read_by_type_filters_type_and_time,
+            wait_past_wakes_on_append,
+        );
+    };
+    (@cases $factory:ident; $($case:ident),* $(,)?) => {
+        mod event_store_conformance {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let subject = super::$factory().await;
+                    $crate::event_store::$case(subject.store.clone()).await;
+                    drop(subject);
+                }
+            )*
+        }
+    };
+}
+
+/// Runs every read-store case against `$factory`, an `async fn() -> Subject<dyn ReadStore>`.
+#[macro_export]
+macro_rules! read_store_suite {
+    ($factory:ident) => {
+        $crate::read_store_suite!(@cases $factory;
+            commit_writes_documents_and_checkpoint,
+            older_versions_never_overwrite_newer,
+            list_filters_sorts_and_pages,
+            load_returns_existing_documents_only,
+        );
+    };
+    (@cases $factory:ident; $($case:ident),* $(,)?) => {
+        mod read_store_conformance {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let subject = super::$factory().await;
+                    $crate::read_store::$case(subject.store.clone()).await;
+                    drop(subject);
+                }
+            )*
+        }
+    };
+}

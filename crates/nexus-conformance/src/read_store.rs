@@ -1,0 +1,87 @@
+//! Read store cases.
+
+use std::sync::Arc;
+
+use nexus_core::ports::{Filter, ListQuery, SortOrder};
+use nexus_core::{ReadDocument, ReadStore};
+use serde_json::json;
+
+fn doc(id: &str, version: u64, status: &str, total: f64, tags: &[&str]) -> ReadDocument {
+    let mut doc = ReadDocument::empty(id, id);
+    doc.version = version;
+    doc.last_updated = "2026-01-01T00:00:00.000Z".into();
+    doc.status = status.into();
+    doc.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+    doc.set("total", total);
+    doc.set("customerId", json!(format!("c-{}", version % 2)));
+    doc
+}
+
+pub async fn commit_writes_documents_and_checkpoint(store: Arc<dyn ReadStore>) {
+    assert_eq!(store.checkpoint("p").await.unwrap(), 0, "a new projection starts at 0");
+    store.commit("p", "things", vec![doc("a", 1, "NEW", 1.0, &[])], 7).await.unwrap();
+    assert_eq!(store.checkpoint("p").await.unwrap(), 7);
+    assert_eq!(store.checkpoint("other").await.unwrap(), 0, "checkpoints are per projection");
+    let found = store.get("things", "a").await.unwrap().expect("document stored");
+    assert_eq!(found, doc("a", 1, "NEW", 1.0, &[]), "read back exactly what was written");
+    assert_eq!(store.get("others", "a").await.unwrap(), None, "resources are separate");
+    store.commit("p", "things", Vec::new(), 9).await.unwrap();
+    assert_eq!(store.checkpoint("p").await.unwrap(), 9, "an empty batch still moves the checkpoint");
+    store.ping().await.unwrap();
+}
+
+pub async fn older_versions_never_overwrite_newer(store: Arc<dyn ReadStore>) {
+    store.commit("p", "things", vec![doc("a", 2, "NEWER", 1.0, &[])], 2).await.unwrap();
+    store.commit("p", "things", vec![doc("a", 1, "OLDER", 1.0, &[])], 3).await.unwrap();
+    assert_eq!(store.get("things", "a").await.unwrap().unwrap().status, "NEWER");
+    store.commit("p", "things", vec![doc("a", 3, "NEWEST", 1.0, &[])], 4).await.unwrap();
+    assert_eq!(store.get("things", "a").await.unwrap().unwrap().version, 3);
+}
+
+pub async fn list_filters_sorts_and_pages(store: Arc<dyn ReadStore>) {
+    let docs = vec![
+        doc("a", 1, "PLACED", 30.0, &["high-value"]),
+        doc("b", 2, "PLACED", 10.0, &[]),
+        doc("c", 3, "SHIPPED", 20.0, &["high-value"]),
+        doc("d", 4, "PLACED", 40.0, &[]),
+    ];
+    store.commit("p", "orders", docs, 4).await.unwrap();
+    store.commit("q", "other", vec![doc("z", 1, "PLACED", 99.0, &[])], 1).await.unwrap();
+    let query = |filters: Vec<(&str, &str)>, sort: Option<(&str, SortOrder)>, limit, offset| ListQuery {
+        filters: filters.into_iter().map(|(f, v)| Filter { field: f.into(), value: v.into() }).collect(),
+        sort: sort.map(|(f, o)| (f.to_owned(), o)),
+        limit,
+        offset,
+    };
+    let ids = |page: &nexus_core::ports::Page| page.items.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+
+    let placed = store.list("orders", &query(vec![("status", "PLACED")], None, 10, 0)).await.unwrap();
+    assert_eq!((ids(&placed), placed.total), (vec!["a".into(), "b".into(), "d".into()], 3));
+
+    let by_total =
+        store.list("orders", &query(vec![], Some(("total", SortOrder::Desc)), 2, 0)).await.unwrap();
+    assert_eq!((ids(&by_total), by_total.total), (vec!["d".into(), "a".into()], 4));
+    let next = store.list("orders", &query(vec![], Some(("total", SortOrder::Desc)), 2, 2)).await.unwrap();
+    assert_eq!(ids(&next), ["c", "b"]);
+
+    let tagged = store.list("orders", &query(vec![("tags", "high-value")], None, 10, 0)).await.unwrap();
+    assert_eq!(ids(&tagged), ["a", "c"], "array fields match by membership");
+    let numeric = store.list("orders", &query(vec![("total", "20")], None, 10, 0)).await.unwrap();
+    assert_eq!(ids(&numeric), ["c"], "numbers match their text form");
+    let both = store
+        .list("orders", &query(vec![("status", "PLACED"), ("customerId", "c-0")], None, 10, 0))
+        .await
+        .unwrap();
+    assert_eq!(ids(&both), ["b", "d"], "filters combine with AND");
+    assert!(store.list("orders", &query(vec![("bad field!", "x")], None, 10, 0)).await.is_err());
+}
+
+pub async fn load_returns_existing_documents_only(store: Arc<dyn ReadStore>) {
+    store
+        .commit("p", "things", vec![doc("a", 1, "X", 1.0, &[]), doc("b", 1, "Y", 1.0, &[])], 2)
+        .await
+        .unwrap();
+    let mut loaded = store.load("things", &["a".into(), "missing".into(), "b".into()]).await.unwrap();
+    loaded.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(loaded.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+}

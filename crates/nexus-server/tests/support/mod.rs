@@ -1,0 +1,231 @@
+//! Real servers on port 0 for the API tests, and thin HTTP and WebSocket clients that speak to them.
+//!
+//! Every test starts its own [`TestServer`] in its own temporary data directory, so tests share
+//! nothing but the process-wide metrics recorder.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use nexus_server::{Config, ServeError};
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single wait of a test may take before the test fails instead of hanging.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A `nexus_server::run` on 127.0.0.1:0 with the reference domain and the embedded backends.
+pub struct TestServer {
+    pub base: String,
+    pub http: reqwest::Client,
+    dir: Option<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl TestServer {
+    /// Starts a server in a fresh temporary data directory.
+    pub async fn start() -> Self {
+        Self::start_in(tempfile::tempdir().expect("temporary data directory")).await
+    }
+
+    /// Starts a server on an existing data directory (a restart keeps its state).
+    pub async fn start_in(dir: TempDir) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        // A dropped sender also stops the server: a failing test does not leak a running one.
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let config = Config::embedded(dir.path());
+        let task = tokio::spawn(nexus_server::run(config, nexus_domain::domain(), listener, shutdown));
+        let http = reqwest::Client::builder().no_proxy().timeout(DEADLINE).build().expect("HTTP client");
+        // The listener is already bound, so requests sent before `run` has opened its stores wait
+        // in the accept backlog: no readiness polling needed.
+        Self { base: format!("http://{addr}"), http, dir: Some(dir), stop: Some(stop), task: Some(task) }
+    }
+
+    /// Triggers the shutdown signal, asserts that `run` returns `Ok` within a few seconds and
+    /// hands back the data directory.
+    pub async fn stop(mut self) -> TempDir {
+        let _ = self.stop.take().expect("not stopped yet").send(());
+        let task = self.task.take().expect("not stopped yet");
+        let outcome = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("run() did not return within 5 s of the shutdown signal")
+            .expect("the server task panicked");
+        if let Err(error) = outcome {
+            panic!("run() returned an error on shutdown: {error}");
+        }
+        self.dir.take().expect("data directory")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        Reply::read(self.http.get(self.url(path)).send().await.expect("GET")).await
+    }
+
+    /// `POST /api/commands/{command_type}` with `body` as JSON.
+    pub async fn command(&self, command_type: &str, body: Value) -> Reply {
+        self.command_with(command_type, body, &[]).await
+    }
+
+    pub async fn command_with(&self, command_type: &str, body: Value, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.http.post(self.url(&format!("/api/commands/{command_type}"))).json(&body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Reply::read(request.send().await.expect("POST command")).await
+    }
+
+    /// A command that must be accepted; returns its 202 body.
+    pub async fn accepted(&self, command_type: &str, body: Value) -> Value {
+        let reply = self.command(command_type, body.clone()).await;
+        assert_eq!(reply.status, 202, "{command_type} {body} was not accepted: {}", reply.body);
+        reply.body
+    }
+
+    /// The `resource` document `id` once its projection reached `version` (read-your-writes).
+    pub async fn document_at(&self, resource: &str, id: &str, version: u64) -> Value {
+        let reply = self.get(&format!("/api/queries/{resource}/{id}?minVersion={version}")).await;
+        assert_eq!(reply.status, 200, "{resource}/{id} at version {version}: {}", reply.body);
+        reply.body
+    }
+
+    /// The events of one aggregate, in version order.
+    pub async fn events_of(&self, aggregate_id: &str) -> Vec<Value> {
+        let reply = self.get(&format!("/api/events/{aggregate_id}")).await;
+        assert_eq!(reply.status, 200, "events of {aggregate_id}: {}", reply.body);
+        assert_eq!(reply.body["aggregateId"], aggregate_id);
+        reply.body["events"].as_array().expect("events array").clone()
+    }
+
+    pub async fn websocket(&self) -> Ws {
+        let url = format!("{}/api/subscriptions", self.base.replacen("http://", "ws://", 1));
+        let (stream, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("WebSocket connect timed out")
+            .expect("WebSocket connect");
+        Ws { stream }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A response, its body parsed as JSON (or kept as a JSON string when it is not JSON).
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub async fn read(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("response body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Self { status, headers, body }
+    }
+
+    /// Asserts the contract's error shape: `status`, `code`, and a string `message`.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "expected {status} {code}, got body {}", self.body);
+        assert_eq!(self.body["code"], code, "body {}", self.body);
+        assert!(self.body["message"].as_str().is_some_and(|m| !m.is_empty()), "message: {}", self.body);
+    }
+
+    /// The `field` names of a `VALIDATION_ERROR`, each checked to carry a string `error`.
+    pub fn error_fields(&self) -> Vec<String> {
+        self.assert_error(400, "VALIDATION_ERROR");
+        let fields = self.body["fields"].as_array().unwrap_or_else(|| panic!("no fields: {}", self.body));
+        fields
+            .iter()
+            .map(|f| {
+                assert!(f["error"].is_string(), "field error without a message: {f}");
+                f["field"].as_str().unwrap_or_else(|| panic!("field without a name: {f}")).to_owned()
+            })
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A WebSocket client of `/api/subscriptions`.
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub async fn send(&mut self, message: Value) {
+        self.stream.send(Message::text(message.to_string())).await.expect("WebSocket send");
+    }
+
+    /// The next JSON text message within `within`; `None` when none came in time. Panics when the
+    /// connection ends.
+    pub async fn next_within(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let message = match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return None,
+                Ok(None) => panic!("the WebSocket closed"),
+                Ok(Some(message)) => message.expect("WebSocket receive"),
+            };
+            match message {
+                Message::Text(text) => return Some(serde_json::from_str(&text).expect("JSON message")),
+                Message::Close(frame) => panic!("the WebSocket closed: {frame:?}"),
+                _ => continue, // ping/pong
+            }
+        }
+    }
+
+    /// The next JSON message; fails the test when none comes within [`DEADLINE`].
+    pub async fn next(&mut self) -> Value {
+        self.next_within(DEADLINE).await.expect("no WebSocket message within the deadline")
+    }
+
+    /// Sends `{"type": kind, "aggregateIds": ids}` and asserts the acknowledgement.
+    pub async fn request(&mut self, kind: &str, ids: &[&str]) {
+        self.send(json!({"type": kind, "aggregateIds": ids})).await;
+        let answer = self.next().await;
+        assert_eq!(answer, json!({"type": format!("{kind}d"), "aggregateIds": ids}), "answer to {kind}");
+    }
+
+    /// Whether the server ends the connection (close frame or end of stream) within `within`,
+    /// skipping other messages.
+    pub async fn closes_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return false,
+                Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return true,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+}
+
+/// Whether `text` is an ISO 8601 UTC timestamp with milliseconds (`2026-11-27T02:35:45.123Z`),
+/// i.e. matches `^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$`.
+pub fn is_iso_millis(text: &str) -> bool {
+    const SHAPE: &[u8] = b"dddd-dd-ddTdd:dd:dd.dddZ";
+    text.len() == SHAPE.len()
+        && text.bytes().zip(SHAPE).all(|(c, &s)| if s == b'd' { c.is_ascii_digit() } else { c == s })
+}
