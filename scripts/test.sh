@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test of the project: the README's test command, and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo test (all crates, all backends configured in the environment)"
+cargo test --workspace --locked
+
+echo "== nexus bench smoke run (completes and reports; no speed assertion)"
+cargo run --locked -q -p nexus -- bench --duration 3 --concurrency 8 --mix place=70,ship=10,get=15,list=5 --lag-samples 20
