@@ -122,7 +122,13 @@ impl CommandBus {
         if !errors.is_empty() {
             return Err(CommandError::Invalid(errors));
         }
-        let fingerprint = fingerprint(&request.command_type, &aggregate_id, &request.payload);
+        // The id as the client sent it: a retry of a creating command without `aggregateId`
+        // must fingerprint the same, though the first attempt generated an id.
+        let fingerprint = fingerprint(
+            &request.command_type,
+            request.aggregate_id.as_deref().unwrap_or(""),
+            &request.payload,
+        );
         let command_id = match &request.command_id {
             Some(id) => {
                 if let Some(record) = self.store.find_command(id).await? {
@@ -136,8 +142,41 @@ impl CommandBus {
         let slot = self.slot(&aggregate_id);
         let mut guard = slot.lock().await;
         let slot: &mut Slot = &mut guard;
+        let client_command_id = request.command_id.is_some();
+        if client_command_id {
+            // A copy of this command may have committed while we waited for the lock.
+            if let Some(record) = self.store.find_command(&command_id).await? {
+                return replay(record, &fingerprint);
+            }
+        }
+        let result = self
+            .decide_and_append(&request, handler.as_ref(), slot, &aggregate_id, &command_id, &fingerprint)
+            .await;
+        match result {
+            // A copy committed by another process makes this one look stale or invalid; the
+            // recorded result is the right answer then.
+            Err(CommandError::Rejected(_) | CommandError::Concurrency { .. }) if client_command_id => {
+                match self.store.find_command(&command_id).await? {
+                    Some(record) => replay(record, &fingerprint),
+                    None => result,
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn decide_and_append(
+        &self,
+        request: &CommandRequest,
+        handler: &dyn AggregateHandler,
+        slot: &mut Slot,
+        aggregate_id: &str,
+        command_id: &str,
+        fingerprint: &str,
+    ) -> Result<CommandResult, CommandError> {
+        let (aggregate_id, command_id) = (aggregate_id.to_owned(), command_id.to_owned());
         for _ in 0..MAX_ATTEMPTS {
-            self.catch_up(handler.as_ref(), &aggregate_id, slot).await?;
+            self.catch_up(handler, &aggregate_id, slot).await?;
             if let Some(expected) = request.expected_version {
                 if expected != slot.version {
                     return Err(CommandError::Concurrency { expected, actual: slot.version });
@@ -186,7 +225,7 @@ impl CommandBus {
                 events,
                 command: Some(CommandRecord {
                     command_id: command_id.clone(),
-                    fingerprint: fingerprint.clone(),
+                    fingerprint: fingerprint.to_owned(),
                     result: result.clone(),
                 }),
             };
@@ -205,7 +244,7 @@ impl CommandBus {
                     }
                     return Ok(result);
                 }
-                Ok(AppendOutcome::Duplicate(record)) => return replay(record, &fingerprint),
+                Ok(AppendOutcome::Duplicate(record)) => return replay(record, fingerprint),
                 Err(StoreError::WrongExpectedVersion { actual, .. }) => {
                     if let Some(expected) = request.expected_version {
                         return Err(CommandError::Concurrency { expected, actual });

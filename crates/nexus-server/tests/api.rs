@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{TestServer, is_iso_millis};
+use support::{Reply, TestServer, is_iso_millis};
 
 fn place_body(id: &str, customer: &str, unit_price: f64) -> Value {
     json!({
@@ -162,6 +162,21 @@ async fn a_replayed_command_id_returns_the_first_result() {
     assert_eq!(first, second);
     assert_eq!(server.events_of("o-idem").await.len(), 1);
 
+    // The same command with its keys in another order is the same command.
+    let reordered = r#"{"items": [{"unitPrice": 3.0, "quantity": 1, "productId": "p-1"}],
+        "customerId": "c-1", "commandId": "cmd-idem-1", "aggregateId": "o-idem"}"#;
+    let response = server
+        .http
+        .post(server.url("/api/commands/PlaceOrder"))
+        .header("content-type", "application/json")
+        .body(reordered)
+        .send()
+        .await
+        .expect("POST");
+    let third = Reply::read(response).await;
+    assert_eq!(third.status, 202, "{}", third.body);
+    assert_eq!(third.body, first);
+
     let keyed = place_body("o-idem-h", "c-1", 3.0);
     let headers = [("Idempotency-Key", "key-idem-1")];
     let first = server.command_with("PlaceOrder", keyed.clone(), &headers).await;
@@ -211,6 +226,41 @@ async fn a_replayed_creating_command_without_aggregate_id_returns_the_first_resu
     let second = server.command_with("PlaceOrder", payload, &headers).await;
     assert_eq!(second.status, 202, "retrying the same Idempotency-Key was refused: {}", second.body);
     assert_eq!(second.body, first.body);
+
+    // Two orders in all, one per distinct command.
+    let placed = server.get("/api/events?eventType=OrderPlaced").await;
+    assert_eq!(placed.body["events"].as_array().map(Vec::len), Some(2), "{}", placed.body);
+}
+
+/// §3: retries of one command that race each other (a client timed out and retried while its
+/// first attempt was still running) all get the first answer, and the command runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_retries_of_one_command_all_get_the_first_result() {
+    let server = TestServer::start().await;
+    let mut body = place_body("o-race", "c-1", 1.0);
+    body["commandId"] = json!("cmd-race-1");
+    let replies = send_concurrently(&server, "PlaceOrder", &body, 10).await;
+    for reply in &replies {
+        assert_eq!(reply.status, 202, "a retry of an accepted command was refused: {}", reply.body);
+        assert_eq!(reply.body, replies[0].body);
+    }
+    assert_eq!(server.events_of("o-race").await.len(), 1);
+}
+
+/// Sends the same command `count` times at once.
+async fn send_concurrently(
+    server: &TestServer,
+    command_type: &str,
+    body: &Value,
+    count: usize,
+) -> Vec<Reply> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let (http, url) = (server.http.clone(), server.url(&format!("/api/commands/{command_type}")));
+        let body = body.clone();
+        tasks.spawn(async move { Reply::read(http.post(url).json(&body).send().await.expect("POST")).await });
+    }
+    tasks.join_all().await
 }
 
 /// §3: concurrent commands on one aggregate are serialized, none is lost, versions are gap-free.
@@ -218,18 +268,11 @@ async fn a_replayed_creating_command_without_aggregate_id_returns_the_first_resu
 async fn concurrent_commands_on_one_aggregate_are_all_applied_in_order() {
     let server = TestServer::start().await;
     let id = "p-conc";
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..30 {
-        let (http, url) = (server.http.clone(), server.url("/api/commands/AddStock"));
-        tasks.spawn(async move {
-            let response = http.post(url).json(&json!({"aggregateId": id, "quantity": 1})).send().await;
-            support::Reply::read(response.expect("POST AddStock")).await
-        });
-    }
+    let replies =
+        send_concurrently(&server, "AddStock", &json!({"aggregateId": id, "quantity": 1}), 30).await;
     let mut versions = BTreeSet::new();
     let mut event_ids = BTreeSet::new();
-    while let Some(reply) = tasks.join_next().await {
-        let reply = reply.expect("request task");
+    for reply in replies {
         assert_eq!(reply.status, 202, "{}", reply.body);
         versions.insert(reply.body["version"].as_u64().expect("version"));
         event_ids.insert(string_of(&reply.body["eventIds"][0]));
@@ -298,20 +341,18 @@ async fn transport_errors_use_the_contract_shape() {
         server.http.post(server.url(path)).header("content-type", content_type).body(body).send()
     };
 
-    let reply = support::Reply::read(
+    let reply = Reply::read(
         post("/api/commands/PlaceOrder", "application/json", r#"{"customerId": "#.into()).await.unwrap(),
     )
     .await;
     reply.assert_error(400, "VALIDATION_ERROR");
 
     let huge = format!(r#"{{"customerId": "{}", "items": []}}"#, "x".repeat(1024 * 1024));
-    let reply =
-        support::Reply::read(post("/api/commands/PlaceOrder", "application/json", huge).await.unwrap()).await;
+    let reply = Reply::read(post("/api/commands/PlaceOrder", "application/json", huge).await.unwrap()).await;
     reply.assert_error(413, "PAYLOAD_TOO_LARGE");
 
     let body = place_body("o-text", "c-1", 1.0).to_string();
-    let reply =
-        support::Reply::read(post("/api/commands/PlaceOrder", "text/plain", body).await.unwrap()).await;
+    let reply = Reply::read(post("/api/commands/PlaceOrder", "text/plain", body).await.unwrap()).await;
     reply.assert_error(415, "UNSUPPORTED_MEDIA_TYPE");
 
     server.command("LaunchRocket", json!({"aggregateId": "r-1"})).await.assert_error(404, "UNKNOWN_COMMAND");
