@@ -58,6 +58,8 @@ struct Slot {
     kind: &'static str,
     version: u64,
     state: Option<AggregateState>,
+    /// The state is known to be current without asking the store (a just-generated id).
+    fresh: bool,
 }
 
 /// Handles commands for every aggregate of a [`Domain`].
@@ -271,8 +273,12 @@ impl CommandBus {
         aggregate_id: &str,
         slot: &mut Slot,
     ) -> Result<(), CommandError> {
+        if std::mem::take(&mut slot.fresh) && slot.state.is_some() {
+            return Ok(());
+        }
         if slot.state.is_none() || slot.kind != handler.kind() {
-            *slot = Slot { kind: handler.kind(), version: 0, state: Some(handler.initial_state()) };
+            *slot =
+                Slot { kind: handler.kind(), version: 0, state: Some(handler.initial_state()), fresh: false };
         }
         let events = self.store.read_stream(aggregate_id, slot.version + 1, None).await?;
         let state = slot.state.as_mut().expect("initialized above");
