@@ -46,12 +46,18 @@ const EVENT_COLUMNS: &str =
 
 struct Job {
     request: AppendRequest,
+    /// Payload and metadata of each event as JSON text, encoded before the job reaches the
+    /// writer: the single writer thread does only what must be serial.
+    encoded: Vec<(String, String)>,
+    encoded_result: Option<String>,
     reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
 
 /// SQLite event store. Appends are durable (`synchronous = FULL`) when `append` returns.
 pub struct SqliteEventStore {
     jobs: mpsc::Sender<Job>,
+    /// Dropped with the store; tells the checkpoint thread to stop.
+    _alive: Arc<()>,
     readers: Arc<ReaderPool>,
     head: watch::Receiver<u64>,
 }
@@ -66,12 +72,19 @@ impl SqliteEventStore {
             .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| row.get(0))
             .map_err(unavailable)?;
         let (head_tx, head_rx) = watch::channel(head);
+        let jobs_alive = Arc::new(());
+        let checkpointer = open_writer(&path).map_err(unavailable)?;
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("nexus-sqlite-writer".into())
             .spawn(move || write_loop(conn, queue, head_tx))
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        Ok(Self { jobs, readers: ReaderPool::new(path), head: head_rx })
+        let running = Arc::downgrade(&jobs_alive);
+        std::thread::Builder::new()
+            .name("nexus-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, running))
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        Ok(Self { jobs, _alive: jobs_alive, readers: ReaderPool::new(path), head: head_rx })
     }
 }
 
@@ -81,7 +94,10 @@ fn open_writer(path: &PathBuf) -> rusqlite::Result<Connection> {
     // FULL: the WAL is synced at every commit, so "202 Accepted" means durable. Group commit is
     // what keeps that affordable.
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    // Checkpoints run on their own thread (see `checkpoint_loop`), not inside a commit that
+    // a client is waiting for.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    crate::tune(&conn)?;
     Ok(conn)
 }
 
@@ -117,18 +133,33 @@ fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Job>, head: watch::Sen
     tracing::debug!("event store writer stopped");
 }
 
+/// Copies committed WAL frames into the database file in the background (PASSIVE: never blocks
+/// the writer or readers). SQLite restarts the WAL from its start once it is fully copied, so it
+/// stays small without commits paying for the copy and its fsync.
+fn checkpoint_loop(conn: Connection, running: std::sync::Weak<()>) {
+    while running.upgrade().is_some() {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(%error, "WAL checkpoint failed; will retry");
+        }
+    }
+    // A final full checkpoint on the way out keeps the next start fast.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
 type BatchResult = (Vec<Result<AppendOutcome, StoreError>>, Option<u64>);
 
 fn commit_batch(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<BatchResult> {
-    let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(batch.len());
     let mut last_position = None;
     for job in batch {
         // A savepoint per append: one failing append never takes its batch-mates down with it.
-        let mut savepoint = tx.savepoint()?;
-        match append_one(&savepoint, &job.request) {
+        // Cached statements, not `Transaction::savepoint`, which parses SQL every time.
+        tx.prepare_cached("SAVEPOINT append")?.execute([])?;
+        match append_one(&tx, job) {
             Ok(outcome) => {
-                savepoint.commit()?;
+                tx.prepare_cached("RELEASE append")?.execute([])?;
                 if let AppendOutcome::Committed(events) = &outcome {
                     if let Some(last) = events.last() {
                         last_position = Some(last.position);
@@ -137,8 +168,8 @@ fn commit_batch(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<BatchR
                 results.push(Ok(outcome));
             }
             Err(error) => {
-                savepoint.rollback()?;
-                drop(savepoint);
+                tx.prepare_cached("ROLLBACK TO append")?.execute([])?;
+                tx.prepare_cached("RELEASE append")?.execute([])?;
                 results.push(Err(error));
             }
         }
@@ -147,7 +178,8 @@ fn commit_batch(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<BatchR
     Ok((results, last_position))
 }
 
-fn append_one(tx: &Connection, request: &AppendRequest) -> Result<AppendOutcome, StoreError> {
+fn append_one(tx: &Connection, job: &Job) -> Result<AppendOutcome, StoreError> {
+    let request = &job.request;
     if let Some(command) = &request.command {
         if let Some(existing) = find_command(tx, &command.command_id)? {
             return Ok(AppendOutcome::Duplicate(existing));
@@ -173,8 +205,7 @@ fn append_one(tx: &Connection, request: &AppendRequest) -> Result<AppendOutcome,
     let mut committed = Vec::with_capacity(request.events.len());
     for (index, event) in request.events.iter().enumerate() {
         let version = request.expected_version + index as u64 + 1;
-        let metadata = serde_json::to_string(&event.metadata).map_err(|e| corrupt("metadata", e))?;
-        let payload = serde_json::to_string(&event.payload).map_err(|e| corrupt("payload", e))?;
+        let (payload, metadata) = &job.encoded[index];
         let position: u64 = insert
             .query_row(
                 params![
@@ -208,8 +239,7 @@ fn append_one(tx: &Connection, request: &AppendRequest) -> Result<AppendOutcome,
             metadata: event.metadata.clone(),
         });
     }
-    if let Some(command) = &request.command {
-        let result = serde_json::to_string(&command.result).map_err(|e| corrupt("command result", e))?;
+    if let (Some(command), Some(result)) = (&request.command, &job.encoded_result) {
         tx.prepare_cached(
             "INSERT INTO commands (command_id, fingerprint, aggregate_id, result) VALUES (?1, ?2, ?3, ?4)",
         )
@@ -277,9 +307,23 @@ fn read_events(
 #[async_trait]
 impl EventStore for SqliteEventStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        let encoded = request
+            .events
+            .iter()
+            .map(|event| {
+                let payload = serde_json::to_string(&event.payload).map_err(|e| corrupt("payload", e))?;
+                let metadata = serde_json::to_string(&event.metadata).map_err(|e| corrupt("metadata", e))?;
+                Ok((payload, metadata))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let encoded_result = request
+            .command
+            .as_ref()
+            .map(|command| serde_json::to_string(&command.result).map_err(|e| corrupt("command result", e)))
+            .transpose()?;
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { request, reply })
+            .send(Job { request, encoded, encoded_result, reply })
             .map_err(|_| StoreError::Unavailable("the event store writer has stopped".into()))?;
         answer.await.map_err(|_| StoreError::Unavailable("the event store writer has stopped".into()))?
     }

@@ -26,6 +26,14 @@ fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {error}"))
 }
 
+/// Settings every connection gets.
+fn tune(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    // Query-planner stability: without it, SQLite re-prepares a statement whenever a bound range
+    // or LIMIT value changes (measured: ~10% of a loaded server's CPU in `sqlite3Reprepare`).
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+}
+
 /// Applies the migrations above `PRAGMA user_version`, each in its own transaction.
 fn migrate(conn: &mut rusqlite::Connection, migrations: &[&str]) -> rusqlite::Result<()> {
     let applied: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use nexus_core::{ListQuery, Page, ReadDocument, ReadStore, SortOrder, StoreError};
@@ -42,7 +41,7 @@ impl SqliteReadStore {
         // NORMAL is enough: documents and checkpoint commit together, so a lost tail of commits
         // after a power cut is replayed from the event store; WAL never corrupts.
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
+        crate::tune(&conn).map_err(unavailable)?;
         migrate(&mut conn, MIGRATIONS).map_err(unavailable)?;
         Ok(Self { writer: Arc::new(Mutex::new(conn)), readers: ReaderPool::new(path) })
     }
