@@ -10,6 +10,7 @@
 
 pub mod event_store;
 pub mod read_store;
+pub mod snapshot_store;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -67,6 +68,36 @@ macro_rules! read_store_suite {
                 async fn $case() {
                     let subject = super::$factory().await;
                     $crate::read_store::$case(subject.store.clone()).await;
+                    drop(subject);
+                }
+            )*
+        }
+    };
+}
+
+/// An event store and the snapshot store kept beside it (the sweep reads both).
+pub struct SnapshotSubject {
+    pub events: Arc<dyn nexus_core::EventStore>,
+    pub snapshots: Arc<dyn nexus_core::SnapshotStore>,
+    pub guard: Box<dyn Any + Send>,
+}
+
+/// Runs every snapshot-store case against `$factory`, an `async fn() -> SnapshotSubject`.
+#[macro_export]
+macro_rules! snapshot_store_suite {
+    ($factory:ident) => {
+        $crate::snapshot_store_suite!(@cases $factory;
+            latest_is_the_highest_version,
+            stale_lists_active_aggregates_with_old_snapshots,
+        );
+    };
+    (@cases $factory:ident; $($case:ident),* $(,)?) => {
+        mod snapshot_store_conformance {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let subject = super::$factory().await;
+                    $crate::snapshot_store::$case(subject.events.clone(), subject.snapshots.clone()).await;
                     drop(subject);
                 }
             )*

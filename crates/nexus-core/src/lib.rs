@@ -25,6 +25,6 @@ pub use model::{
 };
 pub use ports::{
     AppendOutcome, AppendRequest, CommandRecord, EventStore, Filter, ListQuery, NewEvent, Page, ReadStore,
-    SortOrder, StoreError,
+    Snapshot, SnapshotStore, SortOrder, StoreError,
 };
 pub use projection::{Projection, ProjectionError, ReadDocument};

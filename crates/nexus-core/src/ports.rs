@@ -109,6 +109,42 @@ pub trait EventStore: Send + Sync + 'static {
     async fn wait_past(&self, after: u64, timeout: Duration) -> Result<u64, StoreError>;
 }
 
+/// An aggregate's state at a version, so rehydration reads only the events after it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub aggregate_id: String,
+    pub aggregate_type: String,
+    /// The version of the last event folded into `state`.
+    pub version: u64,
+    /// The aggregate's snapshot format version; a snapshot of another version is ignored.
+    pub schema_version: u32,
+    pub state: Value,
+    pub taken_at: String,
+}
+
+/// Snapshots of aggregate state. Only the latest per aggregate matters; older ones may be pruned.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// The snapshot with the highest version for `aggregate_id`.
+    async fn latest(&self, aggregate_id: &str) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Stores `snapshot`; saving a version that already exists is not an error (same state).
+    async fn save(&self, snapshot: Snapshot) -> Result<(), StoreError>;
+
+    /// The time-based sweep's work list, at most `limit` aggregate ids: aggregates with at least
+    /// `min_events` events after their latest snapshot (after version 0 when there is none) whose
+    /// latest snapshot was taken before `taken_before` (ISO 8601); with no snapshot, whose first
+    /// event is older than `taken_before`. Needs the events, so a backend keeps snapshots beside
+    /// its event store.
+    async fn stale(
+        &self,
+        taken_before: &str,
+        min_events: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+}
+
 /// A field filter of a list query: `field = value` (membership for array fields).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Filter {
