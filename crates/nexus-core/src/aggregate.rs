@@ -65,6 +65,20 @@ pub trait Aggregate: Default + Send + Sync + 'static {
 
     /// Folds one event into the state. Must accept every event `decide` ever produced.
     fn apply(&mut self, event: Self::Event);
+
+    /// Version of this aggregate's snapshot format. Bump it when the state's shape changes:
+    /// snapshots of another version are ignored and the state is rebuilt from events.
+    const SNAPSHOT_VERSION: u32 = 1;
+
+    /// The state as a snapshot, or `None` (the default) when this aggregate is not snapshotted.
+    fn snapshot(&self) -> Option<Value> {
+        None
+    }
+
+    /// The state back from a snapshot of `SNAPSHOT_VERSION`; `None` rebuilds from events instead.
+    fn restore(_snapshot: Value) -> Option<Self> {
+        None
+    }
 }
 
 /// Aggregate state behind a type-erased box, owned by the runtime's cache.
@@ -101,6 +115,9 @@ pub trait AggregateHandler: Send + Sync + 'static {
         command_type: &str,
         payload: &Value,
     ) -> Result<Vec<EventDraft>, DecideError>;
+    fn snapshot_version(&self) -> u32;
+    fn snapshot(&self, state: &AggregateState) -> Option<Value>;
+    fn restore(&self, snapshot: Value) -> Option<AggregateState>;
 }
 
 /// The [`AggregateHandler`] of an [`Aggregate`] type.
@@ -157,6 +174,18 @@ impl<A: Aggregate> AggregateHandler for Erased<A> {
                 .map_err(|e| DecideError::Invalid(vec![FieldError::new("payload", e.to_string())]))?;
         let events = self.state(state).decide(command).map_err(DecideError::Rejected)?;
         events.iter().map(draft::<A>).collect()
+    }
+
+    fn snapshot_version(&self) -> u32 {
+        A::SNAPSHOT_VERSION
+    }
+
+    fn snapshot(&self, state: &AggregateState) -> Option<Value> {
+        self.state(state).snapshot()
+    }
+
+    fn restore(&self, snapshot: Value) -> Option<AggregateState> {
+        A::restore(snapshot).map(|state| AggregateState(Box::new(state)))
     }
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// There is no creating command: the first `AddStock` brings a product into existence, so a
 /// warehouse feed can add stock without registering products first.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Product {
     available: u64,
     /// Order id → quantity that order holds. A BTreeMap, not a HashMap, so the state's `Debug`
@@ -172,6 +172,15 @@ impl Aggregate for Product {
                 self.available = self.available.saturating_add(quantity);
             }
         }
+    }
+
+    /// Snapshots are the state's serde form; bump `SNAPSHOT_VERSION` when its fields change.
+    fn snapshot(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self).ok()
+    }
+
+    fn restore(snapshot: serde_json::Value) -> Option<Self> {
+        serde_json::from_value(snapshot).ok()
     }
 }
 

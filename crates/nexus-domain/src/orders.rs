@@ -15,13 +15,13 @@ use crate::{money, read_event};
 ///
 /// The state holds only the status: it is all the rules look at. Items and total live in the
 /// events and the read model.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Order {
     /// `None` until the order is placed.
     status: Option<OrderStatus>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderStatus {
     Placed,
     Confirmed,
@@ -218,6 +218,15 @@ impl Aggregate for Order {
             OrderEvent::OrderShipped(_) => OrderStatus::Shipped,
             OrderEvent::OrderCancelled(_) => OrderStatus::Cancelled,
         });
+    }
+
+    /// Snapshots are the state's serde form; bump `SNAPSHOT_VERSION` when its fields change.
+    fn snapshot(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self).ok()
+    }
+
+    fn restore(snapshot: serde_json::Value) -> Option<Self> {
+        serde_json::from_value(snapshot).ok()
     }
 }
 

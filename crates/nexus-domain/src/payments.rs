@@ -11,7 +11,7 @@ use crate::money;
 /// An account's credit: the limit, and the charge of each order.
 ///
 /// `outstanding` is the sum of the charges not refunded: a refund frees its credit again.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Account {
     /// `None` until the account is opened.
     credit_limit: Option<f64>,
@@ -20,7 +20,7 @@ pub struct Account {
     charges: BTreeMap<String, Charge>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Charge {
     amount: f64,
     refunded: bool,
@@ -194,6 +194,15 @@ impl Aggregate for Account {
                 }
             }
         }
+    }
+
+    /// Snapshots are the state's serde form; bump `SNAPSHOT_VERSION` when its fields change.
+    fn snapshot(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self).ok()
+    }
+
+    fn restore(snapshot: serde_json::Value) -> Option<Self> {
+        serde_json::from_value(snapshot).ok()
     }
 }
 

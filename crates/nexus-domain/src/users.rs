@@ -16,7 +16,7 @@ use crate::read_event;
 pub const USER_REGISTERED_V1_SCHEMA: &str = include_str!("../schemas/events/UserRegistered.v1.json");
 
 /// A registered user. The only rule is that a user registers once.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct User {
     registered: bool,
 }
@@ -90,6 +90,15 @@ impl Aggregate for User {
         match event {
             UserEvent::UserRegistered(_) => self.registered = true,
         }
+    }
+
+    /// Snapshots are the state's serde form; bump `SNAPSHOT_VERSION` when its fields change.
+    fn snapshot(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self).ok()
+    }
+
+    fn restore(snapshot: serde_json::Value) -> Option<Self> {
+        serde_json::from_value(snapshot).ok()
     }
 }
 

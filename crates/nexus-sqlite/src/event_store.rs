@@ -5,14 +5,17 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nexus_core::{AppendOutcome, AppendRequest, CommandRecord, DomainEvent, EventStore, StoreError};
+use nexus_core::{
+    AppendOutcome, AppendRequest, CommandRecord, DomainEvent, EventStore, Snapshot, SnapshotStore, StoreError,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
 use crate::pool::ReaderPool;
 use crate::{corrupt, migrate, unavailable};
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     position       INTEGER PRIMARY KEY,
     event_id       TEXT    NOT NULL UNIQUE,
@@ -36,7 +39,19 @@ CREATE TABLE commands (
     aggregate_id TEXT NOT NULL,
     result       TEXT NOT NULL
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+CREATE TABLE snapshots (
+    aggregate_id   TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    aggregate_type TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    state          TEXT    NOT NULL,
+    taken_at       TEXT    NOT NULL,
+    PRIMARY KEY (aggregate_id, version)
+) WITHOUT ROWID;
+"#,
+];
 
 /// Most appends one transaction takes; bounds a commit's latency under a flood.
 const MAX_BATCH: usize = 1024;
@@ -44,12 +59,21 @@ const MAX_BATCH: usize = 1024;
 const EVENT_COLUMNS: &str =
     "position, event_id, aggregate_id, version, event_type, timestamp, payload, metadata";
 
+/// What the writer thread does. Snapshots go through it too: it is the only writer of the file.
+enum Work {
+    Append {
+        request: AppendRequest,
+        /// Payload and metadata of each event as JSON text, encoded before the job reaches the
+        /// writer: the single writer thread does only what must be serial.
+        encoded: Vec<(String, String)>,
+        encoded_result: Option<String>,
+    },
+    /// A snapshot with its state encoded; answered with an empty `Committed`.
+    SaveSnapshot { snapshot: Snapshot, state: String },
+}
+
 struct Job {
-    request: AppendRequest,
-    /// Payload and metadata of each event as JSON text, encoded before the job reaches the
-    /// writer: the single writer thread does only what must be serial.
-    encoded: Vec<(String, String)>,
-    encoded_result: Option<String>,
+    work: Work,
     reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
 
@@ -157,7 +181,13 @@ fn commit_batch(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<BatchR
         // A savepoint per append: one failing append never takes its batch-mates down with it.
         // Cached statements, not `Transaction::savepoint`, which parses SQL every time.
         tx.prepare_cached("SAVEPOINT append")?.execute([])?;
-        match append_one(&tx, job) {
+        let outcome = match &job.work {
+            Work::Append { request, encoded, encoded_result } => {
+                append_one(&tx, request, encoded, encoded_result.as_deref())
+            }
+            Work::SaveSnapshot { snapshot, state } => save_snapshot(&tx, snapshot, state),
+        };
+        match outcome {
             Ok(outcome) => {
                 tx.prepare_cached("RELEASE append")?.execute([])?;
                 if let AppendOutcome::Committed(events) = &outcome {
@@ -178,8 +208,31 @@ fn commit_batch(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<BatchR
     Ok((results, last_position))
 }
 
-fn append_one(tx: &Connection, job: &Job) -> Result<AppendOutcome, StoreError> {
-    let request = &job.request;
+fn save_snapshot(tx: &Connection, snapshot: &Snapshot, state: &str) -> Result<AppendOutcome, StoreError> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO snapshots (aggregate_id, version, aggregate_type, schema_version, state, taken_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            snapshot.aggregate_id,
+            snapshot.version,
+            snapshot.aggregate_type,
+            snapshot.schema_version,
+            state,
+            snapshot.taken_at
+        ])
+    })
+    .map_err(unavailable)?;
+    Ok(AppendOutcome::Committed(Vec::new()))
+}
+
+fn append_one(
+    tx: &Connection,
+    request: &AppendRequest,
+    encoded: &[(String, String)],
+    encoded_result: Option<&str>,
+) -> Result<AppendOutcome, StoreError> {
     if let Some(command) = &request.command {
         if let Some(existing) = find_command(tx, &command.command_id)? {
             return Ok(AppendOutcome::Duplicate(existing));
@@ -205,7 +258,7 @@ fn append_one(tx: &Connection, job: &Job) -> Result<AppendOutcome, StoreError> {
     let mut committed = Vec::with_capacity(request.events.len());
     for (index, event) in request.events.iter().enumerate() {
         let version = request.expected_version + index as u64 + 1;
-        let (payload, metadata) = &job.encoded[index];
+        let (payload, metadata) = &encoded[index];
         let position: u64 = insert
             .query_row(
                 params![
@@ -239,7 +292,7 @@ fn append_one(tx: &Connection, job: &Job) -> Result<AppendOutcome, StoreError> {
             metadata: event.metadata.clone(),
         });
     }
-    if let (Some(command), Some(result)) = (&request.command, &job.encoded_result) {
+    if let (Some(command), Some(result)) = (&request.command, encoded_result) {
         tx.prepare_cached(
             "INSERT INTO commands (command_id, fingerprint, aggregate_id, result) VALUES (?1, ?2, ?3, ?4)",
         )
@@ -304,6 +357,93 @@ fn read_events(
     Ok(events)
 }
 
+impl SqliteEventStore {
+    async fn submit(&self, work: Work) -> Result<AppendOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { work, reply })
+            .map_err(|_| StoreError::Unavailable("the event store writer has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Unavailable("the event store writer has stopped".into()))?
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for SqliteEventStore {
+    async fn latest(&self, aggregate_id: &str) -> Result<Option<Snapshot>, StoreError> {
+        let aggregate_id = aggregate_id.to_owned();
+        self.readers
+            .run(move |conn| {
+                let row = conn
+                    .prepare_cached(
+                        "SELECT version, aggregate_type, schema_version, state, taken_at FROM snapshots \
+                         WHERE aggregate_id = ?1 ORDER BY version DESC LIMIT 1",
+                    )
+                    .and_then(|mut stmt| {
+                        stmt.query_row([&aggregate_id], |row| {
+                            Ok((
+                                row.get::<_, u64>(0)?,
+                                row.get::<_, String>(1)?,
+                                row.get::<_, u32>(2)?,
+                                row.get::<_, String>(3)?,
+                                row.get::<_, String>(4)?,
+                            ))
+                        })
+                        .optional()
+                    })
+                    .map_err(unavailable)?;
+                row.map(|(version, aggregate_type, schema_version, state, taken_at)| {
+                    Ok(Snapshot {
+                        state: serde_json::from_str(&state).map_err(|e| corrupt("snapshot state", e))?,
+                        aggregate_id: aggregate_id.clone(),
+                        aggregate_type,
+                        version,
+                        schema_version,
+                        taken_at,
+                    })
+                })
+                .transpose()
+            })
+            .await
+    }
+
+    async fn save(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        let state = serde_json::to_string(&snapshot.state).map_err(|e| corrupt("snapshot state", e))?;
+        self.submit(Work::SaveSnapshot { snapshot, state }).await.map(|_| ())
+    }
+
+    async fn stale(
+        &self,
+        taken_before: &str,
+        min_events: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let taken_before = taken_before.to_owned();
+        self.readers
+            .run(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "WITH agg AS (SELECT aggregate_id, MAX(version) AS head, MIN(timestamp) AS first_at \
+                                      FROM events GROUP BY aggregate_id), \
+                              snap AS (SELECT aggregate_id, version, taken_at FROM snapshots s \
+                                       WHERE version = (SELECT MAX(version) FROM snapshots t \
+                                                        WHERE t.aggregate_id = s.aggregate_id)) \
+                         SELECT agg.aggregate_id FROM agg LEFT JOIN snap USING (aggregate_id) \
+                         WHERE agg.head - COALESCE(snap.version, 0) >= ?1 \
+                           AND COALESCE(snap.taken_at, agg.first_at) < ?2 \
+                         ORDER BY agg.aggregate_id LIMIT ?3",
+                    )
+                    .map_err(unavailable)?;
+                let ids = stmt
+                    .query_map(params![min_events, taken_before, limit as u64], |row| row.get::<_, String>(0))
+                    .map_err(unavailable)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(unavailable)?;
+                Ok(ids)
+            })
+            .await
+    }
+}
+
 #[async_trait]
 impl EventStore for SqliteEventStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
@@ -321,11 +461,7 @@ impl EventStore for SqliteEventStore {
             .as_ref()
             .map(|command| serde_json::to_string(&command.result).map_err(|e| corrupt("command result", e)))
             .transpose()?;
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { request, encoded, encoded_result, reply })
-            .map_err(|_| StoreError::Unavailable("the event store writer has stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Unavailable("the event store writer has stopped".into()))?
+        self.submit(Work::Append { request, encoded, encoded_result }).await
     }
 
     async fn read_stream(

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use nexus_conformance::{Subject, event_store_suite, read_store_suite};
+use nexus_conformance::{
+    SnapshotSubject, Subject, event_store_suite, read_store_suite, snapshot_store_suite,
+};
 use nexus_core::{EventStore, ReadStore};
 use nexus_sqlite::{SqliteEventStore, SqliteReadStore};
 
@@ -18,7 +20,14 @@ async fn read_store() -> Subject<dyn ReadStore> {
     Subject { store: Arc::new(store), guard: Box::new(dir) }
 }
 
+async fn snapshot_store() -> SnapshotSubject {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteEventStore::open(dir.path()).unwrap());
+    SnapshotSubject { events: store.clone(), snapshots: store, guard: Box::new(dir) }
+}
+
 event_store_suite!(event_store);
+snapshot_store_suite!(snapshot_store);
 read_store_suite!(read_store);
 
 #[tokio::test]
