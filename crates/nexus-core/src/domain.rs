@@ -12,7 +12,7 @@ use crate::projection::Projection;
 pub struct Domain {
     aggregates: Vec<Arc<dyn AggregateHandler>>,
     commands: HashMap<&'static str, (CommandSpec, Arc<dyn AggregateHandler>)>,
-    events: HashMap<&'static str, EventSpec>,
+    events: HashMap<&'static str, (EventSpec, Arc<dyn AggregateHandler>)>,
     projections: Vec<Arc<dyn Projection>>,
 }
 
@@ -33,7 +33,7 @@ impl Domain {
             assert!(previous.is_none(), "command type {} registered twice", spec.name);
         }
         for spec in A::events() {
-            let previous = self.events.insert(spec.name, *spec);
+            let previous = self.events.insert(spec.name, (*spec, handler.clone()));
             assert!(previous.is_none(), "event type {} registered twice", spec.name);
         }
         self.aggregates.push(handler);
@@ -63,11 +63,16 @@ impl Domain {
     }
 
     pub fn event(&self, event_type: &str) -> Option<&EventSpec> {
-        self.events.get(event_type)
+        self.events.get(event_type).map(|(spec, _)| spec)
     }
 
     pub fn events(&self) -> impl Iterator<Item = &EventSpec> {
-        self.events.values()
+        self.events.values().map(|(spec, _)| spec)
+    }
+
+    /// The aggregate that emits `event_type`.
+    pub fn aggregate_of_event(&self, event_type: &str) -> Option<&Arc<dyn AggregateHandler>> {
+        self.events.get(event_type).map(|(_, handler)| handler)
     }
 
     pub fn aggregates(&self) -> &[Arc<dyn AggregateHandler>] {

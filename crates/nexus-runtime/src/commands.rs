@@ -8,7 +8,7 @@ use chrono::Utc;
 use nexus_core::ports::{AppendOutcome, AppendRequest, CommandRecord, NewEvent};
 use nexus_core::{
     AggregateHandler, AggregateState, CommandResult, DecideError, Domain, DomainError, EventMetadata,
-    EventStore, FieldError, StoreError, format_timestamp, is_valid_aggregate_id,
+    EventStore, FieldError, Snapshot, SnapshotStore, StoreError, format_timestamp, is_valid_aggregate_id,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -60,12 +60,33 @@ struct Slot {
     state: Option<AggregateState>,
     /// The state is known to be current without asking the store (a just-generated id).
     fresh: bool,
+    /// Events and payload bytes folded in since the last snapshot: the snapshot trigger.
+    since_snapshot_events: u64,
+    since_snapshot_bytes: u64,
+}
+
+impl Slot {
+    fn initial(handler: &dyn AggregateHandler) -> Self {
+        Slot { kind: handler.kind(), state: Some(handler.initial_state()), ..Slot::default() }
+    }
+}
+
+/// When the command path takes a snapshot (seed: Snapshot Manager, multi-metric trigger).
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotPolicy {
+    /// Events since the last snapshot (seed: 1000).
+    pub every_events: u64,
+    /// Payload bytes appended since the last snapshot (seed: 1 MB). The seed's "total size"
+    /// would snapshot on every command once an aggregate passed it; bytes since the last snapshot
+    /// keeps the intent without that.
+    pub every_bytes: u64,
 }
 
 /// Handles commands for every aggregate of a [`Domain`].
 pub struct CommandBus {
     domain: Arc<Domain>,
     store: Arc<dyn EventStore>,
+    snapshots: Option<(Arc<dyn SnapshotStore>, SnapshotPolicy)>,
     validator: PayloadValidator,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     cache_capacity: usize,
@@ -79,7 +100,20 @@ impl CommandBus {
         cache_capacity: usize,
     ) -> Result<Self, String> {
         let validator = PayloadValidator::for_commands(&domain)?;
-        Ok(Self { domain, store, validator, slots: Mutex::new(HashMap::new()), cache_capacity })
+        Ok(Self {
+            domain,
+            store,
+            snapshots: None,
+            validator,
+            slots: Mutex::new(HashMap::new()),
+            cache_capacity,
+        })
+    }
+
+    /// Loads aggregates from their latest snapshot and takes snapshots by `policy`.
+    pub fn with_snapshots(mut self, store: Arc<dyn SnapshotStore>, policy: SnapshotPolicy) -> Self {
+        self.snapshots = Some((store, policy));
+        self
     }
 
     pub async fn handle(&self, request: CommandRequest) -> Result<CommandResult, CommandError> {
@@ -243,7 +277,10 @@ impl CommandBus {
                             return Err(CommandError::Internal(error));
                         }
                         slot.version = event.aggregate_version;
+                        slot.since_snapshot_events += 1;
+                        slot.since_snapshot_bytes += json_size(&event.payload);
                     }
+                    self.maybe_snapshot(handler, &aggregate_id, slot);
                     return Ok(result);
                 }
                 Ok(AppendOutcome::Duplicate(record)) => return replay(record, fingerprint),
@@ -266,7 +303,8 @@ impl CommandBus {
         .into())
     }
 
-    /// Brings the slot's state up to the store's latest version.
+    /// Brings the slot's state up to the store's latest version: from the latest usable snapshot
+    /// when the state is not cached, then the events after it.
     async fn catch_up(
         &self,
         handler: &dyn AggregateHandler,
@@ -276,9 +314,12 @@ impl CommandBus {
         if std::mem::take(&mut slot.fresh) && slot.state.is_some() {
             return Ok(());
         }
-        if slot.state.is_none() || slot.kind != handler.kind() {
-            *slot =
-                Slot { kind: handler.kind(), version: 0, state: Some(handler.initial_state()), fresh: false };
+        let rehydrating = slot.state.is_none() || slot.kind != handler.kind();
+        if rehydrating {
+            *slot = Slot::initial(handler);
+            if let Some((snapshots, _)) = &self.snapshots {
+                self.restore_snapshot(snapshots.as_ref(), handler, aggregate_id, slot).await;
+            }
         }
         let events = self.store.read_stream(aggregate_id, slot.version + 1, None).await?;
         let state = slot.state.as_mut().expect("initialized above");
@@ -290,8 +331,94 @@ impl CommandBus {
                 ))));
             }
             slot.version = event.aggregate_version;
+            slot.since_snapshot_events += 1;
+            slot.since_snapshot_bytes += json_size(&event.payload);
+        }
+        if rehydrating {
+            metrics::histogram!("nexus_rehydration_events", "aggregate" => handler.kind())
+                .record(events.len() as f64);
         }
         Ok(())
+    }
+
+    /// Starts `slot` from the latest snapshot when there is one of the current format. A
+    /// snapshot that cannot be read is logged and skipped: events alone are always enough.
+    async fn restore_snapshot(
+        &self,
+        snapshots: &dyn SnapshotStore,
+        handler: &dyn AggregateHandler,
+        aggregate_id: &str,
+        slot: &mut Slot,
+    ) {
+        match snapshots.latest(aggregate_id).await {
+            Ok(Some(snapshot))
+                if snapshot.schema_version == handler.snapshot_version()
+                    && snapshot.aggregate_type == handler.kind() =>
+            {
+                let version = snapshot.version;
+                match handler.restore(snapshot.state) {
+                    Some(state) => {
+                        slot.state = Some(state);
+                        slot.version = version;
+                    }
+                    None => tracing::warn!(
+                        aggregate_id,
+                        version,
+                        "snapshot does not restore; rebuilding from events"
+                    ),
+                }
+            }
+            Ok(Some(snapshot)) => tracing::debug!(
+                aggregate_id,
+                schema_version = snapshot.schema_version,
+                "snapshot of an older format ignored; rebuilding from events"
+            ),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(aggregate_id, %error, "snapshot unreadable; rebuilding from events"),
+        }
+    }
+
+    /// The synchronous trigger, evaluated right after an append: when a threshold is crossed, the
+    /// state is captured now (under the aggregate's lock) and saved in the background, off the
+    /// command's latency.
+    fn maybe_snapshot(&self, handler: &dyn AggregateHandler, aggregate_id: &str, slot: &mut Slot) {
+        let Some((store, policy)) = &self.snapshots else { return };
+        if slot.since_snapshot_events < policy.every_events && slot.since_snapshot_bytes < policy.every_bytes
+        {
+            return;
+        }
+        if let Some(snapshot) = capture(handler, aggregate_id, slot) {
+            let store = store.clone();
+            tokio::spawn(async move { save_snapshot(store.as_ref(), snapshot).await });
+        }
+    }
+
+    /// The time-based trigger (seed: a daily sweep): snapshots every aggregate with at least
+    /// `min_events` events since a snapshot older than `max_age`. Returns how many were taken.
+    pub async fn snapshot_stale(
+        &self,
+        max_age: std::time::Duration,
+        min_events: u64,
+    ) -> Result<usize, CommandError> {
+        let Some((store, _)) = &self.snapshots else { return Ok(0) };
+        let cutoff = Utc::now() - chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::days(1));
+        let mut taken = 0;
+        for aggregate_id in store.stale(&format_timestamp(cutoff), min_events, 1000).await? {
+            let first = self.store.read_stream(&aggregate_id, 1, Some(1)).await?;
+            let Some(handler) = first.first().and_then(|e| self.domain.aggregate_of_event(&e.event_type))
+            else {
+                continue;
+            };
+            let slot = self.slot(&aggregate_id);
+            let mut guard = slot.lock().await;
+            self.catch_up(handler.as_ref(), &aggregate_id, &mut guard).await?;
+            if let Some(snapshot) = capture(handler.as_ref(), &aggregate_id, &mut guard) {
+                if save_snapshot(store.as_ref(), snapshot).await {
+                    taken += 1;
+                }
+            }
+        }
+        Ok(taken)
     }
 
     fn slot(&self, aggregate_id: &str) -> Arc<tokio::sync::Mutex<Slot>> {
@@ -302,6 +429,53 @@ impl CommandBus {
         }
         slots.entry(aggregate_id.to_owned()).or_default().clone()
     }
+}
+
+fn capture(handler: &dyn AggregateHandler, aggregate_id: &str, slot: &mut Slot) -> Option<Snapshot> {
+    let state = handler.snapshot(slot.state.as_ref()?)?;
+    slot.since_snapshot_events = 0;
+    slot.since_snapshot_bytes = 0;
+    Some(Snapshot {
+        aggregate_id: aggregate_id.to_owned(),
+        aggregate_type: handler.kind().to_owned(),
+        version: slot.version,
+        schema_version: handler.snapshot_version(),
+        state,
+        taken_at: format_timestamp(Utc::now()),
+    })
+}
+
+async fn save_snapshot(store: &dyn SnapshotStore, snapshot: Snapshot) -> bool {
+    let (aggregate_id, version) = (snapshot.aggregate_id.clone(), snapshot.version);
+    match store.save(snapshot).await {
+        Ok(()) => {
+            metrics::counter!("nexus_snapshots_taken_total").increment(1);
+            tracing::debug!(aggregate_id, version, "snapshot taken");
+            true
+        }
+        Err(error) => {
+            metrics::counter!("nexus_snapshot_failures_total").increment(1);
+            tracing::error!(aggregate_id, version, %error, "snapshot failed; the next trigger retries");
+            false
+        }
+    }
+}
+
+/// Serialized size of a JSON value, without building the string.
+fn json_size(value: &Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len() as u64;
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 fn replay(record: CommandRecord, fingerprint: &str) -> Result<CommandResult, CommandError> {

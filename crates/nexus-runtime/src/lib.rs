@@ -14,7 +14,7 @@ mod notify;
 mod projections;
 mod schema;
 
-pub use commands::{CommandBus, CommandError, CommandRequest};
+pub use commands::{CommandBus, CommandError, CommandRequest, SnapshotPolicy};
 pub use notify::{Notifier, ProjectionUpdate};
 pub use projections::{ProjectionRunner, ProjectionStatus};
 pub use schema::PayloadValidator;
