@@ -16,6 +16,23 @@ pub struct Config {
     pub projection_batch_size: usize,
     /// Aggregates whose state the command path keeps in memory.
     pub aggregate_cache_capacity: usize,
+    pub snapshots: Snapshots,
+}
+
+/// The seed's snapshot triggers.
+#[derive(Clone, Debug)]
+pub struct Snapshots {
+    /// Snapshot when this many events were appended since the last one (seed: 1000).
+    pub every_events: u64,
+    /// ... or this many payload bytes (seed: 1 MB).
+    pub every_bytes: u64,
+    /// The time trigger: aggregates whose snapshot is older than this and that changed since
+    /// (seed: 24 h) ...
+    pub max_age_secs: u64,
+    /// ... with at least this many events since, are snapshotted by a sweep ...
+    pub sweep_min_events: u64,
+    /// ... run this often.
+    pub sweep_interval_secs: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -41,6 +58,18 @@ struct File {
     aggregate_cache_capacity: Option<usize>,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    snapshots: FileSnapshots,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileSnapshots {
+    every_events: Option<u64>,
+    every_bytes: Option<u64>,
+    max_age_secs: Option<u64>,
+    sweep_min_events: Option<u64>,
+    sweep_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +129,13 @@ impl Config {
             },
             projection_batch_size: parsed.projection_batch_size.unwrap_or(1000),
             aggregate_cache_capacity: parsed.aggregate_cache_capacity.unwrap_or(100_000),
+            snapshots: Snapshots {
+                every_events: parsed.snapshots.every_events.unwrap_or(1000),
+                every_bytes: parsed.snapshots.every_bytes.unwrap_or(1024 * 1024),
+                max_age_secs: parsed.snapshots.max_age_secs.unwrap_or(24 * 3600),
+                sweep_min_events: parsed.snapshots.sweep_min_events.unwrap_or(100),
+                sweep_interval_secs: parsed.snapshots.sweep_interval_secs.unwrap_or(3600),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -126,6 +162,9 @@ impl Config {
             ),
             (self.projection_batch_size >= 1, "projection-batch-size must be at least 1"),
             (self.aggregate_cache_capacity >= 1, "aggregate-cache-capacity must be at least 1"),
+            (self.snapshots.every_events >= 1, "snapshots.every-events must be at least 1"),
+            (self.snapshots.every_bytes >= 1, "snapshots.every-bytes must be at least 1"),
+            (self.snapshots.sweep_interval_secs >= 1, "snapshots.sweep-interval-secs must be at least 1"),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, message)) => Err(ConfigError::Invalid((*message).to_owned())),

@@ -21,8 +21,8 @@ use std::sync::{Arc, OnceLock};
 use axum::Router;
 use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use nexus_core::{Domain, EventStore, ReadStore, StoreError};
-use nexus_runtime::{CommandBus, Notifier, ProjectionRunner, ProjectionStatus};
+use nexus_core::{Domain, EventStore, ReadStore, SnapshotStore, StoreError};
+use nexus_runtime::{CommandBus, Notifier, ProjectionRunner, ProjectionStatus, SnapshotPolicy};
 use nexus_sqlite::{SqliteEventStore, SqliteReadStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -98,11 +98,18 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| ServeError::DataDir { path: config.data_dir.display().to_string(), source })?;
-    let events: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&config.data_dir)?);
+    let sqlite = Arc::new(SqliteEventStore::open(&config.data_dir)?);
+    let events: Arc<dyn EventStore> = sqlite.clone();
+    let snapshots: Arc<dyn SnapshotStore> = sqlite;
     let read: Arc<dyn ReadStore> = Arc::new(SqliteReadStore::open(&config.data_dir)?);
     let domain = Arc::new(domain);
+    let policy = SnapshotPolicy {
+        every_events: config.snapshots.every_events,
+        every_bytes: config.snapshots.every_bytes,
+    };
     let bus = CommandBus::new(domain.clone(), events.clone(), config.aggregate_cache_capacity)
-        .map_err(ServeError::Domain)?;
+        .map_err(ServeError::Domain)?
+        .with_snapshots(snapshots, policy);
     let notifier = Notifier::new(65_536);
     let (stop, stopped) = watch::channel(false);
 
@@ -131,6 +138,7 @@ pub async fn run(
         shutdown: stopped,
         metrics: metrics_handle(),
     }));
+    let sweep = tokio::spawn(snapshot_sweep(state.clone()));
     let upkeep = tokio::spawn({
         let handle = state.metrics.clone();
         async move {
@@ -159,9 +167,25 @@ pub async fn run(
         let _ = runner.await;
     }
     upkeep.abort();
+    sweep.abort();
     served?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The seed's time-based snapshot trigger, run periodically.
+async fn snapshot_sweep(state: AppState) {
+    let config = &state.config.snapshots;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(config.sweep_interval_secs));
+    tick.tick().await; // the first tick is immediate; start one interval in
+    loop {
+        tick.tick().await;
+        let max_age = std::time::Duration::from_secs(config.max_age_secs);
+        match state.bus.snapshot_stale(max_age, config.sweep_min_events).await {
+            Ok(taken) => tracing::info!(taken, "snapshot sweep done"),
+            Err(error) => tracing::warn!(%error, "snapshot sweep failed; next sweep retries"),
+        }
+    }
 }
 
 fn router(state: AppState) -> Router {
