@@ -6,5 +6,10 @@ cd "$(dirname "$0")/.."
 echo "== cargo test (all crates, all backends configured in the environment)"
 cargo test --workspace --locked
 
+echo "== architecture policies: unit tests, then the service graph this build serves"
+cargo run --locked -q -p nexus -- policy test policies
+cargo run --locked -q -p nexus -- graph --out build-artifacts/service-graph.json
+cargo run --locked -q -p nexus -- policy check --input build-artifacts/service-graph.json
+
 echo "== nexus bench smoke run (completes and reports; no speed assertion)"
 cargo run --locked -q -p nexus -- bench --duration 3 --concurrency 8 --mix place=70,ship=10,get=15,list=5 --lag-samples 20

@@ -17,6 +17,16 @@ pub struct Config {
     /// Aggregates whose state the command path keeps in memory.
     pub aggregate_cache_capacity: usize,
     pub snapshots: Snapshots,
+    pub rate_limits: RateLimitConfig,
+}
+
+/// Per-client request limits per window (contract §5, per minute); 0 turns one off.
+#[derive(Clone, Debug)]
+pub struct RateLimitConfig {
+    pub window_secs: u64,
+    pub list_per_window: u32,
+    pub search_per_window: u32,
+    pub temporal_per_window: u32,
 }
 
 /// The seed's snapshot triggers.
@@ -60,6 +70,17 @@ struct File {
     limits: FileLimits,
     #[serde(default)]
     snapshots: FileSnapshots,
+    #[serde(default)]
+    rate_limits: FileRateLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileRateLimits {
+    window_secs: Option<u64>,
+    list: Option<u32>,
+    search: Option<u32>,
+    temporal: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +157,12 @@ impl Config {
                 sweep_min_events: parsed.snapshots.sweep_min_events.unwrap_or(100),
                 sweep_interval_secs: parsed.snapshots.sweep_interval_secs.unwrap_or(3600),
             },
+            rate_limits: RateLimitConfig {
+                window_secs: parsed.rate_limits.window_secs.unwrap_or(60),
+                list_per_window: parsed.rate_limits.list.unwrap_or(1000),
+                search_per_window: parsed.rate_limits.search.unwrap_or(100),
+                temporal_per_window: parsed.rate_limits.temporal.unwrap_or(10),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -162,6 +189,7 @@ impl Config {
             ),
             (self.projection_batch_size >= 1, "projection-batch-size must be at least 1"),
             (self.aggregate_cache_capacity >= 1, "aggregate-cache-capacity must be at least 1"),
+            (self.rate_limits.window_secs >= 1, "rate-limits.window-secs must be at least 1"),
             (self.snapshots.every_events >= 1, "snapshots.every-events must be at least 1"),
             (self.snapshots.every_bytes >= 1, "snapshots.every-bytes must be at least 1"),
             (self.snapshots.sweep_interval_secs >= 1, "snapshots.sweep-interval-secs must be at least 1"),

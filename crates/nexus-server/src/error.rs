@@ -28,6 +28,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the read model did not reach version {wanted} within {timeout_ms} ms (it is at {current})")]
     ProjectionTimeout { wanted: u64, current: u64, timeout_ms: u64 },
+    #[error("rate limit of {limit} requests reached; retry in {retry_after} s")]
+    RateLimited { limit: u32, retry_after: u64 },
     #[error("a backend is unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -60,6 +62,7 @@ impl ApiError {
             Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::ProjectionTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "PROJECTION_TIMEOUT"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         }
@@ -86,8 +89,14 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut response = (status, axum::Json::<Value>(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match &self {
+            Self::Unavailable(_) => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::RateLimited { retry_after, .. } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
         }
         response
     }

@@ -11,6 +11,8 @@
 pub mod config;
 mod error;
 mod extract;
+mod graph;
+mod rate_limit;
 mod routes;
 mod ws;
 
@@ -29,6 +31,7 @@ use tokio::sync::watch;
 
 pub use config::{Config, ConfigError, Overrides};
 pub use error::ApiError;
+pub use graph::{PolicyViolations, check_policies, service_graph};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,8 @@ pub enum ServeError {
     Domain(String),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Policy(#[from] PolicyViolations),
 }
 
 /// Shared state of the request handlers.
@@ -57,6 +62,7 @@ pub(crate) struct Inner {
     pub(crate) projections: Vec<(&'static str, Arc<ProjectionStatus>)>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) metrics: PrometheusHandle,
+    pub(crate) rate_limits: rate_limit::RateLimits,
 }
 
 impl std::ops::Deref for AppState {
@@ -96,6 +102,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Born governed: a configuration that breaks an architecture rule never serves a request.
+    check_policies(&service_graph(&config, &domain))?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| ServeError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let sqlite = Arc::new(SqliteEventStore::open(&config.data_dir)?);
@@ -137,15 +145,18 @@ pub async fn run(
         projections,
         shutdown: stopped,
         metrics: metrics_handle(),
+        rate_limits: rate_limit::RateLimits::new(&config.rate_limits),
     }));
     let sweep = tokio::spawn(snapshot_sweep(state.clone()));
     let upkeep = tokio::spawn({
         let handle = state.metrics.clone();
+        let upkeep_state = state.clone();
         async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {
                 tick.tick().await;
                 handle.run_upkeep();
+                upkeep_state.rate_limits.retain_recent();
             }
         }
     });

@@ -14,6 +14,17 @@ mod pool;
 mod read_store;
 
 pub use event_store::SqliteEventStore;
+
+/// Every table this adapter touches and the statements it issues on it, for the service graph the
+/// architecture policies judge. A test reads the SQL in this crate and fails when a statement
+/// is missing here.
+pub const STORE_OPERATIONS: &[(&str, &[&str])] = &[
+    ("events", &["INSERT", "SELECT"]),
+    ("commands", &["INSERT", "SELECT"]),
+    ("snapshots", &["INSERT", "SELECT"]),
+    ("documents", &["INSERT", "UPDATE", "SELECT"]),
+    ("checkpoints", &["INSERT", "UPDATE", "SELECT"]),
+];
 pub use read_store::SqliteReadStore;
 
 use nexus_core::StoreError;
@@ -44,4 +55,46 @@ fn migrate(conn: &mut rusqlite::Connection, migrations: &[&str]) -> rusqlite::Re
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::STORE_OPERATIONS;
+
+    /// Finds `INSERT INTO t`, `UPDATE t`, `DELETE FROM t`, `FROM t` and upserts in the SQL text
+    /// of this crate, and checks each is declared.
+    #[test]
+    fn declared_operations_cover_the_sql() {
+        let sources = [include_str!("event_store.rs"), include_str!("read_store.rs")];
+        let declared = |table: &str, operation: &str| {
+            STORE_OPERATIONS.iter().any(|(t, ops)| *t == table && ops.contains(&operation))
+        };
+        let mut found = 0;
+        for source in sources {
+            // Only the SQL strings matter; migrations (CREATE, triggers) are not operations.
+            let words: Vec<&str> = source
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| !w.is_empty())
+                .collect();
+            for window in words.windows(3) {
+                let (operation, table) = match window {
+                    ["INSERT", "INTO", table] => ("INSERT", *table),
+                    ["DELETE", "FROM", table] => ("DELETE", *table),
+                    ["UPDATE", table, "SET"] if *table != "DO" => ("UPDATE", *table),
+                    ["DO", "UPDATE", "SET"] => continue, // checked with its INSERT below
+                    [_, "FROM", table] if STORE_OPERATIONS.iter().any(|(t, _)| t == table) => {
+                        ("SELECT", *table)
+                    }
+                    _ => continue,
+                };
+                found += 1;
+                assert!(declared(table, operation), "{operation} on {table} is not in STORE_OPERATIONS");
+            }
+        }
+        // An upsert (ON CONFLICT ... DO UPDATE) updates the table it inserts into.
+        assert!(declared("documents", "UPDATE") && declared("checkpoints", "UPDATE"));
+        assert!(found > 10, "the scan found the SQL ({found} statements)");
+        let events = STORE_OPERATIONS.iter().find(|(t, _)| *t == "events").unwrap().1;
+        assert!(!events.contains(&"UPDATE") && !events.contains(&"DELETE"), "events are append-only");
+    }
 }

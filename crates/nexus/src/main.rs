@@ -30,6 +30,39 @@ enum Command {
     Serve(ServeArgs),
     /// Drive a server with load and report throughput, latency percentiles and projection lag.
     Bench(bench::BenchArgs),
+    /// Write the service graph (roles, store operations, events, endpoints) the policies judge.
+    Graph(GraphArgs),
+    /// Run the architecture policies: their unit tests, or a check of facts.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(clap::Args)]
+struct GraphArgs {
+    /// TOML configuration the graph describes (the same file `nexus serve --config` takes).
+    #[arg(long, env = "NEXUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where to write the graph.
+    #[arg(long, default_value = "build-artifacts/service-graph.json")]
+    out: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run the Rego unit tests (`test_` rules) of a policy directory.
+    Test {
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+    },
+    /// Evaluate `data.nexus.architecture.deny` against each fact of a JSON file (an array of
+    /// facts, one fact, or a service graph written by `nexus graph`); exit 1 on any violation.
+    Check {
+        #[arg(long)]
+        input: PathBuf,
+        /// Policy directory; the policies built into this binary when absent.
+        #[arg(long)]
+        policies: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -52,6 +85,76 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Graph(args) => graph(args),
+        Command::Policy(PolicyCommand::Test { dir }) => policy_test(&dir),
+        Command::Policy(PolicyCommand::Check { input, policies }) => {
+            policy_check(&input, policies.as_deref())
+        }
+    }
+}
+
+fn graph(args: GraphArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref(), Overrides::default())?;
+    let graph = nexus_server::service_graph(&config, &nexus_domain::domain());
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&graph)? + "\n")
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!(
+        "wrote {} ({} roles, {} tables, {} event types, {} endpoints)",
+        args.out.display(),
+        graph.roles.len(),
+        graph.store_operations.len(),
+        graph.events.len(),
+        graph.endpoints.len()
+    );
+    Ok(())
+}
+
+fn policy_test(dir: &std::path::Path) -> anyhow::Result<()> {
+    let engine = nexus_policy::PolicyEngine::load_dir(dir)?;
+    let outcomes = engine.run_tests();
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    for outcome in &outcomes {
+        let verdict = if outcome.passed { "PASS" } else { "FAIL" };
+        match &outcome.error {
+            Some(error) => println!("{verdict} {}: {error}", outcome.name),
+            None => println!("{verdict} {}", outcome.name),
+        }
+    }
+    println!("{} passed, {failed} failed", outcomes.len() - failed);
+    if outcomes.is_empty() {
+        anyhow::bail!("no test_ rules found in {}", dir.display());
+    }
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn policy_check(input: &std::path::Path, policies: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let engine = match policies {
+        Some(dir) => nexus_policy::PolicyEngine::load_dir(dir)?,
+        None => nexus_policy::PolicyEngine::bundled()?,
+    };
+    let text = std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", input.display()))?;
+    // A service graph (from `nexus graph`) is turned into its facts; anything else is facts.
+    let violations = match serde_json::from_value::<nexus_policy::ServiceGraph>(value.clone()) {
+        Ok(graph) => engine.check_graph(&graph)?,
+        Err(_) => engine.check_facts(&value)?,
+    };
+    for violation in &violations {
+        println!("{violation}");
+    }
+    if violations.is_empty() {
+        println!("no violations");
+        Ok(())
+    } else {
+        eprintln!("{} violation(s)", violations.len());
+        std::process::exit(1);
     }
 }
 

@@ -1,31 +1,79 @@
-//! The HTTP routes of the contract, one module per area.
+//! The HTTP routes of the contract, one module per area, registered from one table: the router
+//! and the service graph the policies judge are both built from [`endpoints`], so they cannot
+//! drift apart.
 
 mod commands;
 mod events;
 mod ops;
 mod queries;
 
+use std::collections::BTreeMap;
+
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::middleware::from_fn_with_state;
+use axum::routing::{MethodRouter, get, post};
 use axum::{Extension, Router};
 
 use crate::error::ApiError;
 use crate::extract::BodyLimit;
+use crate::rate_limit::{self, RateClass};
 use crate::{AppState, ws};
+
+/// One endpoint: what the router serves and what the service graph reports.
+pub(crate) struct Endpoint {
+    pub(crate) method: &'static str,
+    pub(crate) path: &'static str,
+    pub(crate) rate: Option<RateClass>,
+    pub(crate) handler: MethodRouter<AppState>,
+}
+
+fn endpoint(
+    method: &'static str,
+    path: &'static str,
+    rate: Option<RateClass>,
+    handler: MethodRouter<AppState>,
+) -> Endpoint {
+    Endpoint { method, path, rate, handler }
+}
+
+/// Every endpoint the server serves.
+pub(crate) fn endpoints() -> Vec<Endpoint> {
+    use RateClass::{List, Temporal};
+    vec![
+        endpoint("POST", "/api/commands/{command_type}", None, post(commands::handle)),
+        endpoint("GET", "/api/events", Some(Temporal), get(events::by_type)),
+        endpoint("GET", "/api/events/{aggregate_id}", Some(List), get(events::stream)),
+        endpoint("GET", "/api/queries/{resource}", Some(List), get(queries::list)),
+        endpoint("GET", "/api/queries/{resource}/{id}", None, get(queries::get)),
+        endpoint("GET", "/api/subscriptions", None, get(ws::upgrade)),
+        endpoint("GET", "/api/admin/projections", None, get(ops::projections)),
+        endpoint("GET", "/health/live", None, get(ops::live)),
+        endpoint("GET", "/health/ready", None, get(ops::ready)),
+        endpoint("GET", "/metrics", None, get(ops::metrics)),
+    ]
+}
 
 pub(crate) fn router(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
-    Router::new()
-        .route("/api/commands/{command_type}", post(commands::handle))
-        .route("/api/events", get(events::by_type))
-        .route("/api/events/{aggregate_id}", get(events::stream))
-        .route("/api/queries/{resource}", get(queries::list))
-        .route("/api/queries/{resource}/{id}", get(queries::get))
-        .route("/api/subscriptions", get(ws::upgrade))
-        .route("/api/admin/projections", get(ops::projections))
-        .route("/health/live", get(ops::live))
-        .route("/health/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics))
+    let mut by_path: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::new();
+    for endpoint in endpoints() {
+        let handler = match endpoint.rate {
+            Some(class) => {
+                endpoint.handler.route_layer(from_fn_with_state((state.clone(), class), rate_limit::enforce))
+            }
+            None => endpoint.handler,
+        };
+        let merged = match by_path.remove(endpoint.path) {
+            Some(existing) => existing.merge(handler),
+            None => handler,
+        };
+        by_path.insert(endpoint.path, merged);
+    }
+    let mut router = Router::new();
+    for (path, handler) in by_path {
+        router = router.route(path, handler);
+    }
+    router
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -3,6 +3,9 @@
 //! Every test starts its own [`TestServer`] in its own temporary data directory, so tests share
 //! nothing but the process-wide metrics recorder.
 
+// Each test binary includes this module and uses a different part of it.
+#![allow(dead_code)]
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -36,6 +39,15 @@ impl TestServer {
 
     /// Starts a server on an existing data directory (a restart keeps its state).
     pub async fn start_in(dir: TempDir) -> Self {
+        Self::start_configured(dir, |_| {}).await
+    }
+
+    /// Starts a server in a fresh directory with `configure` applied to the default config.
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        Self::start_configured(tempfile::tempdir().expect("temporary data directory"), configure).await
+    }
+
+    async fn start_configured(dir: TempDir, configure: impl FnOnce(&mut Config)) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -43,7 +55,8 @@ impl TestServer {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let config = Config::embedded(dir.path());
+        let mut config = Config::embedded(dir.path());
+        configure(&mut config);
         let task = tokio::spawn(nexus_server::run(config, nexus_domain::domain(), listener, shutdown));
         let http = reqwest::Client::builder().no_proxy().timeout(DEADLINE).build().expect("HTTP client");
         // The listener is already bound, so requests sent before `run` has opened its stores wait

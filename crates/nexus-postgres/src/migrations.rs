@@ -1,0 +1,194 @@
+//! Versioned schema migrations, applied at start-up.
+//!
+//! A released migration is never edited: a change is a new entry. All pending migrations apply in
+//! one transaction that first takes the schema's migration lock, so processes starting together
+//! wait for each other instead of racing on `CREATE`.
+
+use deadpool_postgres::Pool;
+use nexus_core::StoreError;
+
+use crate::{MIGRATION_LOCK_CLASS, pool_unavailable, unavailable};
+
+pub(crate) struct Migration {
+    pub(crate) version: i32,
+    pub(crate) name: &'static str,
+    pub(crate) sql: &'static str,
+}
+
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "event store",
+        sql: r#"
+-- Text keys compare bytewise (COLLATE "C"), like SQLite's BINARY: ISO 8601 timestamps and ids
+-- sort the same on every database, whatever its default collation.
+CREATE TABLE events (
+    position       BIGINT PRIMARY KEY,
+    event_id       TEXT COLLATE "C" NOT NULL UNIQUE,
+    aggregate_id   TEXT COLLATE "C" NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    version        BIGINT NOT NULL,
+    event_type     TEXT COLLATE "C" NOT NULL,
+    timestamp      TEXT COLLATE "C" NOT NULL,
+    payload        JSONB NOT NULL,
+    metadata       JSONB NOT NULL,
+    UNIQUE (aggregate_id, version)
+);
+CREATE INDEX events_by_type_and_time ON events (event_type, timestamp);
+
+CREATE FUNCTION nexus_refuse_event_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'events are append-only: % is refused', TG_OP;
+END $$;
+CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events
+    FOR EACH ROW EXECUTE FUNCTION nexus_refuse_event_change();
+CREATE TRIGGER events_are_append_only_delete BEFORE DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION nexus_refuse_event_change();
+CREATE TRIGGER events_are_append_only_truncate BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION nexus_refuse_event_change();
+
+-- Every writer of events holds the append lock until it commits, so positions become visible in
+-- commit order whoever writes them. Re-taking a lock the transaction holds costs a hash lookup.
+CREATE FUNCTION nexus_take_append_lock() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(1314406736, hashtext(TG_TABLE_SCHEMA));
+    RETURN NULL;
+END $$;
+CREATE TRIGGER events_writers_take_the_append_lock BEFORE INSERT ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION nexus_take_append_lock();
+
+CREATE TABLE commands (
+    command_id   TEXT COLLATE "C" PRIMARY KEY,
+    fingerprint  TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    result       JSONB NOT NULL
+);
+
+-- One append, called by the appender with the append lock held: the idempotency check, the
+-- version check and the inserts in one round trip. Expected refusals are answers, not errors, so
+-- a batch of appends runs without a savepoint each; an unexpected error aborts the batch and the
+-- appender retries it with one savepoint per append.
+CREATE FUNCTION nexus_append(
+    p_aggregate_id TEXT, p_aggregate_type TEXT, p_expected BIGINT,
+    p_event_ids TEXT[], p_event_types TEXT[], p_timestamps TEXT[], p_payloads TEXT[], p_metadata TEXT[],
+    p_command_id TEXT, p_fingerprint TEXT, p_result TEXT,
+    OUT outcome TEXT, OUT actual_version BIGINT, OUT first_position BIGINT,
+    OUT found_fingerprint TEXT, OUT found_result JSONB, OUT clashing_event_id TEXT)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_command_id IS NOT NULL THEN
+        SELECT c.fingerprint, c.result INTO found_fingerprint, found_result
+        FROM commands c WHERE c.command_id = p_command_id;
+        IF FOUND THEN
+            outcome := 'duplicate';
+            RETURN;
+        END IF;
+    END IF;
+    SELECT COALESCE(MAX(e.version), 0) INTO actual_version FROM events e WHERE e.aggregate_id = p_aggregate_id;
+    IF actual_version <> p_expected THEN
+        outcome := 'conflict';
+        RETURN;
+    END IF;
+    SELECT e.event_id INTO clashing_event_id FROM events e WHERE e.event_id = ANY (p_event_ids) LIMIT 1;
+    IF FOUND THEN
+        outcome := 'event_id_taken';
+        RETURN;
+    END IF;
+    IF cardinality(p_event_ids) > 1 THEN
+        SELECT u.id INTO clashing_event_id FROM unnest(p_event_ids) AS u(id)
+        GROUP BY u.id HAVING COUNT(*) > 1 LIMIT 1;
+        IF FOUND THEN
+            outcome := 'event_id_taken';
+            RETURN;
+        END IF;
+    END IF;
+    -- Drawn under the append lock: every position below is committed or ours.
+    SELECT COALESCE(MAX(e.position), 0) + 1 INTO first_position FROM events e;
+    INSERT INTO events (position, event_id, aggregate_id, aggregate_type, version, event_type, timestamp,
+                        payload, metadata)
+    SELECT first_position + u.n - 1, u.id, p_aggregate_id, p_aggregate_type, p_expected + u.n, u.t, u.ts,
+           u.p::jsonb, u.m::jsonb
+    FROM unnest(p_event_ids, p_event_types, p_timestamps, p_payloads, p_metadata)
+         WITH ORDINALITY AS u(id, t, ts, p, m, n);
+    IF p_command_id IS NOT NULL THEN
+        INSERT INTO commands (command_id, fingerprint, aggregate_id, result)
+        VALUES (p_command_id, p_fingerprint, p_aggregate_id, p_result::jsonb);
+    END IF;
+    outcome := 'committed';
+END $$;
+"#,
+    },
+    Migration {
+        version: 2,
+        name: "read store",
+        sql: r#"
+CREATE TABLE documents (
+    resource TEXT COLLATE "C" NOT NULL,
+    id       TEXT COLLATE "C" NOT NULL,
+    version  BIGINT NOT NULL,
+    doc      JSONB NOT NULL,
+    PRIMARY KEY (resource, id)
+);
+CREATE TABLE checkpoints (
+    projection TEXT COLLATE "C" PRIMARY KEY,
+    position   BIGINT NOT NULL
+);
+"#,
+    },
+    Migration {
+        version: 3,
+        name: "snapshots",
+        sql: r#"
+CREATE TABLE snapshots (
+    aggregate_id   TEXT COLLATE "C" NOT NULL,
+    version        BIGINT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    schema_version BIGINT NOT NULL,
+    state          JSONB NOT NULL,
+    taken_at       TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (aggregate_id, version)
+);
+"#,
+    },
+];
+
+/// Creates `schema` if needed and applies the migrations it has not seen, atomically.
+pub(crate) async fn apply(pool: &Pool, schema: &str) -> Result<(), StoreError> {
+    let mut client = pool.get().await.map_err(pool_unavailable)?;
+    let tx = client.transaction().await.map_err(unavailable)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&MIGRATION_LOCK_CLASS, &schema])
+        .await
+        .map_err(unavailable)?;
+    // `schema` is validated to need no quoting.
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         SET LOCAL search_path TO {schema};
+         CREATE TABLE IF NOT EXISTS nexus_migrations (
+             version    INTEGER PRIMARY KEY,
+             name       TEXT NOT NULL,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         );"
+    ))
+    .await
+    .map_err(unavailable)?;
+    let applied: i32 = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM nexus_migrations", &[])
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    if applied > known {
+        tracing::warn!(schema, applied, known, "the schema was migrated by a newer Nexus; carrying on");
+    }
+    for migration in MIGRATIONS.iter().filter(|m| m.version > applied) {
+        tracing::info!(schema, version = migration.version, name = migration.name, "applying migration");
+        tx.batch_execute(migration.sql).await.map_err(unavailable)?;
+        tx.execute(
+            "INSERT INTO nexus_migrations (version, name) VALUES ($1, $2)",
+            &[&migration.version, &migration.name],
+        )
+        .await
+        .map_err(unavailable)?;
+    }
+    tx.commit().await.map_err(unavailable)
+}

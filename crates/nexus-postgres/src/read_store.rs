@@ -1,0 +1,202 @@
+//! The read store on PostgreSQL: JSONB documents per resource type, and projection checkpoints.
+//!
+//! Query semantics mirror `nexus-sqlite` exactly (the conformance suite holds both to them):
+//! filters match arrays by membership, numbers by value, everything else by its text form
+//! (booleans as `true`/`false`); sorting puts missing and null values first, then numbers and
+//! booleans (as 0/1), then text compared bytewise, with `id` breaking ties.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use nexus_core::{ListQuery, Page, ReadDocument, ReadStore, SortOrder, StoreError};
+use tokio_postgres::Row;
+use tokio_postgres::types::{Json, ToSql};
+
+use crate::{bigint, corrupt, pool_unavailable, unavailable, unsigned};
+
+/// PostgreSQL read store. Written only by projection runners, any number of processes.
+pub struct PostgresReadStore {
+    pool: Pool,
+}
+
+impl PostgresReadStore {
+    pub(crate) fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_unavailable)?;
+        let statement = client.prepare_cached(sql).await.map_err(unavailable)?;
+        client.query(&statement, params).await.map_err(unavailable)
+    }
+}
+
+fn decode_doc(row: &Row) -> Result<ReadDocument, StoreError> {
+    let Json(doc) = row.try_get(0).map_err(|e| corrupt("read-model document", e))?;
+    Ok(doc)
+}
+
+/// A field name as a JSONB path: letters, digits and `_`, with `.` between nested names.
+fn json_path(field: &str) -> Result<Vec<String>, StoreError> {
+    let parts: Vec<String> = field.split('.').map(str::to_owned).collect();
+    let valid = parts
+        .iter()
+        .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    if valid {
+        Ok(parts)
+    } else {
+        Err(StoreError::InvalidRequest(format!("'{field}' is not a valid field name")))
+    }
+}
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// `WHERE` clause and parameters for a list query (parameter 1 is the resource).
+fn where_clause(resource: &str, query: &ListQuery) -> Result<(String, Vec<Param>), StoreError> {
+    let mut sql = String::from("resource = $1");
+    let mut values: Vec<Param> = vec![Box::new(resource.to_owned())];
+    for filter in &query.filters {
+        let path = values.len() + 1;
+        let text = path + 1;
+        let number = path + 2;
+        // Arrays (tags) match by membership, numbers by value (`?total=20` matches 20.0), the
+        // rest by their text form, so every filter can come from a query string.
+        sql.push_str(&format!(
+            " AND (CASE jsonb_typeof(doc #> ${path}) \
+               WHEN 'array' THEN EXISTS (SELECT 1 FROM jsonb_array_elements(doc #> ${path}) AS e(v) \
+                                         WHERE e.v #>> '{{}}' = ${text}) \
+               WHEN 'number' THEN (doc #> ${path})::float8 = ${number} \
+               ELSE (doc #>> ${path}) = ${text} END)"
+        ));
+        values.push(Box::new(json_path(&filter.field)?));
+        values.push(Box::new(filter.value.clone()));
+        values.push(Box::new(filter.value.parse::<f64>().ok()));
+    }
+    Ok((sql, values))
+}
+
+/// `ORDER BY` keys for a sort on the JSON value at parameter `$p`, ordered like SQLite orders
+/// `json_extract`: NULL < numbers (booleans as 0/1) < text, text bytewise.
+fn order_by(p: usize, order: SortOrder) -> String {
+    let direction = if order == SortOrder::Asc { "ASC" } else { "DESC" };
+    format!(
+        "CASE jsonb_typeof(doc #> ${p}) WHEN 'number' THEN 1 WHEN 'boolean' THEN 1 \
+           WHEN 'string' THEN 2 WHEN 'array' THEN 2 WHEN 'object' THEN 2 ELSE 0 END {direction}, \
+         CASE jsonb_typeof(doc #> ${p}) WHEN 'number' THEN (doc #> ${p})::float8 \
+           WHEN 'boolean' THEN CASE WHEN doc #> ${p} = 'true'::jsonb THEN 1 ELSE 0 END END {direction}, \
+         (CASE jsonb_typeof(doc #> ${p}) WHEN 'string' THEN doc #>> ${p} \
+           WHEN 'array' THEN (doc #> ${p})::text WHEN 'object' THEN (doc #> ${p})::text END) COLLATE \"C\" {direction}, \
+         id ASC"
+    )
+}
+
+#[async_trait]
+impl ReadStore for PostgresReadStore {
+    async fn checkpoint(&self, projection: &str) -> Result<u64, StoreError> {
+        let rows =
+            self.query("SELECT position FROM checkpoints WHERE projection = $1", &[&projection]).await?;
+        match rows.first() {
+            Some(row) => unsigned(row.try_get(0).map_err(|e| corrupt("checkpoint", e))?, "checkpoint"),
+            None => Ok(0),
+        }
+    }
+
+    async fn load(&self, resource: &str, ids: &[String]) -> Result<Vec<ReadDocument>, StoreError> {
+        let rows = self
+            .query("SELECT doc FROM documents WHERE resource = $1 AND id = ANY ($2)", &[&resource, &ids])
+            .await?;
+        rows.iter().map(decode_doc).collect()
+    }
+
+    async fn commit(
+        &self,
+        projection: &str,
+        resource: &str,
+        docs: Vec<ReadDocument>,
+        position: u64,
+    ) -> Result<(), StoreError> {
+        // One row per id, the one a sequence of guarded upserts would leave: the first with the
+        // highest version. (One statement cannot update a row twice.)
+        let mut kept: Vec<ReadDocument> = Vec::with_capacity(docs.len());
+        let mut index: HashMap<String, usize> = HashMap::with_capacity(docs.len());
+        for doc in docs {
+            match index.get(&doc.id) {
+                Some(&at) if doc.version > kept[at].version => kept[at] = doc,
+                Some(_) => {}
+                None => {
+                    index.insert(doc.id.clone(), kept.len());
+                    kept.push(doc);
+                }
+            }
+        }
+        let ids: Vec<&str> = kept.iter().map(|d| d.id.as_str()).collect();
+        let versions: Vec<i64> = kept.iter().map(|d| bigint(d.version)).collect();
+        let texts = kept
+            .iter()
+            .map(|d| serde_json::to_string(d).map_err(|e| corrupt("read-model document", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One statement, so one implicit transaction and one round trip: documents and
+        // checkpoint commit together. The version guard lives in the database, whoever writes.
+        self.query(
+            "WITH upserted AS ( \
+                INSERT INTO documents (resource, id, version, doc) \
+                SELECT $1, u.id, u.version, u.doc::jsonb \
+                FROM unnest($2::text[], $3::bigint[], $4::text[]) AS u(id, version, doc) \
+                ON CONFLICT (resource, id) DO UPDATE SET version = excluded.version, doc = excluded.doc \
+                WHERE excluded.version > documents.version) \
+             INSERT INTO checkpoints (projection, position) VALUES ($5, $6) \
+             ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+            &[&resource, &ids, &versions, &texts, &projection, &bigint(position)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn get(&self, resource: &str, id: &str) -> Result<Option<ReadDocument>, StoreError> {
+        let rows = self
+            .query("SELECT doc FROM documents WHERE resource = $1 AND id = $2", &[&resource, &id])
+            .await?;
+        rows.first().map(decode_doc).transpose()
+    }
+
+    async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError> {
+        let (clause, mut values) = where_clause(resource, query)?;
+        let count_values = values.len();
+        let order = match &query.sort {
+            Some((field, order)) => {
+                values.push(Box::new(json_path(field)?));
+                order_by(values.len(), *order)
+            }
+            None => "id ASC".to_owned(),
+        };
+        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
+        let rows = self
+            .query(&format!("SELECT COUNT(*) FROM documents WHERE {clause}"), &params[..count_values])
+            .await?;
+        let total: i64 = rows[0].try_get(0).map_err(|e| corrupt("count", e))?;
+        let sql = format!(
+            "SELECT doc FROM documents WHERE {clause} ORDER BY {order} LIMIT {} OFFSET {}",
+            query.limit, query.offset
+        );
+        let items = self.query(&sql, &params).await?.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page { items, total: unsigned(total, "count")? })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.query("SELECT 1", &[]).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_are_checked() {
+        assert_eq!(json_path("customer.name").unwrap(), ["customer", "name"]);
+        for bad in ["", "a..b", ".a", "a b", "a'b", "a-b"] {
+            assert!(matches!(json_path(bad), Err(StoreError::InvalidRequest(_))), "{bad}");
+        }
+    }
+}
