@@ -27,6 +27,8 @@ pub async fn commit_writes_documents_and_checkpoint(store: Arc<dyn ReadStore>) {
     assert_eq!(store.get("others", "a").await.unwrap(), None, "resources are separate");
     store.commit("p", "things", Vec::new(), 9).await.unwrap();
     assert_eq!(store.checkpoint("p").await.unwrap(), 9, "an empty batch still moves the checkpoint");
+    store.commit("p", "things", Vec::new(), 8).await.unwrap();
+    assert_eq!(store.checkpoint("p").await.unwrap(), 9, "a checkpoint never moves back");
     store.ping().await.unwrap();
 }
 

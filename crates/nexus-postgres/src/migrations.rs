@@ -76,6 +76,9 @@ CREATE FUNCTION nexus_append(
     OUT found_fingerprint TEXT, OUT found_result JSONB, OUT clashing_event_id TEXT)
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- The appender took the lock already (re-taking it is a hash lookup); a caller that did not
+    -- still draws its positions under it.
+    PERFORM pg_advisory_xact_lock(1314406736, hashtext(current_schema()));
     IF p_command_id IS NOT NULL THEN
         SELECT c.fingerprint, c.result INTO found_fingerprint, found_result
         FROM commands c WHERE c.command_id = p_command_id;

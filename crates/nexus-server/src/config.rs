@@ -6,11 +6,57 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Which part of the system a process runs (contract §1: `nexus serve --role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything in one process: the embedded default.
+    All,
+    /// The write side: commands (and the snapshot sweep).
+    Command,
+    /// The read side: projections, queries, subscriptions, the event audit API.
+    Query,
+    /// Event routing to the message buses; with no bus configured, consumers tail the store's
+    /// change feed themselves and this role only reports health.
+    Router,
+}
+
+impl Role {
+    pub fn runs(self, part: Role) -> bool {
+        self == Role::All || self == part
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "all" => Ok(Role::All),
+            "command" => Ok(Role::Command),
+            "query" => Ok(Role::Query),
+            "router" => Ok(Role::Router),
+            other => Err(format!("unknown role '{other}' (use command, query, router or all)")),
+        }
+    }
+}
+
+/// Where events, snapshots and read models live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// SQLite files in the data directory.
+    Embedded,
+    /// PostgreSQL at `url`, in `schema` (created when missing).
+    Postgres { url: String, schema: String },
+}
+
 /// Everything `nexus serve` runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    pub role: Role,
+    pub store: StoreBackend,
     pub limits: Limits,
     /// Events a projection reads and commits per transaction.
     pub projection_batch_size: usize,
@@ -64,6 +110,9 @@ pub struct Limits {
 struct File {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
+    role: Option<Role>,
+    store_url: Option<String>,
+    store_schema: Option<String>,
     projection_batch_size: Option<usize>,
     aggregate_cache_capacity: Option<usize>,
     #[serde(default)]
@@ -118,6 +167,9 @@ pub enum ConfigError {
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    pub role: Option<Role>,
+    pub store_url: Option<String>,
+    pub store_schema: Option<String>,
 }
 
 impl Config {
@@ -141,6 +193,14 @@ impl Config {
                 .or(parsed.listen)
                 .unwrap_or_else(|| Self::DEFAULT_LISTEN.parse().expect("valid default")),
             data_dir: overrides.data_dir.or(parsed.data_dir).unwrap_or_else(|| Self::DEFAULT_DATA_DIR.into()),
+            role: overrides.role.or(parsed.role).unwrap_or(Role::All),
+            store: match overrides.store_url.or(parsed.store_url).filter(|url| !url.is_empty()) {
+                None => StoreBackend::Embedded,
+                Some(url) => StoreBackend::Postgres {
+                    url,
+                    schema: overrides.store_schema.or(parsed.store_schema).unwrap_or_else(|| "nexus".into()),
+                },
+            },
             limits: Limits {
                 max_body_bytes: parsed.limits.max_body_bytes.unwrap_or(1024 * 1024),
                 min_version_timeout_ms: parsed.limits.min_version_timeout_ms.unwrap_or(3000),
@@ -176,6 +236,17 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let limits = &self.limits;
+        if let StoreBackend::Postgres { url, schema } = &self.store {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "store URL must start with postgres:// (got '{url}'); leave it unset for the embedded store"
+                )));
+            }
+            let valid = !schema.is_empty() && schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(ConfigError::Invalid(format!("store schema '{schema}' must be [A-Za-z0-9_]+")));
+            }
+        }
         let checks = [
             (limits.max_body_bytes >= 1024, "limits.max-body-bytes must be at least 1024"),
             (limits.default_page_size >= 1, "limits.default-page-size must be at least 1"),
@@ -213,7 +284,7 @@ mod tests {
         let config = Config::load(Some(&path), Overrides::default()).unwrap();
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.limits.max_body_bytes, 2048);
-        let overrides = Overrides { listen: Some("127.0.0.1:9001".parse().unwrap()), data_dir: None };
+        let overrides = Overrides { listen: Some("127.0.0.1:9001".parse().unwrap()), ..Overrides::default() };
         assert_eq!(Config::load(Some(&path), overrides).unwrap().listen.port(), 9001);
     }
 

@@ -26,6 +26,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use nexus_core::{Domain, EventStore, ReadStore, SnapshotStore, StoreError};
 use nexus_runtime::{CommandBus, Notifier, ProjectionRunner, ProjectionStatus, SnapshotPolicy};
 use nexus_sqlite::{SqliteEventStore, SqliteReadStore};
+
+use crate::config::{Role, StoreBackend};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -104,12 +106,7 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     // Born governed: a configuration that breaks an architecture rule never serves a request.
     check_policies(&service_graph(&config, &domain))?;
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| ServeError::DataDir { path: config.data_dir.display().to_string(), source })?;
-    let sqlite = Arc::new(SqliteEventStore::open(&config.data_dir)?);
-    let events: Arc<dyn EventStore> = sqlite.clone();
-    let snapshots: Arc<dyn SnapshotStore> = sqlite;
-    let read: Arc<dyn ReadStore> = Arc::new(SqliteReadStore::open(&config.data_dir)?);
+    let Backends { events, snapshots, read } = open_backends(&config).await?;
     let domain = Arc::new(domain);
     let policy = SnapshotPolicy {
         every_events: config.snapshots.every_events,
@@ -123,7 +120,10 @@ pub async fn run(
 
     let mut runners = Vec::new();
     let mut projections = Vec::new();
-    for projection in domain.projections() {
+    // Projections belong to the read side. With several query processes each runs them; the
+    // version guard and monotonic checkpoints make that idempotent.
+    let read_side = if config.role.runs(Role::Query) { domain.projections() } else { &[] };
+    for projection in read_side {
         let runner = ProjectionRunner::new(
             projection.clone(),
             events.clone(),
@@ -147,7 +147,7 @@ pub async fn run(
         metrics: metrics_handle(),
         rate_limits: rate_limit::RateLimits::new(&config.rate_limits),
     }));
-    let sweep = tokio::spawn(snapshot_sweep(state.clone()));
+    let sweep = config.role.runs(Role::Command).then(|| tokio::spawn(snapshot_sweep(state.clone())));
     let upkeep = tokio::spawn({
         let handle = state.metrics.clone();
         let upkeep_state = state.clone();
@@ -161,7 +161,7 @@ pub async fn run(
         }
     });
     let app = router(state);
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "nexus serving");
+    tracing::info!(addr = %listener.local_addr()?, role = ?config.role, store = %describe(&config.store, &config.data_dir), "nexus serving");
     // Small writes (202 bodies, WebSocket notifications) must not wait for Nagle's algorithm and
     // the peer's delayed ACK: that alone adds ~40 ms to a notification.
     let listener = listener.tap_io(|tcp| {
@@ -178,10 +178,53 @@ pub async fn run(
         let _ = runner.await;
     }
     upkeep.abort();
-    sweep.abort();
+    if let Some(sweep) = sweep {
+        sweep.abort();
+    }
     served?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+struct Backends {
+    events: Arc<dyn EventStore>,
+    snapshots: Arc<dyn SnapshotStore>,
+    read: Arc<dyn ReadStore>,
+}
+
+/// Resolves the configured store into the port trait objects: the only place that knows which
+/// backend is in use.
+async fn open_backends(config: &Config) -> Result<Backends, ServeError> {
+    match &config.store {
+        StoreBackend::Embedded => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+                path: config.data_dir.display().to_string(),
+                source,
+            })?;
+            let sqlite = Arc::new(SqliteEventStore::open(&config.data_dir)?);
+            let read = Arc::new(SqliteReadStore::open(&config.data_dir)?);
+            Ok(Backends { events: sqlite.clone(), snapshots: sqlite, read })
+        }
+        StoreBackend::Postgres { url, schema } => {
+            let backend = nexus_postgres::PostgresBackend::connect(url, schema).await?;
+            Ok(Backends {
+                events: backend.event_store(),
+                snapshots: backend.snapshot_store(),
+                read: backend.read_store(),
+            })
+        }
+    }
+}
+
+fn describe(store: &StoreBackend, data_dir: &std::path::Path) -> String {
+    match store {
+        StoreBackend::Embedded => format!("sqlite in {}", data_dir.display()),
+        // Never log credentials: the host part only.
+        StoreBackend::Postgres { url, schema } => {
+            let host = url.rsplit('@').next().unwrap_or(url);
+            format!("postgres {host} schema {schema}")
+        }
+    }
 }
 
 /// The seed's time-based snapshot trigger, run periodically.

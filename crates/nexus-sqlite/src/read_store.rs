@@ -157,9 +157,12 @@ impl ReadStore for SqliteReadStore {
                     let text = serde_json::to_string(doc).map_err(|e| corrupt("read-model document", e))?;
                     upsert.execute(params![resource, doc.id, doc.version, text]).map_err(unavailable)?;
                 }
+                // Checkpoints only move forward: with several query processes running the same
+                // projection, a slower one never drags the shared checkpoint back.
                 tx.execute(
                     "INSERT INTO checkpoints (projection, position) VALUES (?1, ?2) \
-                     ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+                     ON CONFLICT (projection) DO UPDATE SET position = excluded.position \
+                     WHERE excluded.position > checkpoints.position",
                     params![projection, position],
                 )
                 .map_err(unavailable)?;

@@ -76,6 +76,15 @@ struct ServeArgs {
     /// TOML file for everything else (limits, batch sizes).
     #[arg(long, env = "NEXUS_CONFIG")]
     config: Option<PathBuf>,
+    /// Run one role: command, query, router or all [default: all].
+    #[arg(long, env = "NEXUS_ROLE")]
+    role: Option<nexus_server::config::Role>,
+    /// PostgreSQL URL for events, snapshots and read models (postgres://…); embedded SQLite when unset.
+    #[arg(long, env = "NEXUS_STORE_URL")]
+    store_url: Option<String>,
+    /// PostgreSQL schema to use [default: nexus].
+    #[arg(long, env = "NEXUS_STORE_SCHEMA")]
+    store_schema: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -170,7 +179,13 @@ fn init_logging(json: bool) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let overrides = Overrides { listen: args.listen, data_dir: args.data_dir };
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        role: args.role,
+        store_url: args.store_url,
+        store_schema: args.store_schema,
+    };
     let config = Config::load(args.config.as_deref(), overrides)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
         format!("cannot listen on {} (is another server running? try --listen)", config.listen)

@@ -14,6 +14,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{MethodRouter, get, post};
 use axum::{Extension, Router};
 
+use crate::config::Role;
 use crate::error::ApiError;
 use crate::extract::BodyLimit;
 use crate::rate_limit::{self, RateClass};
@@ -21,6 +22,8 @@ use crate::{AppState, ws};
 
 /// One endpoint: what the router serves and what the service graph reports.
 pub(crate) struct Endpoint {
+    /// The role that serves it; `All` for what every process serves (health, metrics).
+    pub(crate) role: Role,
     pub(crate) method: &'static str,
     pub(crate) path: &'static str,
     pub(crate) rate: Option<RateClass>,
@@ -28,35 +31,38 @@ pub(crate) struct Endpoint {
 }
 
 fn endpoint(
+    role: Role,
     method: &'static str,
     path: &'static str,
     rate: Option<RateClass>,
     handler: MethodRouter<AppState>,
 ) -> Endpoint {
-    Endpoint { method, path, rate, handler }
+    Endpoint { role, method, path, rate, handler }
 }
 
 /// Every endpoint the server serves.
 pub(crate) fn endpoints() -> Vec<Endpoint> {
     use RateClass::{List, Temporal};
+    use Role::{All, Command, Query};
     vec![
-        endpoint("POST", "/api/commands/{command_type}", None, post(commands::handle)),
-        endpoint("GET", "/api/events", Some(Temporal), get(events::by_type)),
-        endpoint("GET", "/api/events/{aggregate_id}", Some(List), get(events::stream)),
-        endpoint("GET", "/api/queries/{resource}", Some(List), get(queries::list)),
-        endpoint("GET", "/api/queries/{resource}/{id}", None, get(queries::get)),
-        endpoint("GET", "/api/subscriptions", None, get(ws::upgrade)),
-        endpoint("GET", "/api/admin/projections", None, get(ops::projections)),
-        endpoint("GET", "/health/live", None, get(ops::live)),
-        endpoint("GET", "/health/ready", None, get(ops::ready)),
-        endpoint("GET", "/metrics", None, get(ops::metrics)),
+        endpoint(Command, "POST", "/api/commands/{command_type}", None, post(commands::handle)),
+        endpoint(Query, "GET", "/api/events", Some(Temporal), get(events::by_type)),
+        endpoint(Query, "GET", "/api/events/{aggregate_id}", Some(List), get(events::stream)),
+        endpoint(Query, "GET", "/api/queries/{resource}", Some(List), get(queries::list)),
+        endpoint(Query, "GET", "/api/queries/{resource}/{id}", None, get(queries::get)),
+        endpoint(Query, "GET", "/api/subscriptions", None, get(ws::upgrade)),
+        endpoint(Query, "GET", "/api/admin/projections", None, get(ops::projections)),
+        endpoint(All, "GET", "/health/live", None, get(ops::live)),
+        endpoint(All, "GET", "/health/ready", None, get(ops::ready)),
+        endpoint(All, "GET", "/metrics", None, get(ops::metrics)),
     ]
 }
 
 pub(crate) fn router(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
     let mut by_path: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::new();
-    for endpoint in endpoints() {
+    let role = state.config.role;
+    for endpoint in endpoints().into_iter().filter(|e| e.role == Role::All || role.runs(e.role)) {
         let handler = match endpoint.rate {
             Some(class) => {
                 endpoint.handler.route_layer(from_fn_with_state((state.clone(), class), rate_limit::enforce))

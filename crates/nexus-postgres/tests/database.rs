@@ -1,0 +1,155 @@
+//! What the database itself guarantees, whoever connects to it: append-only events, the append
+//! lock taken by every writer, migrations safe to run from several processes at once.
+
+mod common;
+
+use std::time::Duration;
+
+use nexus_core::ports::{AppendOutcome, AppendRequest, NewEvent};
+use nexus_core::{EventStore, StoreError};
+use nexus_postgres::PostgresBackend;
+use serde_json::json;
+
+fn request(aggregate_id: &str, expected: u64, ids: &[&str]) -> AppendRequest {
+    AppendRequest {
+        aggregate_id: aggregate_id.into(),
+        aggregate_type: "Test".into(),
+        expected_version: expected,
+        events: ids
+            .iter()
+            .map(|id| NewEvent {
+                event_id: (*id).into(),
+                event_type: "Happened".into(),
+                timestamp: "2026-01-01T00:00:00.000Z".into(),
+                payload: json!({"id": id}),
+                metadata: Default::default(),
+            })
+            .collect(),
+        command: None,
+    }
+}
+
+async fn count(client: &tokio_postgres::Client) -> i64 {
+    client.query_one("SELECT COUNT(*) FROM events", &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_refuses_update_delete_and_truncate_of_events() {
+    let (backend, guard) = common::backend().await;
+    backend.event_store().append(request("a", 0, &["e1", "e2"])).await.unwrap();
+    let raw = common::raw_client(&guard).await;
+    assert_eq!(count(&raw).await, 2);
+    for sql in [
+        "UPDATE events SET payload = '{}' WHERE position = 1",
+        "DELETE FROM events WHERE position = 1",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ] {
+        let error = raw.batch_execute(sql).await.expect_err(sql);
+        let message =
+            error.as_db_error().map(|db| db.message().to_owned()).unwrap_or_else(|| error.to_string());
+        assert!(message.contains("append-only"), "{sql}: {message}");
+    }
+    assert_eq!(count(&raw).await, 2, "nothing changed");
+    let payload: serde_json::Value =
+        raw.query_one("SELECT payload FROM events WHERE position = 1", &[]).await.unwrap().get(0);
+    assert_eq!(payload, json!({"id": "e1"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_bypasses_the_store_still_takes_the_append_lock() {
+    let (backend, guard) = common::backend().await;
+    let store = backend.event_store();
+    store.append(request("a", 0, &["e1"])).await.unwrap();
+    // A hand-written insert, in a transaction left open.
+    let raw = common::raw_client(&guard).await;
+    raw.batch_execute(
+        "BEGIN; INSERT INTO events (position, event_id, aggregate_id, aggregate_type, version, event_type, \
+         timestamp, payload, metadata) VALUES (2, 'manual', 'b', 'Test', 1, 'Happened', \
+         '2026-01-01T00:00:00.000Z', '{}', \
+         '{\"correlationId\": \"\", \"causationId\": \"\", \"userId\": \"\", \"schemaVersion\": \"1\"}')",
+    )
+    .await
+    .unwrap();
+    let pending = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(request("c", 0, &["e3"])).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pending.is_finished(), "the append waits for the hand-written transaction's lock");
+    raw.batch_execute("COMMIT").await.unwrap();
+    let AppendOutcome::Committed(events) = pending.await.unwrap().unwrap() else { panic!("committed") };
+    assert_eq!(events[0].position, 3, "the position is drawn after the other writer committed");
+    let positions: Vec<u64> = store.read_all(0, 10).await.unwrap().iter().map(|e| e.position).collect();
+    assert_eq!(positions, [1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_together_migrate_once() {
+    let (first, guard) = common::backend().await;
+    drop(first);
+    // A fresh schema, created and migrated by four "processes" at once.
+    let schema = common::fresh_schema();
+    let guard2 = common::SchemaGuard { url: guard.url.clone(), schema: schema.clone() };
+    let starts = (0..4).map(|_| {
+        let (url, schema) = (guard.url.clone(), schema.clone());
+        tokio::spawn(async move { PostgresBackend::connect(&url, &schema).await.map(|_| ()) })
+    });
+    for start in starts.collect::<Vec<_>>() {
+        start.await.unwrap().unwrap();
+    }
+    let raw = common::raw_client(&guard2).await;
+    let versions: Vec<i32> = raw
+        .query("SELECT version FROM nexus_migrations ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(versions, [1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_unavailable() {
+    // Port 1 refuses connections on loopback.
+    match PostgresBackend::connect("postgres://postgres@127.0.0.1:1/test", "nexus").await {
+        Err(StoreError::Unavailable(_)) => {}
+        Err(other) => panic!("expected Unavailable, got {other:?}"),
+        Ok(_) => panic!("connected to nothing"),
+    }
+    assert!(matches!(
+        PostgresBackend::connect(&common::url(), "Bad-Name").await,
+        Err(StoreError::InvalidRequest(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_append_in_a_batch_is_refused_alone() {
+    let (backend, _guard) = common::backend().await;
+    let store = backend.event_store();
+    store.append(request("a", 0, &["taken"])).await.unwrap();
+    // JSONB refuses a NUL character: an error raised inside the batch, not a refusal the append
+    // function answers. Its batch-mates must still commit.
+    let mut bad = request("bad", 0, &["nul"]);
+    bad.events[0].payload = json!({"text": "nul \u{0000} here"});
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        let store = store.clone();
+        let request = match n {
+            7 => bad.clone(),
+            13 => request("dup", 0, &["taken"]),
+            _ => request(&format!("ok-{n}"), 0, &[&format!("ok-{n}")]),
+        };
+        tasks.push(tokio::spawn(async move { store.append(request).await }));
+    }
+    for (n, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        match n {
+            7 | 13 => assert!(matches!(result, Err(StoreError::InvalidRequest(_))), "{n}: {result:?}"),
+            _ => assert!(matches!(result, Ok(AppendOutcome::Committed(_))), "{n}: {result:?}"),
+        }
+    }
+    let all = store.read_all(0, 100).await.unwrap();
+    assert_eq!(all.len(), 19);
+    assert!(all.windows(2).all(|w| w[1].position == w[0].position + 1), "no gap left by the refused ones");
+}
