@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== test tools: Confluent's schema registry client (the registry interop test uses it)"
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'confluent-kafka[schemaregistry]==2.16.*'
+
 echo "== cargo test (all crates, all backends configured in the environment)"
 cargo test --workspace --locked
 

@@ -10,6 +10,7 @@
 
 pub mod event_store;
 pub mod read_store;
+pub mod schema_store;
 pub mod snapshot_store;
 
 use std::any::Any;
@@ -98,6 +99,29 @@ macro_rules! snapshot_store_suite {
                 async fn $case() {
                     let subject = super::$factory().await;
                     $crate::snapshot_store::$case(subject.events.clone(), subject.snapshots.clone()).await;
+                    drop(subject);
+                }
+            )*
+        }
+    };
+}
+
+/// Runs every schema-store case against `$factory`, an `async fn() -> Subject<dyn SchemaStore>`.
+#[macro_export]
+macro_rules! schema_store_suite {
+    ($factory:ident) => {
+        $crate::schema_store_suite!(@cases $factory;
+            versions_ids_and_idempotent_registration,
+            compatibility_settings_are_global_and_per_subject,
+        );
+    };
+    (@cases $factory:ident; $($case:ident),* $(,)?) => {
+        mod schema_store_conformance {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let subject = super::$factory().await;
+                    $crate::schema_store::$case(subject.store.clone()).await;
                     drop(subject);
                 }
             )*

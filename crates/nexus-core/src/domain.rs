@@ -1,19 +1,34 @@
-//! The registry a service is assembled from: its aggregates and projections.
+//! The registry a service is assembled from: its aggregates, projections and process managers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::aggregate::{Aggregate, AggregateHandler, CommandSpec, Erased, EventSpec};
 use crate::projection::Projection;
+use crate::saga::ProcessManager;
+
+/// Turns an event payload of `from_version` into `from_version + 1` (seed: EventUpcaster). Chains
+/// of them bring any stored version up to the current one whenever events are read.
+#[derive(Clone, Copy, Debug)]
+pub struct Upcaster {
+    pub event_type: &'static str,
+    pub from_version: u32,
+    /// JSON Schema of `from_version`, registered so old events stay governed and importable.
+    pub from_schema: &'static str,
+    pub upcast: fn(serde_json::Value) -> serde_json::Value,
+}
 
 /// Everything a service built on Nexus declares: which commands go to which aggregate, which
-/// events exist at which schema version, and which projections build read models.
+/// events exist at which schema version, which projections build read models, and which process
+/// managers start sagas from events.
 #[derive(Clone, Default)]
 pub struct Domain {
     aggregates: Vec<Arc<dyn AggregateHandler>>,
     commands: HashMap<&'static str, (CommandSpec, Arc<dyn AggregateHandler>)>,
     events: HashMap<&'static str, (EventSpec, Arc<dyn AggregateHandler>)>,
     projections: Vec<Arc<dyn Projection>>,
+    process_managers: Vec<Arc<dyn ProcessManager>>,
+    upcasters: HashMap<&'static str, HashMap<u32, Upcaster>>,
 }
 
 impl Domain {
@@ -54,6 +69,55 @@ impl Domain {
         self
     }
 
+    /// Registers a process manager (a saga as code). Whether it runs is the server's
+    /// configuration: it changes what happens after its trigger events.
+    ///
+    /// # Panics
+    /// When a process manager of that name is already registered.
+    pub fn process_manager(mut self, manager: impl ProcessManager) -> Self {
+        assert!(
+            self.process_managers.iter().all(|m| m.name() != manager.name()),
+            "process manager {} registered twice",
+            manager.name()
+        );
+        self.process_managers.push(Arc::new(manager));
+        self
+    }
+
+    /// Registers an upcaster.
+    ///
+    /// # Panics
+    /// When one is already registered for that event type and version, or the event type is
+    /// unknown, or the upcaster would not lead to an older version than the current one.
+    pub fn upcaster(mut self, upcaster: Upcaster) -> Self {
+        let current = self.event(upcaster.event_type).map(|spec| spec.schema_version);
+        assert!(
+            current.is_some_and(|current| upcaster.from_version < current),
+            "upcaster of {} v{} needs the event type registered at a later version",
+            upcaster.event_type,
+            upcaster.from_version
+        );
+        let previous =
+            self.upcasters.entry(upcaster.event_type).or_default().insert(upcaster.from_version, upcaster);
+        assert!(
+            previous.is_none(),
+            "upcaster of {} v{} registered twice",
+            upcaster.event_type,
+            upcaster.from_version
+        );
+        self
+    }
+
+    /// The upcaster from `version` of `event_type`, if any.
+    pub fn upcaster_from(&self, event_type: &str, version: u32) -> Option<&Upcaster> {
+        self.upcasters.get(event_type).and_then(|chain| chain.get(&version))
+    }
+
+    /// Every registered upcaster, in no particular order.
+    pub fn upcasters(&self) -> impl Iterator<Item = &Upcaster> {
+        self.upcasters.values().flat_map(|chain| chain.values())
+    }
+
     pub fn command(&self, command_type: &str) -> Option<(&CommandSpec, &Arc<dyn AggregateHandler>)> {
         self.commands.get(command_type).map(|(spec, handler)| (spec, handler))
     }
@@ -81,6 +145,10 @@ impl Domain {
 
     pub fn projections(&self) -> &[Arc<dyn Projection>] {
         &self.projections
+    }
+
+    pub fn process_managers(&self) -> &[Arc<dyn ProcessManager>] {
+        &self.process_managers
     }
 
     pub fn projection_named(&self, name: &str) -> Option<&Arc<dyn Projection>> {

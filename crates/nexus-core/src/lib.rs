@@ -2,7 +2,8 @@
 //!
 //! This crate owns the vocabulary every other crate speaks: [`Command`], [`DomainEvent`],
 //! [`CommandResult`], the pure [`Aggregate`] and [`Projection`] traits, the [`Domain`] registry a
-//! service is assembled from, and the port traits ([`EventStore`], [`ReadStore`]) that adapters
+//! service is assembled from, sagas as data ([`SagaDefinition`]) and as code ([`ProcessManager`]),
+//! and the port traits ([`EventStore`], [`ReadStore`]) that adapters
 //! implement.
 //!
 //! Architecture invariant: the core does no I/O. No tokio, no SQL, no HTTP, no clock reads except
@@ -14,17 +15,23 @@ mod domain;
 mod model;
 pub mod ports;
 mod projection;
+mod saga;
 
 pub use aggregate::{
     Aggregate, AggregateHandler, AggregateState, CommandSpec, DecideError, DomainError, EventDraft, EventSpec,
 };
-pub use domain::Domain;
+pub use domain::{Domain, Upcaster};
 pub use model::{
     Command, CommandMetadata, CommandResult, DomainEvent, EventMetadata, FieldError, format_timestamp,
     is_valid_aggregate_id,
 };
 pub use ports::{
-    AppendOutcome, AppendRequest, CommandRecord, EventStore, Filter, ListQuery, NewEvent, Page, ReadStore,
-    Snapshot, SnapshotStore, SortOrder, StoreError,
+    AppendOutcome, AppendRequest, CommandRecord, EventRejection, EventStore, EventValidator, Filter,
+    ListQuery, NewEvent, Page, ReadStore, RegisteredSchema, SchemaStore, Snapshot, SnapshotStore, SortOrder,
+    StoreError,
 };
 pub use projection::{Projection, ProjectionError, ReadDocument};
+pub use saga::{
+    ProcessError, ProcessManager, SagaDefinition, SagaMetadata, SagaOutcome, SagaStatus, SagaStep,
+    StepCommand, derived_id,
+};

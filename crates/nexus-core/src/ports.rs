@@ -198,3 +198,67 @@ pub trait ReadStore: Send + Sync + 'static {
     /// Answers when the backend is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
 }
+
+/// One registered schema version of a subject (the registry's unit).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisteredSchema {
+    /// Global id; the same schema text under several subjects has one id.
+    pub id: u32,
+    pub subject: String,
+    pub version: u32,
+    /// The schema as registered (canonical JSON text).
+    pub schema: String,
+    pub schema_type: String,
+}
+
+/// Storage of the schema registry: subjects, versions, ids and compatibility settings. The
+/// registry's rules (compatibility, Confluent semantics) live above this port.
+#[async_trait]
+pub trait SchemaStore: Send + Sync + 'static {
+    /// Adds `schema` as the next version of `subject`, reusing the id of identical text
+    /// registered anywhere; returns the existing version when `subject` already has this text.
+    async fn register(
+        &self,
+        subject: &str,
+        schema: &str,
+        schema_type: &str,
+    ) -> Result<RegisteredSchema, StoreError>;
+
+    async fn subjects(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Every version of `subject`, oldest first (empty when the subject does not exist).
+    async fn versions(&self, subject: &str) -> Result<Vec<RegisteredSchema>, StoreError>;
+
+    async fn by_id(&self, id: u32) -> Result<Option<RegisteredSchema>, StoreError>;
+
+    /// The compatibility level set for `subject` (or globally with `None`), if any.
+    async fn compatibility(&self, subject: Option<&str>) -> Result<Option<String>, StoreError>;
+
+    async fn set_compatibility(&self, subject: Option<&str>, level: &str) -> Result<(), StoreError>;
+}
+
+/// Why an event's payload was refused by its registered schema.
+#[derive(Debug, thiserror::Error)]
+pub enum EventRejection {
+    /// No schema is registered for this event type and version: nothing ungoverned is stored.
+    #[error("event type {event_type} has no registered schema version {version}")]
+    Unregistered { event_type: String, version: String },
+    #[error("the payload does not match schema {event_type} v{version}")]
+    Invalid { event_type: String, version: String, fields: Vec<crate::FieldError> },
+    #[error(transparent)]
+    Unavailable(StoreError),
+}
+
+/// Checks event payloads against the schema registry (seed: "no event enters the store without a
+/// registered, compatible schema").
+#[async_trait]
+pub trait EventValidator: Send + Sync + 'static {
+    /// `schema_version` as in event metadata: "2" or "2.0".
+    async fn validate(
+        &self,
+        event_type: &str,
+        schema_version: &str,
+        payload: &Value,
+    ) -> Result<(), EventRejection>;
+}

@@ -11,6 +11,9 @@
 //!   was written against;
 //! - for orders and users, the [`Projection`](nexus_core::Projection) that builds its read model.
 //!
+//! [`fulfillment`] is the reference saga as code: a [`ProcessManager`](nexus_core::ProcessManager)
+//! that fulfils each placed order (reserve stock, charge, confirm) and cancels it when that fails.
+//!
 //! [`domain`] registers them all; that is the whole wiring.
 //!
 //! Architecture invariant: no I/O, no clock, no randomness. Ids, times and versions come from the
@@ -20,6 +23,7 @@
 //!
 //! [`DomainError`]: nexus_core::DomainError
 
+pub mod fulfillment;
 pub mod inventory;
 mod money;
 pub mod orders;
@@ -28,16 +32,18 @@ pub mod payments;
 mod testing;
 pub mod users;
 
-use nexus_core::{Domain, DomainEvent, ProjectionError};
+use nexus_core::{Domain, DomainEvent, ProjectionError, Upcaster};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+pub use fulfillment::OrderFulfillment;
 pub use inventory::Product;
 pub use orders::{Order, OrdersProjection};
 pub use payments::Account;
 pub use users::{User, UsersProjection};
 
-/// The reference domain: the four aggregates and the `orders` and `users` projections.
+/// The reference domain: the four aggregates, the `orders` and `users` projections, and the
+/// `order-fulfillment` process manager (run only when the server's configuration turns it on).
 pub fn domain() -> Domain {
     Domain::new()
         .aggregate::<Order>()
@@ -46,6 +52,13 @@ pub fn domain() -> Domain {
         .aggregate::<Account>()
         .projection(OrdersProjection)
         .projection(UsersProjection)
+        .process_manager(OrderFulfillment)
+        .upcaster(Upcaster {
+            event_type: "UserRegistered",
+            from_version: 1,
+            from_schema: users::USER_REGISTERED_V1_SCHEMA,
+            upcast: users::upcast_user_registered_v1,
+        })
 }
 
 /// Reads a stored event as an aggregate's typed event enum. A projection that cannot read an event

@@ -15,6 +15,20 @@ use crate::read_event;
 /// schema registry and the v1 → v2 upcaster.
 pub const USER_REGISTERED_V1_SCHEMA: &str = include_str!("../schemas/events/UserRegistered.v1.json");
 
+/// `UserRegistered` v1 `{fullName, email}` → v2 `{firstName, lastName, email}`: the name splits at
+/// its first space (a one-word name has an empty last name). Other fields pass through.
+pub fn upcast_user_registered_v1(payload: serde_json::Value) -> serde_json::Value {
+    let serde_json::Value::Object(mut fields) = payload else { return payload };
+    let full_name = match fields.remove("fullName") {
+        Some(serde_json::Value::String(name)) => name,
+        _ => String::new(),
+    };
+    let (first, last) = full_name.trim().split_once(' ').unwrap_or((full_name.trim(), ""));
+    fields.insert("firstName".into(), first.into());
+    fields.insert("lastName".into(), last.trim().into());
+    serde_json::Value::Object(fields)
+}
+
 /// A registered user. The only rule is that a user registers once.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct User {
@@ -168,5 +182,20 @@ mod tests {
         let mut doc = ReadDocument::empty("u-1", "u-1");
         assert!(UsersProjection.apply(&mut doc, &v1).is_err());
         assert!(serde_json::from_value::<UserEvent>(event("UserRegistered", v1.payload)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod upcast_tests {
+    use super::upcast_user_registered_v1;
+    use serde_json::json;
+
+    #[test]
+    fn v1_names_split_at_the_first_space() {
+        let v2 =
+            upcast_user_registered_v1(json!({"fullName": "Ada King Lovelace", "email": "ada@example.com"}));
+        assert_eq!(v2, json!({"firstName": "Ada", "lastName": "King Lovelace", "email": "ada@example.com"}));
+        let single = upcast_user_registered_v1(json!({"fullName": "Cher", "email": "c@example.com"}));
+        assert_eq!(single, json!({"firstName": "Cher", "lastName": "", "email": "c@example.com"}));
     }
 }

@@ -120,7 +120,8 @@ async fn main() {
     // 2. Raw single-row INSERTs, one commit each, on as many connections.
     let mut clients = Vec::new();
     for _ in 0..writers {
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+        let (client, connection) =
+            tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
         tokio::spawn(connection);
         client.batch_execute(&format!("SET search_path TO {schema}")).await.expect("search_path");
         clients.push(client);
@@ -167,10 +168,7 @@ async fn main() {
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(connection);
     let row = client
-        .query_one(
-            &format!("SELECT COUNT(*), COUNT(DISTINCT xmin::text) FROM {schema}.events"),
-            &[],
-        )
+        .query_one(&format!("SELECT COUNT(*), COUNT(DISTINCT xmin::text) FROM {schema}.events"), &[])
         .await
         .expect("commit count");
     let (events, commits): (i64, i64) = (row.get(0), row.get(1));
@@ -190,7 +188,10 @@ async fn main() {
         appends.percentile_ms(0.99),
         appends.operations as f64 / commits.max(1) as f64,
     );
-    println!("raw single-row INSERT, one commit each, {writers} connections, {:.1} s:", raw.elapsed.as_secs_f64());
+    println!(
+        "raw single-row INSERT, one commit each, {writers} connections, {:.1} s:",
+        raw.elapsed.as_secs_f64()
+    );
     println!(
         "  {:.0} inserts/s, p50 {:.2} ms, p99 {:.2} ms",
         raw.rate(),

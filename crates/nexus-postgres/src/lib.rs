@@ -40,6 +40,7 @@
 mod event_store;
 mod migrations;
 mod read_store;
+mod registry_store;
 mod snapshot_store;
 
 use std::fmt;
@@ -52,6 +53,7 @@ use tokio_postgres::NoTls;
 
 pub use event_store::PostgresEventStore;
 pub use read_store::PostgresReadStore;
+pub use registry_store::PostgresSchemaStore;
 pub use snapshot_store::PostgresSnapshotStore;
 
 /// Connections kept by the shared pool (reads, read-model commits, snapshots). Appends do not use
@@ -71,6 +73,7 @@ pub struct PostgresBackend {
     events: Arc<PostgresEventStore>,
     reads: Arc<PostgresReadStore>,
     snapshots: Arc<PostgresSnapshotStore>,
+    schemas: Arc<PostgresSchemaStore>,
 }
 
 impl PostgresBackend {
@@ -83,8 +86,13 @@ impl PostgresBackend {
     pub async fn connect(url: &str, schema: &str) -> Result<Self, StoreError> {
         let schema = valid_schema(schema)?;
         let config = session_config(url, &schema)?;
+        let mut pool_config = config.clone();
+        // Custom plans for the pool's queries: a generic plan cached while a table was small
+        // (a sequential scan and a sort for the change feed) would stay as the table grows.
+        let options = pool_config.get_options().unwrap_or_default().to_owned();
+        pool_config.options(format!("{options} -c plan_cache_mode=force_custom_plan"));
         let manager = Manager::from_config(
-            config.clone(),
+            pool_config,
             NoTls,
             // Fast: a closed connection is noticed without a round trip; a broken one fails its
             // query with `Unavailable` and is dropped.
@@ -101,7 +109,8 @@ impl PostgresBackend {
         Ok(Self {
             events: Arc::new(events),
             reads: Arc::new(PostgresReadStore::new(pool.clone())),
-            snapshots: Arc::new(PostgresSnapshotStore::new(pool)),
+            snapshots: Arc::new(PostgresSnapshotStore::new(pool.clone())),
+            schemas: Arc::new(PostgresSchemaStore::new(pool)),
             schema,
         })
     }
@@ -116,6 +125,10 @@ impl PostgresBackend {
 
     pub fn snapshot_store(&self) -> Arc<PostgresSnapshotStore> {
         self.snapshots.clone()
+    }
+
+    pub fn schema_store(&self) -> Arc<PostgresSchemaStore> {
+        self.schemas.clone()
     }
 
     pub fn schema(&self) -> &str {
@@ -149,8 +162,11 @@ fn session_config(url: &str, schema: &str) -> Result<tokio_postgres::Config, Sto
     };
     config.options(options);
     config.connect_timeout(CONNECT_TIMEOUT);
-    // Notice a dead peer within about a minute instead of the kernel's two hours.
+    // Notice a dead peer within about a minute instead of the kernel's two hours (a query in
+    // flight on a vanished server fails instead of hanging).
     config.keepalives_idle(Duration::from_secs(30));
+    config.keepalives_interval(Duration::from_secs(10));
+    config.keepalives_retries(3);
     if config.get_application_name().is_none() {
         config.application_name("nexus");
     }

@@ -153,6 +153,27 @@ CREATE TABLE snapshots (
 );
 "#,
     },
+    Migration {
+        version: 4,
+        name: "schema registry",
+        sql: r#"
+CREATE TABLE registry_schemas (
+    id          SERIAL PRIMARY KEY,
+    schema      TEXT NOT NULL UNIQUE,
+    schema_type TEXT NOT NULL
+);
+CREATE TABLE registry_subject_versions (
+    subject   TEXT COLLATE "C" NOT NULL,
+    version   INTEGER NOT NULL,
+    schema_id INTEGER NOT NULL REFERENCES registry_schemas (id),
+    PRIMARY KEY (subject, version)
+);
+CREATE TABLE registry_compatibility (
+    subject TEXT COLLATE "C" PRIMARY KEY, -- '' is the global setting
+    level   TEXT NOT NULL
+);
+"#,
+    },
 ];
 
 /// Creates `schema` if needed and applies the migrations it has not seen, atomically.

@@ -137,7 +137,8 @@ impl ReadStore for PostgresReadStore {
             .map(|d| serde_json::to_string(d).map_err(|e| corrupt("read-model document", e)))
             .collect::<Result<Vec<_>, _>>()?;
         // One statement, so one implicit transaction and one round trip: documents and
-        // checkpoint commit together. The version guard lives in the database, whoever writes.
+        // checkpoint commit together. The version guard lives in the database, whoever writes,
+        // and a checkpoint only moves forward (several query processes may run one projection).
         self.query(
             "WITH upserted AS ( \
                 INSERT INTO documents (resource, id, version, doc) \
@@ -146,7 +147,8 @@ impl ReadStore for PostgresReadStore {
                 ON CONFLICT (resource, id) DO UPDATE SET version = excluded.version, doc = excluded.doc \
                 WHERE excluded.version > documents.version) \
              INSERT INTO checkpoints (projection, position) VALUES ($5, $6) \
-             ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+             ON CONFLICT (projection) DO UPDATE SET position = excluded.position \
+             WHERE excluded.position > checkpoints.position",
             &[&resource, &ids, &versions, &texts, &projection, &bigint(position)],
         )
         .await?;

@@ -106,7 +106,8 @@ async fn processes_starting_together_migrate_once() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3]);
+    assert!(versions.len() >= 3, "{versions:?}");
+    assert_eq!(versions, (1..=versions.len() as i32).collect::<Vec<_>>(), "each migration applied once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,8 @@ use chrono::Utc;
 use nexus_core::ports::{AppendOutcome, AppendRequest, CommandRecord, NewEvent};
 use nexus_core::{
     AggregateHandler, AggregateState, CommandResult, DecideError, Domain, DomainError, EventMetadata,
-    EventStore, FieldError, Snapshot, SnapshotStore, StoreError, format_timestamp, is_valid_aggregate_id,
+    EventRejection, EventStore, EventValidator, FieldError, Snapshot, SnapshotStore, StoreError,
+    format_timestamp, is_valid_aggregate_id,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -46,6 +47,9 @@ pub enum CommandError {
     IdempotencyConflict { command_id: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An event the aggregate decided does not match its registered schema (or has none).
+    #[error("event refused by the schema registry: {0}")]
+    EventRejected(EventRejection),
     /// The domain code broke a rule of the framework (e.g. emitted an unregistered event type).
     #[error("internal error: {0}")]
     Internal(String),
@@ -87,6 +91,8 @@ pub struct CommandBus {
     domain: Arc<Domain>,
     store: Arc<dyn EventStore>,
     snapshots: Option<(Arc<dyn SnapshotStore>, SnapshotPolicy)>,
+    /// The schema registry's check of every event before it is appended.
+    events: Option<Arc<dyn EventValidator>>,
     validator: PayloadValidator,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     cache_capacity: usize,
@@ -104,10 +110,17 @@ impl CommandBus {
             domain,
             store,
             snapshots: None,
+            events: None,
             validator,
             slots: Mutex::new(HashMap::new()),
             cache_capacity,
         })
+    }
+
+    /// Validates every event against its registered schema before appending it (born governed).
+    pub fn with_event_validator(mut self, validator: Arc<dyn EventValidator>) -> Self {
+        self.events = Some(validator);
+        self
     }
 
     /// Loads aggregates from their latest snapshot and takes snapshots by `policy`.
@@ -246,6 +259,14 @@ impl CommandBus {
                         schema_version: spec.schema_version.to_string(),
                     },
                 });
+            }
+            if let Some(validator) = &self.events {
+                for event in &events {
+                    validator
+                        .validate(&event.event_type, &event.metadata.schema_version, &event.payload)
+                        .await
+                        .map_err(CommandError::EventRejected)?;
+                }
             }
             let result = CommandResult {
                 success: true,

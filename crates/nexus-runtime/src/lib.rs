@@ -5,6 +5,9 @@
 //!   `commandId`.
 //! - [`ProjectionRunner`]: tails the change feed from its checkpoint and commits documents and
 //!   checkpoint together, then tells the [`Notifier`].
+//! - [`SagaCoordinator`]: durable sagas (state only as events in the saga's stream), per-step
+//!   timeouts and retries, compensation in reverse, recovery from the change feed; and the
+//!   [`ProcessManagerRunner`] that starts sagas from the domain's events.
 //!
 //! Architecture invariant: no SQL, no HTTP, no knowledge of which backend is behind a port. Every
 //! storage call goes through `nexus_core::ports`.
@@ -12,9 +15,15 @@
 mod commands;
 mod notify;
 mod projections;
+pub mod sagas;
 mod schema;
+mod upcasting;
 
 pub use commands::{CommandBus, CommandError, CommandRequest, SnapshotPolicy};
 pub use notify::{Notifier, ProjectionUpdate};
 pub use projections::{ProjectionRunner, ProjectionStatus};
+pub use sagas::{
+    ProcessManagerRunner, SagaCoordinator, SagaError, SagaSettings, SagaView, Started, with_sagas,
+};
 pub use schema::PayloadValidator;
+pub use upcasting::Upcasting;

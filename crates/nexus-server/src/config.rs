@@ -64,6 +64,39 @@ pub struct Config {
     pub aggregate_cache_capacity: usize,
     pub snapshots: Snapshots,
     pub rate_limits: RateLimitConfig,
+    pub sagas: Sagas,
+}
+
+/// The saga coordinator (seed §8, Error Handling §4) and the process managers it runs.
+#[derive(Clone, Debug)]
+pub struct Sagas {
+    /// A step's timeout when its definition names none (seed: 30 s).
+    pub step_timeout_ms: u64,
+    /// First retry delay of a step or compensation; doubled after each failed attempt.
+    pub retry_base_ms: u64,
+    /// Attempts of a step's command; only timeouts and an unavailable store are retried.
+    pub step_attempts: u32,
+    /// Attempts of a compensating command before the saga is `FAILED`.
+    pub compensation_attempts: u32,
+    /// A pause before each saga command and before recording its outcome: for tests and demos
+    /// that need to see (or kill the process in) the window between two steps. 0 in production.
+    pub step_delay_ms: u64,
+    /// Runs the reference domain's `order-fulfillment` process manager: every `OrderPlaced`
+    /// starts a saga that reserves stock, charges and confirms, or cancels the order. Off by
+    /// default: it changes what placing an order does (more writes, orders cancelled when stock
+    /// or credit is missing), which a service that only wants the order log must not get by
+    /// surprise.
+    pub order_fulfillment: bool,
+}
+
+impl Sagas {
+    /// Whether the process manager named `name` runs.
+    pub fn runs_process_manager(&self, name: &str) -> bool {
+        match name {
+            "order-fulfillment" => self.order_fulfillment,
+            _ => false,
+        }
+    }
 }
 
 /// Per-client request limits per window (contract §5, per minute); 0 turns one off.
@@ -121,6 +154,19 @@ struct File {
     snapshots: FileSnapshots,
     #[serde(default)]
     rate_limits: FileRateLimits,
+    #[serde(default)]
+    sagas: FileSagas,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileSagas {
+    step_timeout_ms: Option<u64>,
+    retry_base_ms: Option<u64>,
+    step_attempts: Option<u32>,
+    compensation_attempts: Option<u32>,
+    step_delay_ms: Option<u64>,
+    order_fulfillment: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,6 +269,14 @@ impl Config {
                 search_per_window: parsed.rate_limits.search.unwrap_or(100),
                 temporal_per_window: parsed.rate_limits.temporal.unwrap_or(10),
             },
+            sagas: Sagas {
+                step_timeout_ms: parsed.sagas.step_timeout_ms.unwrap_or(30_000),
+                retry_base_ms: parsed.sagas.retry_base_ms.unwrap_or(500),
+                step_attempts: parsed.sagas.step_attempts.unwrap_or(4),
+                compensation_attempts: parsed.sagas.compensation_attempts.unwrap_or(6),
+                step_delay_ms: parsed.sagas.step_delay_ms.unwrap_or(0),
+                order_fulfillment: parsed.sagas.order_fulfillment.unwrap_or(false),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -264,6 +318,16 @@ impl Config {
             (self.snapshots.every_events >= 1, "snapshots.every-events must be at least 1"),
             (self.snapshots.every_bytes >= 1, "snapshots.every-bytes must be at least 1"),
             (self.snapshots.sweep_interval_secs >= 1, "snapshots.sweep-interval-secs must be at least 1"),
+            (
+                (1..=3_600_000).contains(&self.sagas.step_timeout_ms),
+                "sagas.step-timeout-ms must be from 1 to 3600000",
+            ),
+            (self.sagas.retry_base_ms <= 60_000, "sagas.retry-base-ms must be at most 60000"),
+            ((1..=20).contains(&self.sagas.step_attempts), "sagas.step-attempts must be from 1 to 20"),
+            (
+                (1..=20).contains(&self.sagas.compensation_attempts),
+                "sagas.compensation-attempts must be from 1 to 20",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, message)) => Err(ConfigError::Invalid((*message).to_owned())),
@@ -286,6 +350,21 @@ mod tests {
         assert_eq!(config.limits.max_body_bytes, 2048);
         let overrides = Overrides { listen: Some("127.0.0.1:9001".parse().unwrap()), ..Overrides::default() };
         assert_eq!(Config::load(Some(&path), overrides).unwrap().listen.port(), 9001);
+    }
+
+    #[test]
+    fn saga_settings_have_defaults_and_read_from_the_file() {
+        let sagas = Config::embedded("/tmp/unused").sagas;
+        assert_eq!((sagas.step_timeout_ms, sagas.order_fulfillment), (30_000, false));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nexus.toml");
+        std::fs::write(&path, "[sagas]\norder-fulfillment = true\nstep-timeout-ms = 50\nretry-base-ms = 1\n")
+            .unwrap();
+        let sagas = Config::load(Some(&path), Overrides::default()).unwrap().sagas;
+        assert!(sagas.runs_process_manager("order-fulfillment"));
+        assert_eq!((sagas.step_timeout_ms, sagas.retry_base_ms), (50, 1));
+        std::fs::write(&path, "[sagas]\nstep-attempts = 0\n").unwrap();
+        assert!(matches!(Config::load(Some(&path), Overrides::default()), Err(ConfigError::Invalid(_))));
     }
 
     #[test]

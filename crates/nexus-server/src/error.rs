@@ -3,7 +3,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use nexus_core::{FieldError, StoreError};
-use nexus_runtime::CommandError;
+use nexus_runtime::{CommandError, SagaError};
 use serde_json::{Value, json};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,8 @@ pub enum ApiError {
     Concurrency { expected: u64, actual: u64 },
     #[error("commandId '{0}' was already used for a different command")]
     IdempotencyConflict(String),
+    #[error("sagaId '{0}' is already used by a different saga or aggregate")]
+    SagaIdConflict(String),
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("the request body must be JSON (Content-Type: application/json)")]
@@ -57,7 +59,10 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             Self::UnknownCommand(_) => (StatusCode::NOT_FOUND, "UNKNOWN_COMMAND"),
             Self::Concurrency { .. } => (StatusCode::CONFLICT, "CONCURRENCY_CONFLICT"),
-            Self::IdempotencyConflict(_) => (StatusCode::CONFLICT, "IDEMPOTENCY_CONFLICT"),
+            // A saga id is the idempotency key of a saga: reused with another definition.
+            Self::IdempotencyConflict(_) | Self::SagaIdConflict(_) => {
+                (StatusCode::CONFLICT, "IDEMPOTENCY_CONFLICT")
+            }
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
@@ -115,6 +120,16 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<SagaError> for ApiError {
+    fn from(error: SagaError) -> Self {
+        match error {
+            SagaError::Invalid(fields) => Self::fields(fields),
+            SagaError::Conflict(saga_id) => Self::SagaIdConflict(saga_id),
+            SagaError::Store(store) => store.into(),
+        }
+    }
+}
+
 impl From<CommandError> for ApiError {
     fn from(error: CommandError) -> Self {
         match error {
@@ -125,6 +140,14 @@ impl From<CommandError> for ApiError {
             CommandError::IdempotencyConflict { command_id } => Self::IdempotencyConflict(command_id),
             CommandError::Store(store) => store.into(),
             CommandError::Internal(message) => Self::Internal(message),
+            CommandError::EventRejected(nexus_core::EventRejection::Unavailable(store)) => store.into(),
+            CommandError::EventRejected(rejection) => Self::Internal(match &rejection {
+                nexus_core::EventRejection::Invalid { fields, .. } => format!(
+                    "{rejection}: {}",
+                    fields.iter().map(|f| format!("{} {}", f.field, f.error)).collect::<Vec<_>>().join("; ")
+                ),
+                _ => rejection.to_string(),
+            }),
         }
     }
 }

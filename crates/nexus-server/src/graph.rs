@@ -19,6 +19,8 @@ pub fn service_graph(config: &Config, domain: &Domain) -> ServiceGraph {
         target: target.into(),
         protocol: protocol.into(),
     };
+    // The server adds the saga events to every domain it serves (see `run`).
+    let domain = nexus_runtime::with_sagas(domain.clone());
     let mut events: Vec<PublishedEvent> = domain
         .events()
         .map(|spec| PublishedEvent {
@@ -48,6 +50,8 @@ pub fn service_graph(config: &Config, domain: &Domain) -> ServiceGraph {
             call("command", "event_store", "sqlite"),
             call("router", "event_store", "sqlite"),
             call("query", "read_store", "sqlite"),
+            // The saga coordinator and process managers keep their change-feed checkpoints there.
+            call("command", "read_store", "sqlite"),
         ],
         store_operations: nexus_sqlite::STORE_OPERATIONS
             .iter()

@@ -23,8 +23,12 @@ use std::sync::{Arc, OnceLock};
 use axum::Router;
 use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use nexus_core::{Domain, EventStore, ReadStore, SnapshotStore, StoreError};
-use nexus_runtime::{CommandBus, Notifier, ProjectionRunner, ProjectionStatus, SnapshotPolicy};
+use nexus_core::{Domain, EventStore, ReadStore, SchemaStore, SnapshotStore, StoreError};
+use nexus_registry::Registry;
+use nexus_runtime::{
+    CommandBus, Notifier, ProcessManagerRunner, ProjectionRunner, ProjectionStatus, SagaCoordinator,
+    SagaSettings, SnapshotPolicy, Upcasting,
+};
 use nexus_sqlite::{SqliteEventStore, SqliteReadStore};
 
 use crate::config::{Role, StoreBackend};
@@ -48,6 +52,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Policy(#[from] PolicyViolations),
+    #[error("schema registry: {0}")]
+    Schema(String),
 }
 
 /// Shared state of the request handlers.
@@ -57,7 +63,8 @@ pub(crate) struct AppState(Arc<Inner>);
 pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) domain: Arc<Domain>,
-    pub(crate) bus: CommandBus,
+    pub(crate) bus: Arc<CommandBus>,
+    pub(crate) sagas: SagaCoordinator,
     pub(crate) events: Arc<dyn EventStore>,
     pub(crate) read: Arc<dyn ReadStore>,
     pub(crate) notifier: Notifier,
@@ -65,6 +72,7 @@ pub(crate) struct Inner {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) metrics: PrometheusHandle,
     pub(crate) rate_limits: rate_limit::RateLimits,
+    pub(crate) registry: Arc<Registry>,
 }
 
 impl std::ops::Deref for AppState {
@@ -104,17 +112,25 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Sagas are served by every server: their event types and the `sagas` read model join the
+    // domain before anything (policies, schema registry, projections) looks at it.
+    let domain = nexus_runtime::with_sagas(domain);
     // Born governed: a configuration that breaks an architecture rule never serves a request.
     check_policies(&service_graph(&config, &domain))?;
-    let Backends { events, snapshots, read } = open_backends(&config).await?;
+    let Backends { events, snapshots, read, schemas } = open_backends(&config).await?;
     let domain = Arc::new(domain);
+    let registry = Arc::new(Registry::new(schemas));
+    register_shipped_schemas(&registry, &domain).await?;
+    // Every read of events, whoever reads, sees them upcast to the current schema versions.
+    let events: Arc<dyn EventStore> = Arc::new(Upcasting::new(events, domain.clone()));
     let policy = SnapshotPolicy {
         every_events: config.snapshots.every_events,
         every_bytes: config.snapshots.every_bytes,
     };
     let bus = CommandBus::new(domain.clone(), events.clone(), config.aggregate_cache_capacity)
         .map_err(ServeError::Domain)?
-        .with_snapshots(snapshots, policy);
+        .with_snapshots(snapshots, policy)
+        .with_event_validator(registry.clone());
     let notifier = Notifier::new(65_536);
     let (stop, stopped) = watch::channel(false);
 
@@ -135,10 +151,33 @@ pub async fn run(
         runners.push(tokio::spawn(runner.run(stopped.clone())));
     }
 
+    let bus = Arc::new(bus);
+    let sagas = SagaCoordinator::new(
+        bus.clone(),
+        events.clone(),
+        read.clone(),
+        domain.clone(),
+        saga_settings(&config),
+    )
+    .map_err(ServeError::Domain)?
+    .with_event_validator(registry.clone());
+    // The write side drives sagas: the coordinator (which also resumes those a crash interrupted)
+    // and the process managers the configuration turns on.
+    let mut saga_tasks = Vec::new();
+    if config.role.runs(Role::Command) {
+        for manager in domain.process_managers() {
+            if config.sagas.runs_process_manager(manager.name()) {
+                let runner = ProcessManagerRunner::new(manager.clone(), sagas.clone());
+                saga_tasks.push(tokio::spawn(runner.run(stopped.clone())));
+            }
+        }
+        saga_tasks.push(tokio::spawn(sagas.clone().run(stopped.clone())));
+    }
     let state = AppState(Arc::new(Inner {
         config: config.clone(),
         domain,
         bus,
+        sagas,
         events,
         read,
         notifier,
@@ -146,6 +185,7 @@ pub async fn run(
         shutdown: stopped,
         metrics: metrics_handle(),
         rate_limits: rate_limit::RateLimits::new(&config.rate_limits),
+        registry,
     }));
     let sweep = config.role.runs(Role::Command).then(|| tokio::spawn(snapshot_sweep(state.clone())));
     let upkeep = tokio::spawn({
@@ -174,6 +214,9 @@ pub async fn run(
         .await;
     tracing::info!("shutting down: stopping projections");
     let _ = stop.send(true);
+    for task in saga_tasks {
+        let _ = task.await;
+    }
     for runner in runners {
         let _ = runner.await;
     }
@@ -186,10 +229,88 @@ pub async fn run(
     Ok(())
 }
 
+fn saga_settings(config: &Config) -> SagaSettings {
+    let sagas = &config.sagas;
+    SagaSettings {
+        default_step_timeout: std::time::Duration::from_millis(sagas.step_timeout_ms),
+        retry_base: std::time::Duration::from_millis(sagas.retry_base_ms),
+        step_attempts: sagas.step_attempts,
+        compensation_attempts: sagas.compensation_attempts,
+        step_delay: std::time::Duration::from_millis(sagas.step_delay_ms),
+        batch_size: config.projection_batch_size,
+    }
+}
+
 struct Backends {
     events: Arc<dyn EventStore>,
     snapshots: Arc<dyn SnapshotStore>,
     read: Arc<dyn ReadStore>,
+    schemas: Arc<dyn SchemaStore>,
+}
+
+/// Subject under which a command type's payload schema is registered.
+pub fn command_subject(command_type: &str) -> String {
+    format!("commands.{command_type}")
+}
+
+/// Registers every schema the domain ships (seed: "born governed"): each event type's versions
+/// in order (historical ones from the upcasters, then the current one) and each command's payload
+/// schema. Start-up fails when the registry holds something a shipped schema contradicts.
+async fn register_shipped_schemas(registry: &Registry, domain: &Domain) -> Result<(), ServeError> {
+    let fail = |what: String, error: nexus_registry::RegistryError| {
+        ServeError::Schema(format!(
+            "{what}: {error}. Fix the shipped schema or the registry's subject before starting"
+        ))
+    };
+    let mut upcasters: Vec<_> = domain.upcasters().collect();
+    upcasters.sort_by_key(|u| (u.event_type, u.from_version));
+    for upcaster in upcasters {
+        // An upcaster exists because the change was breaking: the subject's level must let the
+        // new version in. An operator's explicit setting is left alone.
+        if let Err(nexus_registry::RegistryError::SubjectConfigNotFound(_)) =
+            registry.compatibility(Some(upcaster.event_type)).await
+        {
+            registry
+                .set_compatibility(Some(upcaster.event_type), "NONE")
+                .await
+                .map_err(|e| fail(format!("setting compatibility of {}", upcaster.event_type), e))?;
+        }
+        let registered = registry
+            .register(upcaster.event_type, upcaster.from_schema, Some("JSON"))
+            .await
+            .map_err(|e| fail(format!("{} v{}", upcaster.event_type, upcaster.from_version), e))?;
+        check_version(upcaster.event_type, upcaster.from_version, registered.version)?;
+    }
+    let mut events: Vec<_> = domain.events().collect();
+    events.sort_by_key(|spec| spec.name);
+    for spec in events {
+        let registered = registry
+            .register(spec.name, spec.schema, Some("JSON"))
+            .await
+            .map_err(|e| fail(format!("{} v{}", spec.name, spec.schema_version), e))?;
+        check_version(spec.name, spec.schema_version, registered.version)?;
+    }
+    let mut commands: Vec<_> = domain.commands().collect();
+    commands.sort_by_key(|spec| spec.name);
+    for spec in commands {
+        registry
+            .register(&command_subject(spec.name), spec.schema, Some("JSON"))
+            .await
+            .map_err(|e| fail(format!("command {}", spec.name), e))?;
+    }
+    Ok(())
+}
+
+/// Event metadata names schema versions by number, so registry version N must be schema N.
+fn check_version(subject: &str, shipped: u32, registered: u32) -> Result<(), ServeError> {
+    if shipped == registered {
+        Ok(())
+    } else {
+        Err(ServeError::Schema(format!(
+            "{subject}: the domain ships schema version {shipped}, but the registry holds it as version {registered}; \
+             the registry's subject and the shipped schema files disagree"
+        )))
+    }
 }
 
 /// Resolves the configured store into the port trait objects: the only place that knows which
@@ -203,7 +324,8 @@ async fn open_backends(config: &Config) -> Result<Backends, ServeError> {
             })?;
             let sqlite = Arc::new(SqliteEventStore::open(&config.data_dir)?);
             let read = Arc::new(SqliteReadStore::open(&config.data_dir)?);
-            Ok(Backends { events: sqlite.clone(), snapshots: sqlite, read })
+            let schemas = Arc::new(nexus_sqlite::SqliteSchemaStore::open(&config.data_dir)?);
+            Ok(Backends { events: sqlite.clone(), snapshots: sqlite, read, schemas })
         }
         StoreBackend::Postgres { url, schema } => {
             let backend = nexus_postgres::PostgresBackend::connect(url, schema).await?;
@@ -211,6 +333,7 @@ async fn open_backends(config: &Config) -> Result<Backends, ServeError> {
                 events: backend.event_store(),
                 snapshots: backend.snapshot_store(),
                 read: backend.read_store(),
+                schemas: backend.schema_store(),
             })
         }
     }

@@ -12,6 +12,7 @@
 mod event_store;
 mod pool;
 mod read_store;
+mod schema_store;
 
 pub use event_store::SqliteEventStore;
 
@@ -24,8 +25,12 @@ pub const STORE_OPERATIONS: &[(&str, &[&str])] = &[
     ("snapshots", &["INSERT", "SELECT"]),
     ("documents", &["INSERT", "UPDATE", "SELECT"]),
     ("checkpoints", &["INSERT", "UPDATE", "SELECT"]),
+    ("schemas", &["INSERT", "SELECT"]),
+    ("subject_versions", &["INSERT", "SELECT"]),
+    ("compatibility", &["INSERT", "UPDATE", "SELECT"]),
 ];
 pub use read_store::SqliteReadStore;
+pub use schema_store::SqliteSchemaStore;
 
 use nexus_core::StoreError;
 
@@ -65,7 +70,8 @@ mod tests {
     /// of this crate, and checks each is declared.
     #[test]
     fn declared_operations_cover_the_sql() {
-        let sources = [include_str!("event_store.rs"), include_str!("read_store.rs")];
+        let sources =
+            [include_str!("event_store.rs"), include_str!("read_store.rs"), include_str!("schema_store.rs")];
         let declared = |table: &str, operation: &str| {
             STORE_OPERATIONS.iter().any(|(t, ops)| *t == table && ops.contains(&operation))
         };
@@ -92,7 +98,11 @@ mod tests {
             }
         }
         // An upsert (ON CONFLICT ... DO UPDATE) updates the table it inserts into.
-        assert!(declared("documents", "UPDATE") && declared("checkpoints", "UPDATE"));
+        assert!(
+            declared("documents", "UPDATE")
+                && declared("checkpoints", "UPDATE")
+                && declared("compatibility", "UPDATE")
+        );
         assert!(found > 10, "the scan found the SQL ({found} statements)");
         let events = STORE_OPERATIONS.iter().find(|(t, _)| *t == "events").unwrap().1;
         assert!(!events.contains(&"UPDATE") && !events.contains(&"DELETE"), "events are append-only");

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use nexus_conformance::{
-    SnapshotSubject, Subject, event_store_suite, read_store_suite, snapshot_store_suite,
+    SnapshotSubject, Subject, event_store_suite, read_store_suite, schema_store_suite, snapshot_store_suite,
 };
-use nexus_core::{EventStore, ReadStore};
-use nexus_sqlite::{SqliteEventStore, SqliteReadStore};
+use nexus_core::{EventStore, ReadStore, SchemaStore};
+use nexus_sqlite::{SqliteEventStore, SqliteReadStore, SqliteSchemaStore};
 
 async fn event_store() -> Subject<dyn EventStore> {
     let dir = tempfile::tempdir().unwrap();
@@ -26,7 +26,14 @@ async fn snapshot_store() -> SnapshotSubject {
     SnapshotSubject { events: store.clone(), snapshots: store, guard: Box::new(dir) }
 }
 
+async fn schema_store() -> Subject<dyn SchemaStore> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteSchemaStore::open(dir.path()).unwrap();
+    Subject { store: Arc::new(store), guard: Box::new(dir) }
+}
+
 event_store_suite!(event_store);
+schema_store_suite!(schema_store);
 snapshot_store_suite!(snapshot_store);
 read_store_suite!(read_store);
 

@@ -4,14 +4,24 @@
 //! weighted mix of operations from N concurrent clients, and reports throughput, latency
 //! percentiles per operation, errors by code, and command→read-model lag measured through
 //! WebSocket notifications by a sampler running beside the load.
+//!
+//! Two load shapes:
+//! - closed loop (default): each client sends its next request as soon as the last one answered,
+//!   which finds the maximum throughput;
+//! - open loop (`--rate N`): the clients together start N operations per second on a fixed
+//!   schedule, and each latency is counted from the time its request was *due*, not sent, so a
+//!   stalled server cannot hide its queueing delay by slowing the generator down (the coordinated
+//!   omission `wrk2` corrects the same way).
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -29,9 +39,14 @@ pub struct BenchArgs {
     /// Total operations to run instead of a duration.
     #[arg(long, short = 'n')]
     count: Option<u64>,
-    /// Operation mix as weights: place, ship, get, list (e.g. place=70,ship=10,get=15,list=5).
+    /// Operation mix as weights: place, ship, get, list, live (e.g. place=70,ship=10,get=15,list=5).
+    /// `live` is GET /health/live, an almost empty handler: the HTTP ceiling of this machine.
     #[arg(long, default_value = "place=100")]
     mix: String,
+    /// Target operations per second across all clients (open loop); without it each client sends
+    /// its next request as soon as the last one answered (closed loop, maximum throughput).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    rate: Option<u32>,
     /// Lag samples per second taken by the WebSocket sampler (0 disables it).
     #[arg(long, default_value_t = 50)]
     lag_samples: u32,
@@ -46,6 +61,7 @@ enum Op {
     Ship,
     Get,
     List,
+    Live,
 }
 
 impl Op {
@@ -55,6 +71,7 @@ impl Op {
             Op::Ship => "ShipOrder",
             Op::Get => "get-by-id",
             Op::List => "list",
+            Op::Live => "live",
         }
     }
 }
@@ -68,7 +85,8 @@ fn parse_mix(mix: &str) -> anyhow::Result<Vec<(Op, u32)>> {
             "ship" => Op::Ship,
             "get" => Op::Get,
             "list" => Op::List,
-            other => bail!("unknown operation '{other}' in --mix (use place, ship, get, list)"),
+            "live" => Op::Live,
+            other => bail!("unknown operation '{other}' in --mix (use place, ship, get, list, live)"),
         };
         let weight: u32 = weight.trim().parse().with_context(|| format!("weight of {name} in --mix"))?;
         weights.push((op, weight));
@@ -98,6 +116,9 @@ impl Stats {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mix = parse_mix(&args.mix)?;
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
     let (base, _embedded) = match &args.url {
         Some(url) => (url.trim_end_matches('/').to_owned(), None),
         None => {
@@ -120,14 +141,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => Some(Instant::now() + Duration::from_secs(args.duration)),
     };
     eprintln!(
-        "nexus bench: {} clients, {}, mix {}, against {base}",
+        "nexus bench: {} clients, {}, mix {}, {}, against {base}",
         args.concurrency,
         args.count.map_or(format!("{} s", args.duration), |n| format!("{n} operations")),
-        args.mix
+        args.mix,
+        args.rate.map_or("closed loop".to_owned(), |r| format!("open loop at {r} ops/s")),
     );
     let started = Instant::now();
+    // Client i of n starts i/n of a period late, so the open-loop schedule is spread evenly.
+    let period = args.rate.map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate as f64));
     let mut workers = Vec::new();
     for seed in 0..args.concurrency {
+        let pacing = period.map(|period| {
+            let first = tokio::time::Instant::from_std(started)
+                + period.mul_f64(seed as f64 / args.concurrency as f64);
+            let mut interval = tokio::time::interval_at(first, period);
+            // Burst: a late tick fires at once, so the schedule (and the offered rate) holds.
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            interval
+        });
         workers.push(tokio::spawn(worker(
             client.clone(),
             base.clone(),
@@ -136,34 +168,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             remaining.clone(),
             done.clone(),
             deadline,
+            pacing,
         )));
     }
     let sampler = (args.lag_samples > 0).then(|| {
         tokio::spawn(lag_sampler(client.clone(), base.clone(), args.lag_samples, remaining.clone(), deadline))
     });
-    let progress = tokio::spawn({
-        let done = done.clone();
-        async move {
-            let mut last = 0;
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = done.load(Ordering::Relaxed);
-                eprintln!(
-                    "  {:>6.1} s  {:>10} ops  {:>8} ops/s",
-                    started.elapsed().as_secs_f64(),
-                    now,
-                    now - last
-                );
-                last = now;
-            }
-        }
-    });
+    let progress =
+        tokio::spawn(show_progress(progress_bar(&args), args.count, args.duration, done.clone(), started));
     let mut stats = Stats::default();
     for worker in workers {
         stats.merge(worker.await?);
     }
     let elapsed = started.elapsed();
     progress.abort();
+    // The bar is cleared when the task (and the bar it owns) is dropped.
+    let _ = progress.await;
     let lags = match sampler {
         Some(sampler) => {
             remaining.store(0, Ordering::Relaxed);
@@ -173,6 +193,69 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     report(&args, &stats, elapsed, lags);
     Ok(())
+}
+
+/// A bar on stderr when a person is watching; hidden for `--json` and when stderr is a file or
+/// a pipe (CI logs), where redraws would be noise.
+fn progress_bar(args: &BenchArgs) -> ProgressBar {
+    if args.json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let length = match args.count {
+        Some(count) => count,
+        None => args.duration * 1000,
+    };
+    let bar = ProgressBar::new(length);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:32}] {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Redraws the bar five times a second: elapsed/total, operations so far, and the rate over the
+/// last second.
+async fn show_progress(
+    bar: ProgressBar,
+    count: Option<u64>,
+    duration: u64,
+    done: Arc<AtomicU64>,
+    started: Instant,
+) {
+    struct Clear(ProgressBar);
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            self.0.finish_and_clear();
+        }
+    }
+    let bar = Clear(bar);
+    let mut window = std::collections::VecDeque::from([(Instant::now(), 0u64)]);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let (now, ops) = (Instant::now(), done.load(Ordering::Relaxed));
+        window.push_back((now, ops));
+        while window.len() > 6 {
+            window.pop_front();
+        }
+        let (then, ops_then) = window[0];
+        let rate = (ops - ops_then) as f64 / now.duration_since(then).as_secs_f64().max(1e-3);
+        let elapsed = started.elapsed().as_secs_f64();
+        match count {
+            Some(_) => {
+                bar.0.set_position(ops);
+                bar.0.set_message(format!(
+                    "{elapsed:.1} s  {ops}/{} ops  {rate:.0} ops/s",
+                    bar.0.length().unwrap_or(0)
+                ));
+            }
+            None => {
+                bar.0.set_position((elapsed * 1000.0) as u64);
+                bar.0.set_message(format!("{elapsed:.1}/{duration} s  {ops} ops  {rate:.0} ops/s"));
+            }
+        }
+    }
 }
 
 /// Keeps the embedded server's directory and task alive for the run.
@@ -223,6 +306,7 @@ fn place_order_body(rng: &mut Rng, aggregate_id: Option<&str>) -> Value {
     body
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn worker(
     client: reqwest::Client,
     base: String,
@@ -231,12 +315,18 @@ async fn worker(
     remaining: Arc<AtomicU64>,
     done: Arc<AtomicU64>,
     deadline: Option<Instant>,
+    mut pacing: Option<tokio::time::Interval>,
 ) -> Stats {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let total: u32 = mix.iter().map(|(_, w)| w).sum();
     let mut stats = Stats::default();
     let mut placed: Vec<String> = Vec::new();
     loop {
+        // Open loop: the latency counts from when the request was due.
+        let due = match &mut pacing {
+            Some(interval) => Some(interval.tick().await.into_std()),
+            None => None,
+        };
         if deadline.is_some_and(|d| Instant::now() >= d)
             || remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err()
         {
@@ -251,7 +341,7 @@ async fn worker(
             }
             pick -= weight;
         }
-        if op != Op::Place && op != Op::List && placed.is_empty() {
+        if matches!(op, Op::Ship | Op::Get) && placed.is_empty() {
             op = Op::Place;
         }
         let request = match op {
@@ -267,28 +357,34 @@ async fn worker(
                 client.get(format!("{base}/api/queries/orders/{id}"))
             }
             Op::List => client.get(format!("{base}/api/queries/orders?status=PLACED&limit=20")),
+            Op::Live => client.get(format!("{base}/health/live")),
         };
-        let started = Instant::now();
-        let outcome = request.send().await;
+        let started = due.unwrap_or_else(Instant::now);
+        // The latency includes reading the whole body, as a real client must.
+        let outcome = match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                response.bytes().await.map(|body| (status, body))
+            }
+            Err(error) => Err(error),
+        };
         let micros = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
         match outcome {
-            Ok(response) if response.status().is_success() => {
+            Ok((status, body)) if status.is_success() => {
                 stats.latencies.entry(op).or_default().push(micros);
-                if op == Op::Place {
-                    if let Ok(body) = response.json::<Value>().await {
-                        if let Some(id) = body["aggregateId"].as_str() {
-                            if placed.len() < 10_000 {
-                                placed.push(id.to_owned());
-                            }
-                        }
+                if op == Op::Place && placed.len() < 10_000 {
+                    if let Some(id) = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .and_then(|b| b["aggregateId"].as_str().map(str::to_owned))
+                    {
+                        placed.push(id);
                     }
                 }
             }
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let body: Value = response.json().await.unwrap_or(Value::Null);
+            Ok((status, body)) => {
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let code = body["code"].as_str().unwrap_or("?");
-                *stats.errors.entry(format!("{status} {code}")).or_default() += 1;
+                *stats.errors.entry(format!("{} {code}", status.as_u16())).or_default() += 1;
             }
             Err(error) => {
                 let kind = if error.is_timeout() { "timeout" } else { "connection" };
@@ -388,6 +484,9 @@ fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, mut lags: Vec<u32>
         operations.insert(op.name().to_owned(), summary);
     }
     let total_errors: u64 = stats.errors.values().sum();
+    let commands: usize =
+        [Op::Place, Op::Ship].iter().filter_map(|op| stats.latencies.get(op)).map(Vec::len).sum();
+    let attempted = total_ok as f64 + total_errors as f64;
     let report = json!({
         "concurrency": args.concurrency,
         "mix": args.mix,
@@ -395,6 +494,10 @@ fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, mut lags: Vec<u32>
         "ok": total_ok,
         "errors": total_errors,
         "opsPerSecond": (total_ok as f64 / seconds).round(),
+        "commandsPerSecond": (commands as f64 / seconds).round(),
+        // Open loop only: what was asked for, and what was sent (answered or not).
+        "targetRate": args.rate,
+        "achievedRate": args.rate.map(|_| (attempted / seconds).round()),
         "operations": operations,
         "errorsByCode": stats.errors,
         "lag": percentiles(&mut lags),
@@ -404,9 +507,16 @@ fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, mut lags: Vec<u32>
         return;
     }
     println!(
-        "\n{total_ok} ok, {total_errors} errors in {seconds:.2} s: {:.0} ops/s",
-        total_ok as f64 / seconds
+        "\n{total_ok} ok, {total_errors} errors in {seconds:.2} s: {:.0} ops/s ({:.0} commands/s)",
+        total_ok as f64 / seconds,
+        commands as f64 / seconds
     );
+    if let Some(rate) = args.rate {
+        println!(
+            "open loop: target {rate} ops/s, achieved {:.0} ops/s; latency counted from when each request was due",
+            attempted / seconds
+        );
+    }
     println!(
         "{:<12} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "operation", "count", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms"

@@ -35,6 +35,33 @@ enum Command {
     /// Run the architecture policies: their unit tests, or a check of facts.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Work with a running server's schema registry.
+    Schema(SchemaArgs),
+}
+
+#[derive(clap::Args)]
+struct SchemaArgs {
+    /// Base URL of the server.
+    #[arg(long, env = "NEXUS_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    #[command(subcommand)]
+    command: SchemaCommand,
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Every subject with its versions and compatibility level.
+    List,
+    /// Register FILE (a JSON Schema) as the next version of SUBJECT, if compatible.
+    Register { subject: String, file: PathBuf },
+    /// Check FILE against SUBJECT without registering it; exit 1 when incompatible.
+    Check {
+        subject: String,
+        file: PathBuf,
+        /// The version to check against: a number or `latest` (all versions for transitive levels).
+        #[arg(long, default_value = "latest")]
+        version: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -95,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Graph(args) => graph(args),
+        Command::Schema(args) => runtime.block_on(schema(args)),
         Command::Policy(PolicyCommand::Test { dir }) => policy_test(&dir),
         Command::Policy(PolicyCommand::Check { input, policies }) => {
             policy_check(&input, policies.as_deref())
@@ -118,6 +146,75 @@ fn graph(args: GraphArgs) -> anyhow::Result<()> {
         graph.events.len(),
         graph.endpoints.len()
     );
+    Ok(())
+}
+
+async fn schema(args: SchemaArgs) -> anyhow::Result<()> {
+    let base = format!("{}/api/schema-registry", args.url.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    let answer = |response: reqwest::Response| async move {
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(anyhow::anyhow!(
+                "{} (error {}, HTTP {status})",
+                body["message"].as_str().unwrap_or("?"),
+                body["error_code"]
+            ))
+        }
+    };
+    let schema_file = |file: &std::path::Path| -> anyhow::Result<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        serde_json::from_str::<serde_json::Value>(&text)
+            .with_context(|| format!("{} is not JSON", file.display()))?;
+        Ok(serde_json::json!({"schema": text, "schemaType": "JSON"}))
+    };
+    let unreachable = || format!("cannot reach the registry at {base} (is `nexus serve` running? see --url)");
+    match args.command {
+        SchemaCommand::List => {
+            let subjects =
+                answer(client.get(format!("{base}/subjects")).send().await.with_context(unreachable)?)
+                    .await?;
+            let global = answer(client.get(format!("{base}/config")).send().await?).await?;
+            println!("global compatibility: {}", global["compatibilityLevel"].as_str().unwrap_or("?"));
+            for subject in subjects.as_array().into_iter().flatten().filter_map(|s| s.as_str()) {
+                let versions =
+                    answer(client.get(format!("{base}/subjects/{subject}/versions")).send().await?).await?;
+                let level =
+                    client.get(format!("{base}/config/{subject}?defaultToGlobal=true")).send().await?;
+                let level = answer(level).await?;
+                println!(
+                    "{subject:<32} versions {:<12} {}",
+                    versions.to_string(),
+                    level["compatibilityLevel"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        SchemaCommand::Register { subject, file } => {
+            let body = schema_file(&file)?;
+            let response =
+                client.post(format!("{base}/subjects/{subject}/versions")).json(&body).send().await;
+            let registered = answer(response.with_context(unreachable)?).await?;
+            println!("registered {subject} version {} (id {})", registered["version"], registered["id"]);
+        }
+        SchemaCommand::Check { subject, file, version } => {
+            let body = schema_file(&file)?;
+            let url = format!("{base}/compatibility/subjects/{subject}/versions/{version}?verbose=true");
+            let result = answer(client.post(url).json(&body).send().await.with_context(unreachable)?).await?;
+            if result["is_compatible"] == true {
+                println!("compatible with {subject} ({version})");
+            } else {
+                println!("INCOMPATIBLE with {subject} ({version}):");
+                for message in result["messages"].as_array().into_iter().flatten() {
+                    println!("  - {}", message.as_str().unwrap_or_default());
+                }
+                std::process::exit(1);
+            }
+        }
+    }
     Ok(())
 }
 

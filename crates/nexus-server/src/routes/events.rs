@@ -94,3 +94,125 @@ pub(crate) async fn by_type(
     let events = state.events.read_by_type(&event_type, &start, &end, limit).await?;
     Ok(Json(EventsBody { events }))
 }
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawAppend {
+    expected_version: Option<u64>,
+    events: Vec<RawEvent>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawEvent {
+    event_type: String,
+    payload: serde_json::Value,
+    metadata: RawMetadata,
+    event_id: Option<String>,
+    timestamp: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawMetadata {
+    schema_version: String,
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+    user_id: Option<String>,
+}
+
+/// `POST /api/events/{aggregateId}` (admin): appends events as given, for imports and
+/// migrations. Each must validate against its registered schema version; they are stored at that
+/// version and upcast when read, like any other.
+pub(crate) async fn append(
+    State(state): State<AppState>,
+    Path(aggregate_id): Path<String>,
+    crate::extract::JsonBody(body): crate::extract::JsonBody,
+) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
+    use nexus_core::ports::{AppendOutcome, AppendRequest, NewEvent};
+    use nexus_core::{EventMetadata, EventRejection, FieldError};
+
+    let request: RawAppend =
+        serde_json::from_value(body).map_err(|e| ApiError::field("body", e.to_string()))?;
+    let mut errors = Vec::new();
+    if !nexus_core::is_valid_aggregate_id(&aggregate_id) {
+        errors.push(FieldError::new("aggregateId", "must be 1-128 characters of [A-Za-z0-9._:-]"));
+    }
+    if request.events.is_empty() {
+        errors.push(FieldError::new("events", "must hold at least one event"));
+    }
+    let now = format_timestamp(Utc::now());
+    let mut events = Vec::with_capacity(request.events.len());
+    for (index, raw) in request.events.into_iter().enumerate() {
+        match nexus_core::EventValidator::validate(
+            state.registry.as_ref(),
+            &raw.event_type,
+            &raw.metadata.schema_version,
+            &raw.payload,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(EventRejection::Unregistered { event_type, version }) => errors.push(FieldError::new(
+                format!("events[{index}].eventType"),
+                format!("{event_type} has no registered schema version {version}"),
+            )),
+            Err(EventRejection::Invalid { fields, .. }) => errors.extend(
+                fields.into_iter().map(|f| FieldError::new(format!("events[{index}].{}", f.field), f.error)),
+            ),
+            Err(EventRejection::Unavailable(store)) => return Err(store.into()),
+        }
+        let timestamp = match raw.timestamp {
+            None => now.clone(),
+            Some(text) => match DateTime::parse_from_rfc3339(&text) {
+                Ok(at) => format_timestamp(at.with_timezone(&Utc)),
+                Err(e) => {
+                    errors.push(FieldError::new(format!("events[{index}].timestamp"), e.to_string()));
+                    continue;
+                }
+            },
+        };
+        events.push(NewEvent {
+            event_id: raw.event_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            event_type: raw.event_type,
+            timestamp,
+            payload: raw.payload,
+            metadata: EventMetadata {
+                correlation_id: raw.metadata.correlation_id.unwrap_or_else(|| "import".into()),
+                causation_id: raw.metadata.causation_id.unwrap_or_else(|| "import".into()),
+                user_id: raw.metadata.user_id.unwrap_or_else(|| "import".into()),
+                schema_version: raw.metadata.schema_version,
+            },
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::fields(errors));
+    }
+    let current = match state.events.read_stream(&aggregate_id, 1, None).await?.last() {
+        Some(last) => last.aggregate_version,
+        None => 0,
+    };
+    let expected = request.expected_version.unwrap_or(current);
+    let aggregate_type = state
+        .domain
+        .aggregate_of_event(&events[0].event_type)
+        .map_or_else(|| "Imported".to_owned(), |handler| handler.kind().to_owned());
+    let request = AppendRequest {
+        aggregate_id: aggregate_id.clone(),
+        aggregate_type,
+        expected_version: expected,
+        events,
+        command: None,
+    };
+    match state.events.append(request).await? {
+        AppendOutcome::Committed(stored) => {
+            let version = stored.last().map_or(expected, |e| e.aggregate_version);
+            let ids: Vec<&str> = stored.iter().map(|e| e.event_id.as_str()).collect();
+            Ok((
+                axum::http::StatusCode::CREATED,
+                Json(serde_json::json!({"aggregateId": aggregate_id, "version": version, "eventIds": ids})),
+            ))
+        }
+        AppendOutcome::Duplicate(_) => Err(ApiError::Internal("an import carries no command id".into())),
+    }
+}

@@ -6,6 +6,8 @@ mod commands;
 mod events;
 mod ops;
 mod queries;
+mod registry;
+mod sagas;
 
 use std::collections::BTreeMap;
 
@@ -52,6 +54,64 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         endpoint(Query, "GET", "/api/queries/{resource}/{id}", None, get(queries::get)),
         endpoint(Query, "GET", "/api/subscriptions", None, get(ws::upgrade)),
         endpoint(Query, "GET", "/api/admin/projections", None, get(ops::projections)),
+        endpoint(Command, "POST", "/api/sagas", None, post(sagas::start)),
+        endpoint(Query, "GET", "/api/sagas/{saga_id}/status", None, get(sagas::status)),
+        endpoint(Query, "GET", "/api/admin/sagas", Some(List), get(sagas::list)),
+        endpoint(Command, "POST", "/api/events/{aggregate_id}", None, post(events::append)),
+        endpoint(All, "GET", "/api/schema-registry/subjects", None, get(registry::subjects)),
+        endpoint(
+            All,
+            "GET",
+            "/api/schema-registry/subjects/{subject}/versions",
+            None,
+            get(registry::versions),
+        ),
+        endpoint(
+            All,
+            "POST",
+            "/api/schema-registry/subjects/{subject}/versions",
+            None,
+            post(registry::register),
+        ),
+        endpoint(
+            All,
+            "GET",
+            "/api/schema-registry/subjects/{subject}/versions/{version}",
+            None,
+            get(registry::version),
+        ),
+        endpoint(
+            All,
+            "GET",
+            "/api/schema-registry/subjects/{subject}/versions/{version}/schema",
+            None,
+            get(registry::version_schema),
+        ),
+        endpoint(All, "POST", "/api/schema-registry/subjects/{subject}", None, post(registry::lookup)),
+        endpoint(All, "GET", "/api/schema-registry/schemas/ids/{id}", None, get(registry::by_id)),
+        endpoint(
+            All,
+            "POST",
+            "/api/schema-registry/compatibility/subjects/{subject}/versions/{version}",
+            None,
+            post(registry::compatibility),
+        ),
+        endpoint(All, "GET", "/api/schema-registry/config", None, get(registry::global_config)),
+        endpoint(
+            All,
+            "PUT",
+            "/api/schema-registry/config",
+            None,
+            axum::routing::put(registry::set_global_config),
+        ),
+        endpoint(All, "GET", "/api/schema-registry/config/{subject}", None, get(registry::subject_config)),
+        endpoint(
+            All,
+            "PUT",
+            "/api/schema-registry/config/{subject}",
+            None,
+            axum::routing::put(registry::set_subject_config),
+        ),
         endpoint(All, "GET", "/health/live", None, get(ops::live)),
         endpoint(All, "GET", "/health/ready", None, get(ops::ready)),
         endpoint(All, "GET", "/metrics", None, get(ops::metrics)),
