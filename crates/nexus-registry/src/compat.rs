@@ -623,7 +623,7 @@ impl<'a> Walker<'a> {
                     Extra::Closed => {
                         let rule = self.named(Rule::FieldRemoved, Rule::FieldAdded);
                         let message = format!(
-                            "the {} declares '{name}' but the {} does not, and allows no undeclared properties",
+                            "the {} declares '{name}' but the {} does not and allows no undeclared ones",
                             self.writer, self.reader
                         );
                         self.push(&field_path, rule, message);
@@ -700,7 +700,7 @@ fn resolve<'a>(root: &'a Value, schema: &'a Value) -> Result<&'a Value, String> 
         }
         seen.push(reference);
         current = lookup(root, reference).ok_or_else(|| {
-            format!("cannot resolve '{reference}' (only references into the same schema, like '#/$defs/Name', are followed)")
+            format!("cannot resolve '{reference}' (only local references like '#/$defs/Name' are followed)")
         })?;
     }
     Ok(current)
@@ -1227,7 +1227,8 @@ mod tests {
 
     #[test]
     fn full_reports_a_finding_of_both_directions_once() {
-        let old = json!({"type": "object", "properties": {"fullName": {"type": "string"}}, "required": ["fullName"]});
+        let old = json!({"type": "object", "properties": {"fullName": {"type": "string"}},
+            "required": ["fullName"]});
         let new = json!({"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]});
         let found = check(Compatibility::Full, &new, &[old]);
         assert_eq!(pairs(&found), [("$.fullName".to_owned(), Rule::FieldRenamed)]);

@@ -41,3 +41,46 @@ async fn confluents_python_client_works_against_the_registry() {
     );
     assert!(text.contains("checks passed"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nexus_schema_lists_registers_and_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("NEXUS_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("{url}/health/ready")).await.map(|r| r.status().is_success()).ok() != Some(true) {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let nexus = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_nexus")).args(args).args(["--url", &url]).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.code(), text)
+    };
+    let (code, listed) = nexus(&["schema", "list"]);
+    assert_eq!(code, Some(0), "{listed}");
+    assert!(listed.contains("UserRegistered") && listed.contains("[1,2]") && listed.contains("NONE"), "{listed}");
+
+    let v1 = dir.path().join("v1.json");
+    std::fs::write(&v1, r#"{"type":"object","properties":{"a":{"type":"string"}},"required":["a"]}"#).unwrap();
+    let v2 = dir.path().join("v2.json");
+    std::fs::write(&v2, r#"{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}"#).unwrap();
+    let (code, registered) = nexus(&["schema", "register", "CliThing", v1.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{registered}");
+    assert!(registered.contains("version 1"), "{registered}");
+    let (code, checked) = nexus(&["schema", "check", "CliThing", v2.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{checked}");
+    assert!(checked.contains("INCOMPATIBLE") && checked.contains("TYPE_CHANGED"), "{checked}");
+    let (code, refused) = nexus(&["schema", "register", "CliThing", v2.to_str().unwrap()]);
+    assert_ne!(code, Some(0), "{refused}");
+    assert!(refused.contains("409"), "{refused}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
