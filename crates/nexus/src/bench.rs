@@ -523,10 +523,10 @@ fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, mut lags: Vec<u32>
     );
     for (name, s) in &operations {
         println!(
-            "{:<12} {:>9} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            "{:<12} {:>9} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
             name,
-            s["count"],
-            s["perSecond"],
+            s["count"].as_u64().unwrap_or(0),
+            s["perSecond"].as_f64().unwrap_or(0.0),
             s["p50Ms"].as_f64().unwrap_or(0.0),
             s["p90Ms"].as_f64().unwrap_or(0.0),
             s["p99Ms"].as_f64().unwrap_or(0.0),

@@ -55,23 +55,32 @@ async fn nexus_schema_lists_registers_and_checks() {
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("{url}/health/ready")).await.map(|r| r.status().is_success()).ok() != Some(true) {
+    while reqwest::get(format!("{url}/health/ready")).await.map(|r| r.status().is_success()).ok()
+        != Some(true)
+    {
         assert!(Instant::now() < deadline, "server did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let nexus = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_nexus")).args(args).args(["--url", &url]).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        let output =
+            Command::new(env!("CARGO_BIN_EXE_nexus")).args(args).args(["--url", &url]).output().unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         (output.status.code(), text)
     };
     let (code, listed) = nexus(&["schema", "list"]);
     assert_eq!(code, Some(0), "{listed}");
-    assert!(listed.contains("UserRegistered") && listed.contains("[1,2]") && listed.contains("NONE"), "{listed}");
+    assert!(
+        listed.contains("UserRegistered") && listed.contains("[1,2]") && listed.contains("NONE"),
+        "{listed}"
+    );
 
     let v1 = dir.path().join("v1.json");
-    std::fs::write(&v1, r#"{"type":"object","properties":{"a":{"type":"string"}},"required":["a"]}"#).unwrap();
+    std::fs::write(&v1, r#"{"type":"object","properties":{"a":{"type":"string"}},"required":["a"]}"#)
+        .unwrap();
     let v2 = dir.path().join("v2.json");
-    std::fs::write(&v2, r#"{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}"#).unwrap();
+    std::fs::write(&v2, r#"{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}"#)
+        .unwrap();
     let (code, registered) = nexus(&["schema", "register", "CliThing", v1.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{registered}");
     assert!(registered.contains("version 1"), "{registered}");
