@@ -134,6 +134,8 @@ pub struct Limits {
     pub max_wait_ms: u64,
     pub default_page_size: usize,
     pub max_page_size: usize,
+    /// How far back a temporal query may reach (contract: 90 days).
+    pub temporal_max_days: u64,
 }
 
 /// The TOML file's shape: every key optional, unknown keys refused (a typo must not be silently
@@ -196,6 +198,7 @@ struct FileLimits {
     max_wait_ms: Option<u64>,
     default_page_size: Option<usize>,
     max_page_size: Option<usize>,
+    temporal_max_days: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +256,7 @@ impl Config {
                 max_wait_ms: parsed.limits.max_wait_ms.unwrap_or(30_000),
                 default_page_size: parsed.limits.default_page_size.unwrap_or(50),
                 max_page_size: parsed.limits.max_page_size.unwrap_or(1000),
+                temporal_max_days: parsed.limits.temporal_max_days.unwrap_or(90),
             },
             projection_batch_size: parsed.projection_batch_size.unwrap_or(1000),
             aggregate_cache_capacity: parsed.aggregate_cache_capacity.unwrap_or(100_000),

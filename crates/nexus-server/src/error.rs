@@ -30,6 +30,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the read model did not reach version {wanted} within {timeout_ms} ms (it is at {current})")]
     ProjectionTimeout { wanted: u64, current: u64, timeout_ms: u64 },
+    #[error("temporal queries reach at most {max_days} days back")]
+    TimeRangeExceeded { max_days: u64 },
     #[error("rate limit of {limit} requests reached; retry in {retry_after} s")]
     RateLimited { limit: u32, retry_after: u64 },
     #[error("a backend is unavailable: {0}")]
@@ -68,6 +70,7 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::ProjectionTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "PROJECTION_TIMEOUT"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+            Self::TimeRangeExceeded { .. } => (StatusCode::BAD_REQUEST, "TIME_RANGE_EXCEEDED"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         }

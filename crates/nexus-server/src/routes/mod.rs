@@ -50,6 +50,13 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         endpoint(Command, "POST", "/api/commands/{command_type}", None, post(commands::handle)),
         endpoint(Query, "GET", "/api/events", Some(Temporal), get(events::by_type)),
         endpoint(Query, "GET", "/api/events/{aggregate_id}", Some(List), get(events::stream)),
+        endpoint(
+            Query,
+            "GET",
+            "/api/queries/temporal/{aggregate_id}",
+            Some(Temporal),
+            get(queries::temporal),
+        ),
         endpoint(Query, "GET", "/api/queries/{resource}", Some(List), get(queries::list)),
         endpoint(Query, "GET", "/api/queries/{resource}/{id}", None, get(queries::get)),
         endpoint(Query, "GET", "/api/subscriptions", None, get(ws::upgrade)),

@@ -163,3 +163,62 @@ fn decode_token(token: &str, fingerprint: &str) -> Option<usize> {
     (value.get("q")?.as_str()? == fingerprint).then_some(())?;
     value.get("o")?.as_u64().map(|o| o as usize)
 }
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct TemporalParams {
+    as_of: Option<String>,
+}
+
+/// `GET /api/queries/temporal/{aggregateId}?asOf=`: the aggregate as its read model showed it at
+/// `asOf`, rebuilt from the events at or before then (at most `temporal-max-days` back).
+pub(crate) async fn temporal(
+    State(state): State<AppState>,
+    Path(aggregate_id): Path<String>,
+    QueryParams(params): QueryParams<TemporalParams>,
+) -> Result<Json<Value>, ApiError> {
+    use chrono::{DateTime, Utc};
+    let as_of = match params.as_of.as_deref().map(DateTime::parse_from_rfc3339) {
+        None => return Err(ApiError::field("asOf", "is required (an ISO 8601 timestamp)")),
+        Some(Err(e)) => return Err(ApiError::field("asOf", format!("must be an ISO 8601 timestamp: {e}"))),
+        Some(Ok(at)) => at.with_timezone(&Utc),
+    };
+    let max_days = state.config.limits.temporal_max_days;
+    if as_of < Utc::now() - chrono::Duration::days(max_days as i64) {
+        return Err(ApiError::TimeRangeExceeded { max_days });
+    }
+    let as_of_text = nexus_core::format_timestamp(as_of);
+    let events = state.events.read_stream(&aggregate_id, 1, None).await?;
+    let events: Vec<_> = events.into_iter().take_while(|e| e.timestamp <= as_of_text).collect();
+    let Some(first) = events.first() else {
+        return Err(ApiError::NotFound(format!(
+            "aggregate '{aggregate_id}' has no events at or before {as_of_text}"
+        )));
+    };
+    let view = match state.domain.projections().iter().find(|p| p.handles(&first.event_type)) {
+        // The read model's own fold, replayed up to `asOf`.
+        Some(projection) => {
+            let mut doc = ReadDocument::empty(&aggregate_id, &aggregate_id);
+            for event in events.iter().filter(|e| projection.handles(&e.event_type)) {
+                projection.apply(&mut doc, event).map_err(|e| ApiError::Internal(e.to_string()))?;
+                doc.version = event.aggregate_version;
+                doc.last_updated = event.timestamp.clone();
+            }
+            serde_json::to_value(doc).map_err(|e| ApiError::Internal(e.to_string()))?
+        }
+        // No read model: the aggregate's own state, in its snapshot form.
+        None => {
+            let handler = state
+                .domain
+                .aggregate_of_event(&first.event_type)
+                .ok_or_else(|| ApiError::NotFound(format!("no aggregate emits {}", first.event_type)))?;
+            let mut aggregate = handler.initial_state();
+            for event in &events {
+                handler.apply(&mut aggregate, event).map_err(ApiError::Internal)?;
+            }
+            handler.snapshot(&aggregate).unwrap_or(Value::Null)
+        }
+    };
+    let version = events.last().map_or(0, |e| e.aggregate_version);
+    Ok(Json(json!({"aggregateId": aggregate_id, "version": version, "asOf": as_of_text, "state": view})))
+}
