@@ -60,6 +60,7 @@ macro_rules! read_store_suite {
             older_versions_never_overwrite_newer,
             list_filters_sorts_and_pages,
             load_returns_existing_documents_only,
+            search_ranks_filters_and_counts_facets,
         );
     };
     (@cases $factory:ident; $($case:ident),* $(,)?) => {

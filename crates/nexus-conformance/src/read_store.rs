@@ -87,3 +87,56 @@ pub async fn load_returns_existing_documents_only(store: Arc<dyn ReadStore>) {
     loaded.sort_by(|x, y| x.id.cmp(&y.id));
     assert_eq!(loaded.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
 }
+
+pub async fn search_ranks_filters_and_counts_facets(store: Arc<dyn ReadStore>) {
+    use nexus_core::SearchQuery;
+    let mut docs = vec![
+        doc("o1", 1, "PLACED", 10.0, &["gift"]),
+        doc("o2", 1, "SHIPPED", 20.0, &["gift", "express"]),
+        doc("o3", 1, "PLACED", 30.0, &[]),
+        doc("o4", 1, "PLACED", 40.0, &["express"]),
+    ];
+    docs[0].searchable_text = "red widget red widget for alice".into();
+    docs[1].searchable_text = "red widget for bob".into();
+    docs[2].searchable_text = "blue gadget for alice".into();
+    docs[3].searchable_text = "green widget for carol".into();
+    store.commit("p", "orders", docs, 4).await.unwrap();
+    store.commit("q", "other", vec![doc("z", 1, "PLACED", 1.0, &[])], 1).await.unwrap();
+    let search = |text: &str, filters: Vec<(&str, &str)>| SearchQuery {
+        text: text.into(),
+        filters: filters.into_iter().map(|(f, v)| Filter { field: f.into(), value: v.into() }).collect(),
+        facets: vec!["status".into(), "tags".into()],
+        limit: 10,
+        offset: 0,
+    };
+    let ids = |items: &[ReadDocument]| items.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+
+    let red = store.search("orders", &search("red widget", vec![])).await.unwrap();
+    assert_eq!(ids(&red.items), ["o1", "o2"], "every word must match; more occurrences rank first");
+    assert_eq!(red.total, 2);
+    let widget = store.search("orders", &search("WIDGET", vec![])).await.unwrap();
+    assert_eq!(widget.total, 3, "case-insensitive");
+    assert_eq!(widget.facets["status"], [("PLACED".to_owned(), 2), ("SHIPPED".to_owned(), 1)].into());
+    assert_eq!(widget.facets["tags"], [("express".to_owned(), 2), ("gift".to_owned(), 2)].into());
+
+    let filtered = store.search("orders", &search("alice", vec![("status", "PLACED")])).await.unwrap();
+    let mut found = ids(&filtered.items);
+    found.sort();
+    assert_eq!(found, ["o1", "o3"], "text and field filters combine");
+    assert_eq!(filtered.total, 2);
+    let everything = store.search("orders", &search("", vec![("tags", "express")])).await.unwrap();
+    assert_eq!(everything.total, 2, "no words: filters alone");
+    assert!(store.search("orders", &search("nothing-matches", vec![])).await.unwrap().items.is_empty());
+    assert_eq!(
+        store.search("other", &search("widget", vec![])).await.unwrap().total,
+        0,
+        "resources are separate"
+    );
+
+    // An updated document is found by its new text only.
+    let mut moved = doc("o3", 2, "PLACED", 30.0, &[]);
+    moved.searchable_text = "yellow gizmo".into();
+    store.commit("p", "orders", vec![moved], 5).await.unwrap();
+    assert_eq!(store.search("orders", &search("gadget", vec![])).await.unwrap().total, 0);
+    assert_eq!(ids(&store.search("orders", &search("gizmo", vec![])).await.unwrap().items), ["o3"]);
+}

@@ -27,8 +27,8 @@ pub use model::{
 };
 pub use ports::{
     AppendOutcome, AppendRequest, CommandRecord, EventRejection, EventStore, EventValidator, Filter,
-    ListQuery, NewEvent, Page, ReadStore, RegisteredSchema, SchemaStore, Snapshot, SnapshotStore, SortOrder,
-    StoreError,
+    ListQuery, NewEvent, Page, ReadStore, RegisteredSchema, SchemaStore, SearchQuery, SearchResults,
+    Snapshot, SnapshotStore, SortOrder, StoreError,
 };
 pub use projection::{Projection, ProjectionError, ReadDocument};
 pub use saga::{

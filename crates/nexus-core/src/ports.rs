@@ -173,6 +173,27 @@ pub struct Page {
     pub total: u64,
 }
 
+/// A full-text search over `searchableText`, with field filters and facet counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchQuery {
+    /// Words to find (all of them); empty matches every document.
+    pub text: String,
+    pub filters: Vec<Filter>,
+    /// Keyword fields to count values of among the matches (e.g. `status`, `tags`).
+    pub facets: Vec<String>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchResults {
+    /// Best match first.
+    pub items: Vec<ReadDocument>,
+    pub total: u64,
+    /// Per facet field, the count of matching documents per value.
+    pub facets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+}
+
 /// Read models and the checkpoints of the projections that build them. `commit` writes documents
 /// and checkpoint in one transaction: that is what makes a projection's effect exactly-once.
 #[async_trait]
@@ -194,6 +215,9 @@ pub trait ReadStore: Send + Sync + 'static {
     async fn get(&self, resource: &str, id: &str) -> Result<Option<ReadDocument>, StoreError>;
 
     async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// Ranked full-text search over the documents' `searchableText`.
+    async fn search(&self, resource: &str, query: &SearchQuery) -> Result<SearchResults, StoreError>;
 
     /// Answers when the backend is reachable.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -174,6 +174,15 @@ CREATE TABLE registry_compatibility (
 );
 "#,
     },
+    Migration {
+        version: 5,
+        name: "full-text search",
+        sql: r#"
+ALTER TABLE documents ADD COLUMN search tsvector
+    GENERATED ALWAYS AS (to_tsvector('simple', coalesce(doc ->> 'searchableText', ''))) STORED;
+CREATE INDEX documents_search ON documents USING GIN (search);
+"#,
+    },
 ];
 
 /// Creates `schema` if needed and applies the migrations it has not seen, atomically.

@@ -9,7 +9,10 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
-use nexus_core::{ListQuery, Page, ReadDocument, ReadStore, SortOrder, StoreError};
+use nexus_core::ports::Filter;
+use nexus_core::{
+    ListQuery, Page, ReadDocument, ReadStore, SearchQuery, SearchResults, SortOrder, StoreError,
+};
 use tokio_postgres::Row;
 use tokio_postgres::types::{Json, ToSql};
 
@@ -53,10 +56,10 @@ fn json_path(field: &str) -> Result<Vec<String>, StoreError> {
 type Param = Box<dyn ToSql + Sync + Send>;
 
 /// `WHERE` clause and parameters for a list query (parameter 1 is the resource).
-fn where_clause(resource: &str, query: &ListQuery) -> Result<(String, Vec<Param>), StoreError> {
+fn where_clause(resource: &str, filters: &[Filter]) -> Result<(String, Vec<Param>), StoreError> {
     let mut sql = String::from("resource = $1");
     let mut values: Vec<Param> = vec![Box::new(resource.to_owned())];
-    for filter in &query.filters {
+    for filter in filters {
         let path = values.len() + 1;
         let text = path + 1;
         let number = path + 2;
@@ -163,7 +166,7 @@ impl ReadStore for PostgresReadStore {
     }
 
     async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError> {
-        let (clause, mut values) = where_clause(resource, query)?;
+        let (clause, mut values) = where_clause(resource, &query.filters)?;
         let count_values = values.len();
         let order = match &query.sort {
             Some((field, order)) => {
@@ -183,6 +186,51 @@ impl ReadStore for PostgresReadStore {
         );
         let items = self.query(&sql, &params).await?.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?;
         Ok(Page { items, total: unsigned(total, "count")? })
+    }
+
+    async fn search(&self, resource: &str, query: &SearchQuery) -> Result<SearchResults, StoreError> {
+        let (mut clause, mut values) = where_clause(resource, &query.filters)?;
+        let order = if query.text.split_whitespace().next().is_none() {
+            "doc ->> 'lastUpdated' DESC, id ASC".to_owned()
+        } else {
+            // Every word must match (`plainto_tsquery` ANDs them and treats operators as text);
+            // the GIN index on the generated `search` column answers the match.
+            values.push(Box::new(query.text.clone()));
+            let q = values.len();
+            clause.push_str(&format!(" AND search @@ plainto_tsquery('simple', ${q})"));
+            format!("ts_rank(search, plainto_tsquery('simple', ${q})) DESC, id ASC")
+        };
+        let base = values.len();
+        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
+        let rows = self.query(&format!("SELECT COUNT(*) FROM documents WHERE {clause}"), &params).await?;
+        let total: i64 = rows[0].try_get(0).map_err(|e| corrupt("count", e))?;
+        let sql = format!(
+            "SELECT doc FROM documents WHERE {clause} ORDER BY {order} LIMIT {} OFFSET {}",
+            query.limit, query.offset
+        );
+        let items = self.query(&sql, &params).await?.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?;
+        let mut facets = std::collections::BTreeMap::new();
+        for field in &query.facets {
+            let path = json_path(field)?;
+            let mut with_path = params.clone();
+            with_path.push(&path);
+            let p = base + 1;
+            // A scalar counts once, an array (tags) once per member.
+            let sql = format!(
+                "SELECT e.v #>> '{{}}', COUNT(*) FROM documents, \
+                 LATERAL jsonb_array_elements(CASE jsonb_typeof(doc #> ${p}) WHEN 'array' THEN doc #> ${p} \
+                   ELSE jsonb_build_array(doc #> ${p}) END) AS e(v) \
+                 WHERE {clause} AND e.v IS NOT NULL AND e.v <> 'null'::jsonb GROUP BY 1"
+            );
+            let mut counts = std::collections::BTreeMap::new();
+            for row in self.query(&sql, &with_path).await? {
+                let value: String = row.try_get(0).map_err(|e| corrupt("facet", e))?;
+                let count: i64 = row.try_get(1).map_err(|e| corrupt("facet", e))?;
+                counts.insert(value, unsigned(count, "facet count")?);
+            }
+            facets.insert(field.clone(), counts);
+        }
+        Ok(SearchResults { items, total: unsigned(total, "count")?, facets })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

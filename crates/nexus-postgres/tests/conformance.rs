@@ -3,9 +3,9 @@
 mod common;
 
 use nexus_conformance::{
-    SnapshotSubject, Subject, event_store_suite, read_store_suite, snapshot_store_suite,
+    SnapshotSubject, Subject, event_store_suite, read_store_suite, schema_store_suite, snapshot_store_suite,
 };
-use nexus_core::{EventStore, ReadStore};
+use nexus_core::{EventStore, ReadStore, SchemaStore};
 
 async fn event_store() -> Subject<dyn EventStore> {
     let (backend, guard) = common::backend().await;
@@ -27,6 +27,12 @@ async fn snapshot_store() -> SnapshotSubject {
     }
 }
 
+async fn schema_store() -> Subject<dyn SchemaStore> {
+    let (backend, guard) = common::backend().await;
+    Subject { store: backend.schema_store(), guard: Box::new(guard) }
+}
+
 event_store_suite!(event_store);
+schema_store_suite!(schema_store);
 read_store_suite!(read_store);
 snapshot_store_suite!(snapshot_store);

@@ -59,3 +59,46 @@ async fn temporal_queries_show_the_read_model_as_it_was() {
     assert_eq!(stock.body["state"]["available"], 7);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_ranks_filters_counts_facets_and_pages() {
+    let server = TestServer::start().await;
+    let mut last = Vec::new();
+    for (id, customer, product, quantity) in [
+        ("s-1", "alice", "widget", 1),
+        ("s-2", "bob", "widget", 2),
+        ("s-3", "alice", "gadget", 3),
+        ("s-4", "carol", "widget", 200),
+    ] {
+        let body = json!({"aggregateId": id, "customerId": customer, "items": [{"productId": product, "quantity": quantity, "unitPrice": 10}]});
+        last.push((id, server.accepted("PlaceOrder", body).await["version"].as_u64().unwrap()));
+    }
+    server.accepted("ShipOrder", json!({"aggregateId": "s-2"})).await;
+    last.push(("s-2", 2));
+    for (id, version) in &last {
+        server.document_at("orders", id, *version).await;
+    }
+    let widget = server.get("/api/queries/orders/search?q=widget&facets=status,tags").await;
+    assert_eq!(widget.status, 200, "{}", widget.body);
+    assert_eq!(widget.body["total"], 3);
+    assert_eq!(widget.body["facets"]["status"], json!({"PLACED": 2, "SHIPPED": 1}));
+    assert_eq!(widget.body["facets"]["tags"], json!({"high-value": 1}), "the 2000 order is high-value");
+    assert!(widget.body["took"].is_u64());
+
+    let alice_widget = server.get("/api/queries/orders/search?q=alice%20widget").await;
+    assert_eq!(alice_widget.body["total"], 1, "every word must match");
+    assert_eq!(alice_widget.body["results"][0]["id"], "s-1");
+
+    let placed = server.get("/api/queries/orders/search?q=widget&status=PLACED").await;
+    assert_eq!(placed.body["total"], 2, "filters apply to search");
+
+    let page = server.get("/api/queries/orders/search?q=widget&limit=2").await;
+    assert_eq!(page.body["results"].as_array().unwrap().len(), 2);
+    let token = page.body["nextToken"].as_str().expect("a next page").to_owned();
+    let rest = server.get(&format!("/api/queries/orders/search?q=widget&limit=2&nextToken={token}")).await;
+    assert_eq!(rest.body["results"].as_array().unwrap().len(), 1);
+    assert!(rest.body["nextToken"].is_null());
+    server.get("/api/queries/orders/search?q=widget&limit=0").await.assert_error(400, "VALIDATION_ERROR");
+    server.get("/api/queries/nothing/search?q=x").await.assert_error(404, "NOT_FOUND");
+    server.stop().await;
+}

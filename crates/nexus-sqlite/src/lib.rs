@@ -25,6 +25,9 @@ pub const STORE_OPERATIONS: &[(&str, &[&str])] = &[
     ("snapshots", &["INSERT", "SELECT"]),
     ("documents", &["INSERT", "UPDATE", "SELECT"]),
     ("checkpoints", &["INSERT", "UPDATE", "SELECT"]),
+    ("search_keys", &["INSERT", "UPDATE", "SELECT"]),
+    // INSERT OR REPLACE: a document's index entry is replaced when the document changes.
+    ("search_index", &["INSERT", "DELETE", "SELECT"]),
     ("schemas", &["INSERT", "SELECT"]),
     ("subject_versions", &["INSERT", "SELECT"]),
     ("compatibility", &["INSERT", "UPDATE", "SELECT"]),

@@ -4,14 +4,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use nexus_core::{ListQuery, Page, ReadDocument, ReadStore, SortOrder, StoreError};
+use nexus_core::{
+    ListQuery, Page, ReadDocument, ReadStore, SearchQuery, SearchResults, SortOrder, StoreError,
+};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use crate::pool::ReaderPool;
 use crate::{corrupt, migrate, unavailable};
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE documents (
     resource TEXT    NOT NULL,
     id       TEXT    NOT NULL,
@@ -23,7 +26,22 @@ CREATE TABLE checkpoints (
     projection TEXT PRIMARY KEY,
     position   INTEGER NOT NULL
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+-- Full-text search over `searchableText`: an FTS5 index keyed by a small integer per document.
+CREATE TABLE search_keys (
+    docid    INTEGER PRIMARY KEY,
+    resource TEXT NOT NULL,
+    id       TEXT NOT NULL,
+    UNIQUE (resource, id)
+);
+CREATE VIRTUAL TABLE search_index USING fts5(text, content = '', contentless_delete = 1);
+INSERT INTO search_keys (resource, id) SELECT resource, id FROM documents;
+INSERT INTO search_index (rowid, text)
+    SELECT k.docid, COALESCE(json_extract(d.doc, '$.searchableText'), '')
+    FROM search_keys k JOIN documents d ON d.resource = k.resource AND d.id = k.id;
+"#,
+];
 
 /// SQLite read store. Written only by projection runners; one write connection, many readers.
 pub struct SqliteReadStore {
@@ -64,11 +82,28 @@ fn json_path(field: &str) -> Result<String, StoreError> {
     }
 }
 
+/// Queries that carry field filters.
+trait HasFilters {
+    fn filters(&self) -> &[nexus_core::ports::Filter];
+}
+
+impl HasFilters for ListQuery {
+    fn filters(&self) -> &[nexus_core::ports::Filter] {
+        &self.filters
+    }
+}
+
+impl HasFilters for SearchQuery {
+    fn filters(&self) -> &[nexus_core::ports::Filter] {
+        &self.filters
+    }
+}
+
 /// `WHERE` clause and parameters for a list query (parameter 1 is the resource).
-fn where_clause(resource: &str, query: &ListQuery) -> Result<(String, Vec<SqlValue>), StoreError> {
+fn where_clause(resource: &str, query: &impl HasFilters) -> Result<(String, Vec<SqlValue>), StoreError> {
     let mut sql = String::from("resource = ?1");
     let mut values = vec![SqlValue::Text(resource.to_owned())];
-    for filter in &query.filters {
+    for filter in query.filters() {
         let path = values.len() + 1;
         let text = path + 1;
         let number = path + 2;
@@ -153,9 +188,24 @@ impl ReadStore for SqliteReadStore {
                          WHERE excluded.version > documents.version",
                     )
                     .map_err(unavailable)?;
+                let mut key = tx
+                    .prepare_cached(
+                        "INSERT INTO search_keys (resource, id) VALUES (?1, ?2) \
+                         ON CONFLICT (resource, id) DO UPDATE SET id = excluded.id RETURNING docid",
+                    )
+                    .map_err(unavailable)?;
+                let mut index = tx
+                    .prepare_cached("INSERT OR REPLACE INTO search_index (rowid, text) VALUES (?1, ?2)")
+                    .map_err(unavailable)?;
                 for doc in &docs {
                     let text = serde_json::to_string(doc).map_err(|e| corrupt("read-model document", e))?;
-                    upsert.execute(params![resource, doc.id, doc.version, text]).map_err(unavailable)?;
+                    let changed = upsert.execute(params![resource, doc.id, doc.version, text]).map_err(unavailable)?;
+                    if changed > 0 {
+                        // The index follows the document in the same transaction.
+                        let docid: i64 =
+                            key.query_row(params![resource, doc.id], |row| row.get(0)).map_err(unavailable)?;
+                        index.execute(params![docid, doc.searchable_text]).map_err(unavailable)?;
+                    }
                 }
                 // Checkpoints only move forward: with several query processes running the same
                 // projection, a slower one never drags the shared checkpoint back.
@@ -218,6 +268,66 @@ impl ReadStore for SqliteReadStore {
                     .map_err(unavailable)?;
                 let items = texts.iter().map(|t| parse_doc(t)).collect::<Result<Vec<_>, _>>()?;
                 Ok(Page { items, total })
+            })
+            .await
+    }
+
+    async fn search(&self, resource: &str, query: &SearchQuery) -> Result<SearchResults, StoreError> {
+        let (clause, mut values) = where_clause(resource, query)?;
+        // Every word must match; each is quoted, so FTS5 operators in user input are just text.
+        let words: Vec<String> =
+            query.text.split_whitespace().map(|word| format!("\"{}\"", word.replace('"', "\"\""))).collect();
+        let (from, order) = if words.is_empty() {
+            ("documents".to_owned(), "json_extract(doc, '$.lastUpdated') DESC, id".to_owned())
+        } else {
+            values.push(SqlValue::Text(words.join(" ")));
+            let hits = format!(
+                "documents JOIN (SELECT k.resource AS r, k.id AS i, bm25(search_index) AS score \
+                 FROM search_index JOIN search_keys k ON k.docid = search_index.rowid \
+                 WHERE search_index MATCH ?{}) hits ON hits.r = documents.resource AND hits.i = documents.id",
+                values.len()
+            );
+            (hits, "hits.score, id".to_owned())
+        };
+        let mut facets = Vec::new();
+        for field in &query.facets {
+            facets.push((field.clone(), json_path(field)?));
+        }
+        let (limit, offset) = (query.limit as i64, query.offset as i64);
+        self.readers
+            .run(move |conn| {
+                let params = || params_from_iter(values.iter());
+                let total: u64 = conn
+                    .prepare_cached(&format!("SELECT COUNT(*) FROM {from} WHERE {clause}"))
+                    .and_then(|mut stmt| stmt.query_row(params(), |row| row.get(0)))
+                    .map_err(unavailable)?;
+                let texts = conn
+                    .prepare_cached(&format!(
+                        "SELECT doc FROM {from} WHERE {clause} ORDER BY {order} LIMIT {limit} OFFSET {offset}"
+                    ))
+                    .and_then(|mut stmt| {
+                        stmt.query_map(params(), |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(unavailable)?;
+                let items = texts.iter().map(|t| parse_doc(t)).collect::<Result<Vec<_>, _>>()?;
+                let mut counts = std::collections::BTreeMap::new();
+                for (field, path) in facets {
+                    // json_each yields the element itself for a scalar and each member of an array,
+                    // so `status` and `tags` are counted the same way.
+                    let sql = format!(
+                        "SELECT CAST(j.value AS TEXT), COUNT(*) FROM {from}, json_each(documents.doc, '{path}') j \
+                         WHERE {clause} GROUP BY 1"
+                    );
+                    let rows = conn
+                        .prepare_cached(&sql)
+                        .and_then(|mut stmt| {
+                            stmt.query_map(params(), |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))?
+                                .collect::<Result<std::collections::BTreeMap<_, _>, _>>()
+                        })
+                        .map_err(unavailable)?;
+                    counts.insert(field, rows);
+                }
+                Ok(SearchResults { items, total, facets: counts })
             })
             .await
     }

@@ -44,7 +44,7 @@ fn endpoint(
 
 /// Every endpoint the server serves.
 pub(crate) fn endpoints() -> Vec<Endpoint> {
-    use RateClass::{List, Temporal};
+    use RateClass::{List, Search, Temporal};
     use Role::{All, Command, Query};
     vec![
         endpoint(Command, "POST", "/api/commands/{command_type}", None, post(commands::handle)),
@@ -58,6 +58,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             get(queries::temporal),
         ),
         endpoint(Query, "GET", "/api/queries/{resource}", Some(List), get(queries::list)),
+        endpoint(Query, "GET", "/api/queries/{resource}/search", Some(Search), get(queries::search)),
         endpoint(Query, "GET", "/api/queries/{resource}/{id}", None, get(queries::get)),
         endpoint(Query, "GET", "/api/subscriptions", None, get(ws::upgrade)),
         endpoint(Query, "GET", "/api/admin/projections", None, get(ops::projections)),

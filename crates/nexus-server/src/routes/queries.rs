@@ -222,3 +222,64 @@ pub(crate) async fn temporal(
     let version = events.last().map_or(0, |e| e.aggregate_version);
     Ok(Json(json!({"aggregateId": aggregate_id, "version": version, "asOf": as_of_text, "state": view})))
 }
+
+/// Parameters of a search that are not field filters.
+const SEARCH_RESERVED: [&str; 4] = ["q", "facets", "limit", "nextToken"];
+
+/// `GET /api/queries/{resourceType}/search?q=&facets=status,tags&<field>=<value>&limit=&nextToken=`:
+/// ranked full-text search over `searchableText`, with filters and facet counts.
+pub(crate) async fn search(
+    State(state): State<AppState>,
+    Path(resource): Path<String>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let started = std::time::Instant::now();
+    known_resource(&state, &resource)?;
+    let limits = &state.config.limits;
+    let mut errors = Vec::new();
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => limits.default_page_size,
+        Some(Ok(n)) if (1..=limits.max_page_size).contains(&n) => n,
+        Some(_) => {
+            errors.push(FieldError::new(
+                "limit",
+                format!("must be an integer from 1 to {}", limits.max_page_size),
+            ));
+            limits.default_page_size
+        }
+    };
+    let text = params.get("q").cloned().unwrap_or_default();
+    let facets: Vec<String> = params
+        .get("facets")
+        .map(|f| f.split(',').map(str::trim).filter(|f| !f.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut filters: Vec<Filter> = params
+        .iter()
+        .filter(|(key, _)| !SEARCH_RESERVED.contains(&key.as_str()))
+        .map(|(field, value)| Filter { field: field.clone(), value: value.clone() })
+        .collect();
+    filters.sort_by(|a, b| a.field.cmp(&b.field));
+    let fingerprint = page_fingerprint(&filters, &Some((format!("q={text}"), SortOrder::Asc)));
+    let offset = match params.get("nextToken") {
+        None => 0,
+        Some(token) => decode_token(token, &fingerprint).unwrap_or_else(|| {
+            errors.push(FieldError::new("nextToken", "is not a token this search returned"));
+            0
+        }),
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::fields(errors));
+    }
+    let query = nexus_core::SearchQuery { text, filters, facets, limit, offset };
+    let found = state.read.search(&resource, &query).await?;
+    let next = offset + found.items.len();
+    let next_token =
+        (found.items.len() == limit && (next as u64) < found.total).then(|| encode_token(next, &fingerprint));
+    Ok(Json(json!({
+        "results": found.items,
+        "total": found.total,
+        "facets": found.facets,
+        "nextToken": next_token,
+        "took": started.elapsed().as_millis() as u64,
+    })))
+}
