@@ -61,6 +61,7 @@ macro_rules! read_store_suite {
             list_filters_sorts_and_pages,
             load_returns_existing_documents_only,
             search_ranks_filters_and_counts_facets,
+            a_shadow_swaps_in_atomically,
         );
     };
     (@cases $factory:ident; $($case:ident),* $(,)?) => {

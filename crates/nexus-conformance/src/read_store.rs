@@ -140,3 +140,40 @@ pub async fn search_ranks_filters_and_counts_facets(store: Arc<dyn ReadStore>) {
     assert_eq!(store.search("orders", &search("gadget", vec![])).await.unwrap().total, 0);
     assert_eq!(ids(&store.search("orders", &search("gizmo", vec![])).await.unwrap().items), ["o3"]);
 }
+
+pub async fn a_shadow_swaps_in_atomically(store: Arc<dyn ReadStore>) {
+    use nexus_core::SearchQuery;
+    let mut old = doc("a", 5, "OLD", 1.0, &[]);
+    old.searchable_text = "stale words".into();
+    store.commit("orders", "orders", vec![old, doc("gone", 1, "OLD", 1.0, &[])], 50).await.unwrap();
+    store
+        .commit("orders~rebuild", "orders~rebuild", vec![doc("leftover", 1, "X", 1.0, &[])], 3)
+        .await
+        .unwrap();
+    store.clear("orders~rebuild", "orders~rebuild").await.unwrap();
+    assert_eq!(store.checkpoint("orders~rebuild").await.unwrap(), 0, "cleared");
+    let mut new = doc("a", 5, "NEW", 1.0, &[]);
+    new.searchable_text = "fresh words".into();
+    store.commit("orders~rebuild", "orders~rebuild", vec![new], 40).await.unwrap();
+    assert_eq!(
+        store.get("orders", "a").await.unwrap().unwrap().status,
+        "OLD",
+        "live untouched until the swap"
+    );
+
+    store.swap("orders", "orders~rebuild").await.unwrap();
+    assert_eq!(store.get("orders", "a").await.unwrap().unwrap().status, "NEW");
+    assert_eq!(store.get("orders", "gone").await.unwrap(), None, "the old model is gone");
+    assert_eq!(store.get("orders", "leftover").await.unwrap(), None, "cleared before the rebuild");
+    assert_eq!(store.checkpoint("orders").await.unwrap(), 40, "the rebuilt model's checkpoint");
+    assert_eq!(store.checkpoint("orders~rebuild").await.unwrap(), 0);
+    assert_eq!(store.get("orders~rebuild", "a").await.unwrap(), None);
+    let search =
+        |text: &str| SearchQuery { text: text.into(), filters: vec![], facets: vec![], limit: 10, offset: 0 };
+    assert_eq!(
+        store.search("orders", &search("fresh")).await.unwrap().total,
+        1,
+        "the index follows the swap"
+    );
+    assert_eq!(store.search("orders", &search("stale")).await.unwrap().total, 0);
+}

@@ -216,6 +216,14 @@ pub trait ReadStore: Send + Sync + 'static {
 
     async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError>;
 
+    /// Deletes every document of `resource` and the checkpoint of `projection` (a rebuild's
+    /// shadow, before it starts).
+    async fn clear(&self, resource: &str, projection: &str) -> Result<(), StoreError>;
+
+    /// Atomically replaces `live` (documents and checkpoint) with `shadow`, which a rebuild built
+    /// beside it: readers see the old documents until the swap commits, then the new ones.
+    async fn swap(&self, live: &str, shadow: &str) -> Result<(), StoreError>;
+
     /// Ranked full-text search over the documents' `searchableText`.
     async fn search(&self, resource: &str, query: &SearchQuery) -> Result<SearchResults, StoreError>;
 

@@ -24,8 +24,6 @@ use crate::{APPEND_LOCK_CLASS, bigint, corrupt, pool_unavailable, unavailable, u
 
 /// Most appends one transaction takes; bounds a commit's latency under a flood.
 const MAX_BATCH: usize = 1024;
-/// Batches in flight at once, each on its own connection (see [`run`]).
-const IN_FLIGHT: usize = 2;
 /// Appends waiting for the appender before `append` callers wait for room (backpressure).
 const QUEUE: usize = 8192;
 /// How stale the head a waiter sees may get when notifications are lost.
@@ -79,7 +77,7 @@ impl PostgresEventStore {
         // Connect now, so a server that is not there fails `connect` rather than the first append.
         appender.session().await.map_err(unavailable)?;
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(run(appender, queue));
+        tokio::spawn(appender.run(queue));
 
         let mut listener_config = config;
         listener_config.application_name(truncate(&format!("nexus-listener/{schema}")));
@@ -330,16 +328,6 @@ enum Batch {
 }
 
 impl Appender {
-    /// Another appender on its own connection (made on first use).
-    fn spare(&self) -> Self {
-        Self {
-            config: self.config.clone(),
-            schema: self.schema.clone(),
-            session: None,
-            feed: self.feed.clone(),
-        }
-    }
-
     async fn session(&mut self) -> Result<&Session, tokio_postgres::Error> {
         if self.session.as_ref().is_some_and(|s| s.client.is_closed()) {
             self.session = None;
@@ -371,6 +359,17 @@ impl Appender {
             self.session = Some(Session { client, append, lock, notify });
         }
         Ok(self.session.as_ref().expect("session just set"))
+    }
+
+    async fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let answers = self.commit(&batch).await;
+            for (job, answer) in batch.drain(..).zip(answers) {
+                let _ = job.reply.send(answer);
+            }
+        }
+        tracing::debug!(schema = self.schema, "event store appender stopped");
     }
 
     /// Commits `batch` in one transaction: first all appends pipelined in one round trip without
@@ -411,33 +410,6 @@ impl Appender {
             }
         }
     }
-}
-
-/// Takes whatever appends are queued as one batch whenever a connection is free, and commits it
-/// on that connection. With two connections, the next batch is already waiting for the append
-/// lock inside PostgreSQL while the current one commits: the lock passes on without a client
-/// round trip in between.
-async fn run(first: Appender, mut queue: mpsc::Receiver<Job>) {
-    let (free, mut freed) = mpsc::channel::<Appender>(IN_FLIGHT);
-    let spares: Vec<Appender> = (1..IN_FLIGHT).map(|_| first.spare()).collect();
-    for appender in std::iter::once(first).chain(spares) {
-        let _ = free.try_send(appender);
-    }
-    while let Some(mut appender) = freed.recv().await {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            break;
-        }
-        let free = free.clone();
-        tokio::spawn(async move {
-            let answers = appender.commit(&batch).await;
-            for (job, answer) in batch.into_iter().zip(answers) {
-                let _ = job.reply.send(answer);
-            }
-            let _ = free.send(appender).await;
-        });
-    }
-    tracing::debug!("event store appender stopped");
 }
 
 type Step<'a> = Pin<Box<dyn Future<Output = Result<Option<Row>, tokio_postgres::Error>> + Send + 'a>>;

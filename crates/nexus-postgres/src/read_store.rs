@@ -188,6 +188,35 @@ impl ReadStore for PostgresReadStore {
         Ok(Page { items, total: unsigned(total, "count")? })
     }
 
+    async fn clear(&self, resource: &str, projection: &str) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_unavailable)?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        tx.execute("DELETE FROM documents WHERE resource = $1", &[&resource]).await.map_err(unavailable)?;
+        tx.execute("DELETE FROM checkpoints WHERE projection = $1", &[&projection])
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn swap(&self, live: &str, shadow: &str) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_unavailable)?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        tx.execute("DELETE FROM documents WHERE resource = $1", &[&live]).await.map_err(unavailable)?;
+        tx.execute("UPDATE documents SET resource = $1 WHERE resource = $2", &[&live, &shadow])
+            .await
+            .map_err(unavailable)?;
+        // The one place a checkpoint moves back: the rebuilt model comes with its own.
+        tx.execute(
+            "INSERT INTO checkpoints (projection, position) SELECT $1, position FROM checkpoints WHERE projection = $2 \
+             ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+            &[&live, &shadow],
+        )
+        .await
+        .map_err(unavailable)?;
+        tx.execute("DELETE FROM checkpoints WHERE projection = $1", &[&shadow]).await.map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
     async fn search(&self, resource: &str, query: &SearchQuery) -> Result<SearchResults, StoreError> {
         let (mut clause, mut values) = where_clause(resource, &query.filters)?;
         let order = if query.text.split_whitespace().next().is_none() {

@@ -21,7 +21,7 @@ mod upcasting;
 
 pub use commands::{CommandBus, CommandError, CommandRequest, SnapshotPolicy};
 pub use notify::{Notifier, ProjectionUpdate};
-pub use projections::{ProjectionRunner, ProjectionStatus};
+pub use projections::{ProjectionRunner, ProjectionStatus, RebuildProgress};
 pub use sagas::{
     ProcessManagerRunner, SagaCoordinator, SagaError, SagaSettings, SagaView, Started, with_sagas,
 };

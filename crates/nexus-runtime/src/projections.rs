@@ -1,7 +1,7 @@
 //! The projection runner: change feed → read model, exactly once in effect.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,9 +16,44 @@ use crate::notify::{Notifier, ProjectionUpdate};
 pub struct ProjectionStatus {
     checkpoint: AtomicU64,
     last_error: Mutex<Option<String>>,
+    rebuild_requested: AtomicBool,
+    rebuilding: AtomicBool,
+    rebuild_position: AtomicU64,
+    rebuild_target: AtomicU64,
+    rebuilds_completed: AtomicU64,
+    /// Wakes the runner when it waits for events, so a rebuild request starts at once.
+    wake: tokio::sync::Notify,
+}
+
+/// Where a rebuild stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuildProgress {
+    pub position: u64,
+    pub target: u64,
 }
 
 impl ProjectionStatus {
+    /// Asks the runner to rebuild the read model from the first event, beside the live one.
+    pub fn request_rebuild(&self) {
+        self.rebuild_requested.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// How many rebuilds were swapped in since the process started.
+    pub fn rebuilds_completed(&self) -> u64 {
+        self.rebuilds_completed.load(Ordering::Acquire)
+    }
+
+    /// `Some` while a rebuild is requested or running.
+    pub fn rebuild(&self) -> Option<RebuildProgress> {
+        let active =
+            self.rebuilding.load(Ordering::Acquire) || self.rebuild_requested.load(Ordering::Acquire);
+        active.then(|| RebuildProgress {
+            position: self.rebuild_position.load(Ordering::Acquire),
+            target: self.rebuild_target.load(Ordering::Acquire),
+        })
+    }
+
     pub fn checkpoint(&self) -> u64 {
         self.checkpoint.load(Ordering::Acquire)
     }
@@ -69,7 +104,10 @@ impl ProjectionRunner {
         while !*shutdown.borrow() {
             let step = match checkpoint {
                 None => self.read.checkpoint(name).await.map(Some).map_err(|e| e.to_string()),
-                Some(position) => self.step(position).await,
+                Some(_) if self.status.rebuild_requested.swap(false, Ordering::AcqRel) => {
+                    self.rebuild(&shutdown).await
+                }
+                Some(position) => self.step(name, position, true).await,
             };
             match step {
                 Ok(Some(position)) => {
@@ -82,6 +120,7 @@ impl ProjectionRunner {
                     let position = checkpoint.unwrap_or(0);
                     tokio::select! {
                         _ = self.events.wait_past(position, Duration::from_secs(1)) => {}
+                        _ = self.status.wake.notified() => {}
                         _ = shutdown.changed() => {}
                     }
                 }
@@ -99,9 +138,53 @@ impl ProjectionRunner {
         tracing::debug!(projection = name, "projection stopped");
     }
 
-    /// Applies the next batch after `checkpoint`; `None` when there is nothing new.
-    async fn step(&self, checkpoint: u64) -> Result<Option<u64>, String> {
+    /// Rebuilds the read model from the first event into a shadow resource beside the live one
+    /// (which keeps answering queries), then swaps it in atomically. Returns the new checkpoint;
+    /// `None` when stopped before finishing (the live model is untouched).
+    async fn rebuild(&self, shutdown: &watch::Receiver<bool>) -> Result<Option<u64>, String> {
         let name = self.projection.name();
+        let shadow = format!("{name}~rebuild");
+        let started = std::time::Instant::now();
+        self.status.rebuilding.store(true, Ordering::Release);
+        self.status.rebuild_position.store(0, Ordering::Release);
+        let outcome = async {
+            self.read.clear(&shadow, &shadow).await.map_err(|e| e.to_string())?;
+            let mut position = 0;
+            loop {
+                if *shutdown.borrow() {
+                    return Ok(None);
+                }
+                let head = self.events.head().await.map_err(|e| e.to_string())?;
+                self.status.rebuild_target.store(head, Ordering::Release);
+                match self.step(&shadow, position, false).await? {
+                    Some(next) => {
+                        position = next;
+                        self.status.rebuild_position.store(next, Ordering::Release);
+                    }
+                    None => break,
+                }
+            }
+            self.read.swap(name, &shadow).await.map_err(|e| e.to_string())?;
+            self.status.rebuilds_completed.fetch_add(1, Ordering::AcqRel);
+            let seconds = started.elapsed().as_secs_f64();
+            tracing::info!(
+                projection = name,
+                events = position,
+                seconds,
+                rate = position as f64 / seconds.max(1e-9),
+                "projection rebuilt and swapped in"
+            );
+            Ok(Some(position))
+        }
+        .await;
+        self.status.rebuilding.store(false, Ordering::Release);
+        outcome
+    }
+
+    /// Applies the next batch after `checkpoint` to `target` (the live resource, or a rebuild's
+    /// shadow) and commits `target`'s checkpoint with it; `None` when there is nothing new.
+    async fn step(&self, target: &str, checkpoint: u64, notify: bool) -> Result<Option<u64>, String> {
+        let name = target;
         let batch = self.events.read_all(checkpoint, self.batch_size).await.map_err(|e| e.to_string())?;
         let Some(last) = batch.last() else { return Ok(None) };
         let last_position = last.position;
@@ -142,14 +225,17 @@ impl ProjectionRunner {
             docs.into_values().filter(|d| changed.contains(d.id.as_str())).collect();
         self.read.commit(name, name, touched, last_position).await.map_err(|e| e.to_string())?;
 
-        if let Ok(at) = DateTime::parse_from_rfc3339(&last.timestamp) {
+        if notify && let Ok(at) = DateTime::parse_from_rfc3339(&last.timestamp) {
             let lag = (Utc::now() - at.to_utc()).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
-            metrics::histogram!("nexus_projection_lag_seconds", "projection" => name).record(lag);
+            metrics::histogram!("nexus_projection_lag_seconds", "projection" => self.projection.name())
+                .record(lag);
         }
-        metrics::counter!("nexus_projection_events_total", "projection" => name)
+        metrics::counter!("nexus_projection_events_total", "projection" => self.projection.name())
             .increment(updates.len() as u64);
-        for update in updates {
-            self.notifier.publish(update);
+        if notify {
+            for update in updates {
+                self.notifier.publish(update);
+            }
         }
         Ok(Some(last_position))
     }

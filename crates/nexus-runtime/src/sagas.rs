@@ -202,13 +202,11 @@ impl SagaCoordinator {
             if let Some(compensation) = &step.compensating_command {
                 self.check_command(&format!("steps[{i}].compensatingCommand"), compensation, &mut errors);
             }
-            if let Some(timeout) = step.timeout_ms {
-                if !(1..=MAX_STEP_TIMEOUT_MS).contains(&timeout) {
-                    errors.push(FieldError::new(
-                        format!("steps[{i}].timeoutMs"),
-                        format!("must be from 1 to {MAX_STEP_TIMEOUT_MS}"),
-                    ));
-                }
+            if step.timeout_ms.is_some_and(|timeout| !(1..=MAX_STEP_TIMEOUT_MS).contains(&timeout)) {
+                errors.push(FieldError::new(
+                    format!("steps[{i}].timeoutMs"),
+                    format!("must be from 1 to {MAX_STEP_TIMEOUT_MS}"),
+                ));
             }
         }
         errors

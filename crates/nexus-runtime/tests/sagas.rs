@@ -143,10 +143,9 @@ impl Harness {
     async fn wait_for_end(&self, saga_id: &str) -> SagaView {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(view) = saga_view(self.store.as_ref(), saga_id).await.unwrap() {
-                if view.status.is_terminal() {
-                    return view;
-                }
+            let view = saga_view(self.store.as_ref(), saga_id).await.unwrap();
+            if let Some(view) = view.filter(|v| v.status.is_terminal()) {
+                return view;
             }
             assert!(Instant::now() < deadline, "saga {saga_id} did not end");
             tokio::time::sleep(Duration::from_millis(10)).await;

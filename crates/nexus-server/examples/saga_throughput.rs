@@ -67,12 +67,15 @@ async fn main() {
         let _ = stopped.await;
     }));
     let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build().unwrap();
-    let post = |path: String, body: Value| {
-        let http = http.clone();
-        let url = format!("{base}{path}");
-        async move {
-            let response = http.post(url).json(&body).send().await.expect("POST");
-            assert_eq!(response.status().as_u16(), 202, "{}", response.text().await.unwrap());
+    let post = {
+        let (http, base) = (http.clone(), base.clone());
+        move |path: String, body: Value| {
+            let http = http.clone();
+            let url = format!("{base}{path}");
+            async move {
+                let response = http.post(url).json(&body).send().await.expect("POST");
+                assert_eq!(response.status().as_u16(), 202, "{}", response.text().await.unwrap());
+            }
         }
     };
     for i in 0..PRODUCTS {

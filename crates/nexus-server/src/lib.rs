@@ -115,6 +115,13 @@ pub async fn run(
     // Sagas are served by every server: their event types and the `sagas` read model join the
     // domain before anything (policies, schema registry, projections) looks at it.
     let domain = nexus_runtime::with_sagas(domain);
+    if config.sagas.order_fulfillment
+        && !domain.process_managers().iter().any(|m| m.name() == "order-fulfillment")
+    {
+        return Err(ServeError::Domain(
+            "[sagas] order-fulfillment is on, but the domain has no order-fulfillment process manager".into(),
+        ));
+    }
     // Born governed: a configuration that breaks an architecture rule never serves a request.
     check_policies(&service_graph(&config, &domain))?;
     let Backends { events, snapshots, read, schemas } = open_backends(&config).await?;

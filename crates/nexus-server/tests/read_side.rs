@@ -102,3 +102,74 @@ async fn search_ranks_filters_counts_facets_and_pages() {
     server.get("/api/queries/nothing/search?q=x").await.assert_error(404, "NOT_FOUND");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_swaps_in_while_queries_keep_answering() {
+    let server = TestServer::start().await;
+    let mut last = (String::new(), 0);
+    for n in 0..150 {
+        let body = json!({"customerId": format!("c-{}", n % 7), "items": [{"productId": format!("p-{n}"), "quantity": 1 + n % 4, "unitPrice": 3}]});
+        let placed = server.accepted("PlaceOrder", body).await;
+        if n % 3 == 0 {
+            let id = placed["aggregateId"].as_str().unwrap().to_owned();
+            server.accepted("CancelOrder", json!({"aggregateId": id, "reason": "test"})).await;
+            last = (id, 2);
+        }
+    }
+    server.document_at("orders", &last.0, last.1).await;
+    let before = server.get("/api/queries/orders?limit=1000&sort=id:asc").await;
+    assert_eq!(before.body["total"], 150);
+    let search_before = server.get("/api/queries/orders/search?q=p-42").await.body["results"].clone();
+
+    // Readers hammer the live model during the whole rebuild.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, base, stop) = (server.http.clone(), server.base.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for path in
+                        ["/api/queries/orders?limit=5&status=CANCELLED", "/api/queries/orders/search?q=p-7"]
+                    {
+                        let response = http.get(format!("{base}{path}")).send().await.unwrap();
+                        if response.status().is_success() {
+                            ok += 1
+                        } else {
+                            failed.push(response.status().as_u16())
+                        }
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let started = server.http.post(server.url("/api/admin/projections/orders/rebuild")).send().await.unwrap();
+    assert_eq!(started.status().as_u16(), 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = server.get("/api/admin/projections").await;
+        let orders =
+            status.body["items"].as_array().unwrap().iter().find(|p| p["name"] == "orders").unwrap().clone();
+        if orders["state"] == "RUNNING" && orders["rebuildsCompleted"] == 1 {
+            assert_eq!(orders["lag"], 0, "{orders}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the rebuild did not finish: {orders}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        let (ok, failed) = reader.await.unwrap();
+        assert!(failed.is_empty(), "queries failed during the rebuild: {failed:?}");
+        assert!(ok > 0);
+    }
+    let after = server.get("/api/queries/orders?limit=1000&sort=id:asc").await;
+    assert_eq!(after.body, before.body, "the rebuilt model is identical");
+    assert_eq!(server.get("/api/queries/orders/search?q=p-42").await.body["results"], search_before);
+    server.get("/api/admin/projections/nothing/rebuild").await.assert_error(405, "METHOD_NOT_ALLOWED");
+    let missing =
+        server.http.post(server.url("/api/admin/projections/nothing/rebuild")).send().await.unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    server.stop().await;
+}

@@ -23,9 +23,10 @@ pub const STORE_OPERATIONS: &[(&str, &[&str])] = &[
     ("events", &["INSERT", "SELECT"]),
     ("commands", &["INSERT", "SELECT"]),
     ("snapshots", &["INSERT", "SELECT"]),
-    ("documents", &["INSERT", "UPDATE", "SELECT"]),
-    ("checkpoints", &["INSERT", "UPDATE", "SELECT"]),
-    ("search_keys", &["INSERT", "UPDATE", "SELECT"]),
+    // DELETE: a projection rebuild clears its shadow and swaps it in for the live model.
+    ("documents", &["INSERT", "UPDATE", "DELETE", "SELECT"]),
+    ("checkpoints", &["INSERT", "UPDATE", "DELETE", "SELECT"]),
+    ("search_keys", &["INSERT", "UPDATE", "DELETE", "SELECT"]),
     // INSERT OR REPLACE: a document's index entry is replaced when the document changes.
     ("search_index", &["INSERT", "DELETE", "SELECT"]),
     ("schemas", &["INSERT", "SELECT"]),

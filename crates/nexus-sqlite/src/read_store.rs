@@ -65,6 +65,24 @@ impl SqliteReadStore {
     }
 }
 
+impl SqliteReadStore {
+    /// Runs `f` in one write transaction on the blocking pool.
+    async fn write<F>(&self, f: F) -> Result<(), StoreError>
+    where
+        F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()> + Send + 'static,
+    {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().expect("read store writer poisoned");
+            let tx = conn.transaction().map_err(unavailable)?;
+            f(&tx).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(Box::new(e)))?
+    }
+}
+
 fn parse_doc(text: &str) -> Result<ReadDocument, StoreError> {
     serde_json::from_str(text).map_err(|e| corrupt("read-model document", e))
 }
@@ -270,6 +288,45 @@ impl ReadStore for SqliteReadStore {
                 Ok(Page { items, total })
             })
             .await
+    }
+
+    async fn clear(&self, resource: &str, projection: &str) -> Result<(), StoreError> {
+        let (resource, projection) = (resource.to_owned(), projection.to_owned());
+        self.write(move |tx| {
+            tx.execute(
+                "DELETE FROM search_index WHERE rowid IN (SELECT docid FROM search_keys WHERE resource = ?1)",
+                [&resource],
+            )?;
+            tx.execute("DELETE FROM search_keys WHERE resource = ?1", [&resource])?;
+            tx.execute("DELETE FROM documents WHERE resource = ?1", [&resource])?;
+            tx.execute("DELETE FROM checkpoints WHERE projection = ?1", [&projection])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn swap(&self, live: &str, shadow: &str) -> Result<(), StoreError> {
+        let (live, shadow) = (live.to_owned(), shadow.to_owned());
+        self.write(move |tx| {
+            tx.execute(
+                "DELETE FROM search_index WHERE rowid IN (SELECT docid FROM search_keys WHERE resource = ?1)",
+                [&live],
+            )?;
+            tx.execute("DELETE FROM search_keys WHERE resource = ?1", [&live])?;
+            tx.execute("DELETE FROM documents WHERE resource = ?1", [&live])?;
+            tx.execute("UPDATE documents SET resource = ?1 WHERE resource = ?2", [&live, &shadow])?;
+            tx.execute("UPDATE search_keys SET resource = ?1 WHERE resource = ?2", [&live, &shadow])?;
+            // The one place a checkpoint moves back: the rebuilt model comes with its own.
+            tx.execute(
+                "INSERT INTO checkpoints (projection, position) \
+                 SELECT ?1, position FROM checkpoints WHERE projection = ?2 \
+                 ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+                [&live, &shadow],
+            )?;
+            tx.execute("DELETE FROM checkpoints WHERE projection = ?1", [&shadow])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn search(&self, resource: &str, query: &SearchQuery) -> Result<SearchResults, StoreError> {

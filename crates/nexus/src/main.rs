@@ -37,6 +37,21 @@ enum Command {
     Policy(PolicyCommand),
     /// Work with a running server's schema registry.
     Schema(SchemaArgs),
+    /// Manage a running server's projections.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// Rebuild NAME from the first event beside the live read model, then swap it in; shows
+    /// progress until done.
+    Rebuild {
+        name: String,
+        /// Base URL of the server (its query role).
+        #[arg(long, env = "NEXUS_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -123,6 +138,9 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Graph(args) => graph(args),
         Command::Schema(args) => runtime.block_on(schema(args)),
+        Command::Projections(ProjectionsCommand::Rebuild { name, url }) => {
+            runtime.block_on(rebuild(&name, &url))
+        }
         Command::Policy(PolicyCommand::Test { dir }) => policy_test(&dir),
         Command::Policy(PolicyCommand::Check { input, policies }) => {
             policy_check(&input, policies.as_deref())
@@ -216,6 +234,55 @@ async fn schema(args: SchemaArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn rebuild(name: &str, url: &str) -> anyhow::Result<()> {
+    let base = url.trim_end_matches('/');
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{base}/api/admin/projections/{name}/rebuild"))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base} (is `nexus serve` running? see --url)"))?;
+    if !response.status().is_success() {
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        anyhow::bail!("{}", body["message"].as_str().unwrap_or("the rebuild was refused"));
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("rebuilding {name}"));
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let projections: serde_json::Value =
+            client.get(format!("{base}/api/admin/projections")).send().await?.json().await?;
+        let Some(status) = projections["items"].as_array().into_iter().flatten().find(|p| p["name"] == name)
+        else {
+            anyhow::bail!("projection {name} disappeared");
+        };
+        match status["rebuild"].as_object() {
+            Some(progress) => {
+                bar.set_length(progress["target"].as_u64().unwrap_or(0));
+                bar.set_position(progress["position"].as_u64().unwrap_or(0));
+            }
+            None => {
+                bar.finish_and_clear();
+                let checkpoint = status["checkpoint"].as_u64().unwrap_or(0);
+                println!(
+                    "rebuilt {name}: {checkpoint} events in {:.1} s, swapped in; state {}",
+                    started.elapsed().as_secs_f64(),
+                    status["state"].as_str().unwrap_or("?")
+                );
+                return Ok(());
+            }
+        }
+    }
 }
 
 fn policy_test(dir: &std::path::Path) -> anyhow::Result<()> {

@@ -333,7 +333,7 @@ impl Saga {
                 None => Action::Complete,
             };
         };
-        let failed = failed_step_applied.then(|| failure.step_id.as_str());
+        let failed = failed_step_applied.then_some(failure.step_id.as_str());
         let to_compensate =
             failed.into_iter().chain(self.view.completed_steps.iter().rev().map(String::as_str));
         for step_id in to_compensate {

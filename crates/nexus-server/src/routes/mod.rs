@@ -62,6 +62,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         endpoint(Query, "GET", "/api/queries/{resource}/{id}", None, get(queries::get)),
         endpoint(Query, "GET", "/api/subscriptions", None, get(ws::upgrade)),
         endpoint(Query, "GET", "/api/admin/projections", None, get(ops::projections)),
+        endpoint(Query, "POST", "/api/admin/projections/{name}/rebuild", None, post(ops::rebuild)),
         endpoint(Command, "POST", "/api/sagas", None, post(sagas::start)),
         endpoint(Query, "GET", "/api/sagas/{saga_id}/status", None, get(sagas::status)),
         endpoint(Query, "GET", "/api/admin/sagas", Some(List), get(sagas::list)),

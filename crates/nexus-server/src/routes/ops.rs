@@ -33,13 +33,21 @@ pub(crate) async fn projections(State(state): State<AppState>) -> Result<Json<Va
         .map(|(name, status)| {
             let checkpoint = status.checkpoint();
             let error = status.last_error();
+            let rebuild = status.rebuild();
+            let state = match (&rebuild, &error) {
+                (Some(_), _) => "REBUILDING",
+                (None, Some(_)) => "STALLED",
+                (None, None) => "RUNNING",
+            };
             json!({
                 "name": name,
                 "checkpoint": checkpoint,
                 "head": head,
                 "lag": head.saturating_sub(checkpoint),
-                "state": if error.is_some() { "STALLED" } else { "RUNNING" },
+                "state": state,
                 "lastError": error,
+                "rebuild": rebuild.map(|r| json!({"position": r.position, "target": r.target})),
+                "rebuildsCompleted": status.rebuilds_completed(),
             })
         })
         .collect();
@@ -48,4 +56,17 @@ pub(crate) async fn projections(State(state): State<AppState>) -> Result<Json<Va
             .set(head.saturating_sub(status.checkpoint()) as f64);
     }
     Ok(Json(json!({"items": items})))
+}
+
+/// `POST /api/admin/projections/{name}/rebuild`: replays the projection from the first event
+/// beside the live read model, which keeps answering, then swaps the new one in.
+pub(crate) async fn rebuild(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    let Some((name, status)) = state.projections.iter().find(|(n, _)| *n == name) else {
+        return Err(ApiError::NotFound(format!("no projection '{name}'")));
+    };
+    status.request_rebuild();
+    Ok((axum::http::StatusCode::ACCEPTED, Json(json!({"name": name, "state": "REBUILDING"}))))
 }
