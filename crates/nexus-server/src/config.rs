@@ -136,6 +136,10 @@ pub struct Limits {
     pub max_page_size: usize,
     /// How far back a temporal query may reach (contract: 90 days).
     pub temporal_max_days: u64,
+    /// WebSocket connections one client may hold open (contract: 1000).
+    pub ws_connections_per_client: u32,
+    /// Notifications per second pushed to one client over all its connections (contract: 100).
+    pub ws_notifications_per_second: u32,
 }
 
 /// The TOML file's shape: every key optional, unknown keys refused (a typo must not be silently
@@ -199,6 +203,8 @@ struct FileLimits {
     default_page_size: Option<usize>,
     max_page_size: Option<usize>,
     temporal_max_days: Option<u64>,
+    ws_connections_per_client: Option<u32>,
+    ws_notifications_per_second: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +263,8 @@ impl Config {
                 default_page_size: parsed.limits.default_page_size.unwrap_or(50),
                 max_page_size: parsed.limits.max_page_size.unwrap_or(1000),
                 temporal_max_days: parsed.limits.temporal_max_days.unwrap_or(90),
+                ws_connections_per_client: parsed.limits.ws_connections_per_client.unwrap_or(1000),
+                ws_notifications_per_second: parsed.limits.ws_notifications_per_second.unwrap_or(100),
             },
             projection_batch_size: parsed.projection_batch_size.unwrap_or(1000),
             aggregate_cache_capacity: parsed.aggregate_cache_capacity.unwrap_or(100_000),

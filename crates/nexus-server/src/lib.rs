@@ -73,6 +73,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: PrometheusHandle,
     pub(crate) rate_limits: rate_limit::RateLimits,
     pub(crate) registry: Arc<Registry>,
+    pub(crate) subscriptions: Arc<ws::Subscriptions>,
 }
 
 impl std::ops::Deref for AppState {
@@ -193,6 +194,10 @@ pub async fn run(
         metrics: metrics_handle(),
         rate_limits: rate_limit::RateLimits::new(&config.rate_limits),
         registry,
+        subscriptions: ws::Subscriptions::new(
+            config.limits.ws_connections_per_client,
+            config.limits.ws_notifications_per_second,
+        ),
     }));
     let sweep = config.role.runs(Role::Command).then(|| tokio::spawn(snapshot_sweep(state.clone())));
     let upkeep = tokio::spawn({
@@ -204,6 +209,7 @@ pub async fn run(
                 tick.tick().await;
                 handle.run_upkeep();
                 upkeep_state.rate_limits.retain_recent();
+                upkeep_state.subscriptions.retain_recent();
             }
         }
     });

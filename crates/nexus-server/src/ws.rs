@@ -4,19 +4,82 @@
 //! broadcast; a slow connection lags (and is told how many it missed), it never slows the
 //! projection or other clients.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::IntoResponse;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::AppState;
+use crate::error::ApiError;
 
-pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| serve(socket, state))
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let client = peer.ip();
+    let Some(slot) = state.subscriptions.connect(client) else {
+        let limit = state.config.limits.ws_connections_per_client;
+        return ApiError::RateLimited { limit, retry_after: 1 }.into_response();
+    };
+    ws.on_upgrade(move |socket| serve(socket, state, client, slot))
+}
+
+/// Per-client WebSocket limits (contract §5): connections open, and notifications per second
+/// across all of a client's connections.
+pub(crate) struct Subscriptions {
+    connections: std::sync::Mutex<HashMap<IpAddr, u32>>,
+    max_connections: u32,
+    notifications: governor::DefaultKeyedRateLimiter<IpAddr>,
+}
+
+/// Holds one of a client's connection slots; gives it back when the connection ends.
+pub(crate) struct Slot {
+    subscriptions: std::sync::Arc<Subscriptions>,
+    client: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut connections = self.subscriptions.connections.lock().expect("connection table poisoned");
+        if let Some(count) = connections.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                connections.remove(&self.client);
+            }
+        }
+    }
+}
+
+impl Subscriptions {
+    pub(crate) fn new(max_connections: u32, notifications_per_second: u32) -> std::sync::Arc<Self> {
+        let rate = std::num::NonZeroU32::new(notifications_per_second.max(1)).expect("at least 1");
+        std::sync::Arc::new(Self {
+            connections: std::sync::Mutex::new(HashMap::new()),
+            max_connections,
+            notifications: governor::RateLimiter::keyed(governor::Quota::per_second(rate)),
+        })
+    }
+
+    fn connect(self: &std::sync::Arc<Self>, client: IpAddr) -> Option<Slot> {
+        let mut connections = self.connections.lock().expect("connection table poisoned");
+        let count = connections.entry(client).or_insert(0);
+        if *count >= self.max_connections {
+            return None;
+        }
+        *count += 1;
+        Some(Slot { subscriptions: self.clone(), client })
+    }
+
+    pub(crate) fn retain_recent(&self) {
+        self.notifications.retain_recent();
+    }
 }
 
 #[derive(Deserialize)]
@@ -28,10 +91,14 @@ enum ClientMessage {
     Unsubscribe { aggregate_ids: Vec<String> },
 }
 
-async fn serve(mut socket: WebSocket, state: AppState) {
+async fn serve(mut socket: WebSocket, state: AppState, client: IpAddr, _slot: Slot) {
     let mut updates = state.notifier.subscribe();
     let mut shutdown = state.shutdown.clone();
     let mut subscribed: HashSet<String> = HashSet::new();
+    // Notifications over the client's rate are dropped and counted; the count is reported as
+    // soon as sending is allowed again (at the latest a second later).
+    let mut dropped: u64 = 0;
+    let mut report = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         let outgoing = tokio::select! {
             incoming = socket.recv() => match incoming {
@@ -39,15 +106,29 @@ async fn serve(mut socket: WebSocket, state: AppState) {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => continue, // pings are answered by the protocol layer
             },
+            _ = report.tick(), if dropped > 0 => {
+                if state.subscriptions.notifications.check_key(&client).is_err() {
+                    continue;
+                }
+                json!({"type": "lagged", "missed": std::mem::take(&mut dropped),
+                       "message": "notifications over 100/s were dropped; re-read the documents you follow"})
+            },
             update = updates.recv() => match update {
-                Ok(update) if subscribed.contains(&update.aggregate_id) => json!({
+                Ok(update) if subscribed.contains(&update.aggregate_id) => {
+                    if state.subscriptions.notifications.check_key(&client).is_err() {
+                        dropped += 1;
+                        metrics::counter!("nexus_ws_notifications_dropped_total").increment(1);
+                        continue;
+                    }
+                    json!({
                     "type": "projection_updated",
                     "resourceType": update.resource,
                     "aggregateId": update.aggregate_id,
                     "version": update.version,
                     "eventId": update.event_id,
                     "timestamp": update.timestamp,
-                }),
+                    })
+                }
                 Ok(_) => continue,
                 Err(RecvError::Lagged(missed)) => json!({
                     "type": "lagged",

@@ -130,6 +130,20 @@ impl TestServer {
             .expect("WebSocket connect");
         Ws { stream }
     }
+
+    /// A WebSocket from another loopback address: another client, as far as per-client limits go.
+    pub async fn websocket_from(&self, local: &str) -> Ws {
+        let url = format!("{}/api/subscriptions", self.base.replacen("http://", "ws://", 1));
+        let addr: std::net::SocketAddr =
+            self.base.trim_start_matches("http://").parse().expect("server address");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(format!("{local}:0").parse().expect("local address")).expect("bind");
+        let tcp = socket.connect(addr).await.expect("connect");
+        let (stream, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+            .await
+            .expect("WebSocket handshake");
+        Ws { stream }
+    }
 }
 
 impl Drop for TestServer {
