@@ -5,6 +5,7 @@
 //! - [`PostgresEventStore`]: the `events` log and the `commands` idempotency records.
 //! - [`PostgresReadStore`]: read-model `documents` and projection `checkpoints`, written together.
 //! - [`PostgresSnapshotStore`]: aggregate `snapshots`, beside the events the time sweep reads.
+//! - [`PostgresSchemaStore`]: the schema registry's subjects, versions and settings.
 //!
 //! [`PostgresBackend::connect`] builds one connection pool for all three, and applies the
 //! versioned migrations (recorded in `nexus_migrations`) in one transaction under a
@@ -34,8 +35,24 @@
 //! process commits every queued append in one transaction under the lock (~12,200 events/s at one
 //! event per append, ~76,800 at ten, nothing lost).
 //!
-//! What it does not do: no TLS (the database is on a trusted network or a local socket), and no
-//! full-text search yet.
+//! # How an append commits
+//!
+//! `append` encodes its JSON on the caller's task and queues the append. The appender (one task
+//! and one connection per process) takes everything queued, up to 1,024 appends, and sends
+//! `BEGIN`, the lock, one `nexus_append(…)` call per append, the `pg_notify` and `COMMIT` in one
+//! flush: one round trip and one synced commit for the whole batch. `nexus_append` (migration 1)
+//! checks the command id, the expected version and the event ids before it writes, so a refusal
+//! (`Duplicate`, `WrongExpectedVersion`, a taken event id) is an answer, not an error, and needs
+//! no savepoint. If an append still raises an error (say, a payload JSONB refuses), the batch
+//! rolls back and is redone one append at a time, each in a savepoint: the bad one is refused
+//! alone (`InvalidRequest`), its batch-mates commit. A broken connection fails the batch with
+//! `Unavailable` (outcome unknown; a retry with the same command id is answered as a duplicate).
+//!
+//! `wait_past` is woken by `LISTEN nexus_events` on a connection of its own (reconnected in the
+//! background), by this process's own commits, and, while someone waits, by reading the head at
+//! most every 250 ms, so a lost notification only delays a waiter.
+//!
+//! What it does not do: no TLS (the database is on a trusted network or a local socket).
 
 mod event_store;
 mod migrations;

@@ -1,0 +1,159 @@
+//! The read side at scale, through the real ports: the orders projection rebuilt from N events,
+//! then full-text search with facets over the N resulting documents, and temporal reads of a
+//! 10,000-event aggregate.
+//!
+//! `cargo run --release -p nexus-runtime --example read_side_scale -- [sqlite|postgres] [N]`
+//! (PostgreSQL from `NEXUS_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`,
+//! in a fresh schema dropped at the end).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nexus_core::ports::{AppendRequest, NewEvent};
+use nexus_core::{EventMetadata, EventStore, ReadStore, SearchQuery};
+use nexus_runtime::{Notifier, ProjectionRunner};
+use serde_json::json;
+
+const WORDS: [&str; 12] = [
+    "widget", "gadget", "gizmo", "sprocket", "lever", "bolt", "crate", "valve", "pulley", "gear", "cog",
+    "spring",
+];
+
+fn percentile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1]
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let backend = args.next().unwrap_or_else(|| "sqlite".into());
+    let total: u64 = args.next().map(|n| n.parse().expect("N")).unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!("scale_{}", std::process::id());
+    let (events, read): (Arc<dyn EventStore>, Arc<dyn ReadStore>) = match backend.as_str() {
+        "sqlite" => (
+            Arc::new(nexus_sqlite::SqliteEventStore::open(dir.path()).unwrap()),
+            Arc::new(nexus_sqlite::SqliteReadStore::open(dir.path()).unwrap()),
+        ),
+        "postgres" => {
+            let url = std::env::var("NEXUS_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let backend = nexus_postgres::PostgresBackend::connect(&url, &schema).await.unwrap();
+            (backend.event_store(), backend.read_store())
+        }
+        other => panic!("unknown backend {other}"),
+    };
+    println!("backend {backend}, {total} orders");
+
+    // N OrderPlaced events, one per order, appended 1,000 per transaction by 4 writers.
+    let started = Instant::now();
+    let per_writer = total / 4;
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let events = events.clone();
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while n < per_writer {
+                let mut requests = Vec::new();
+                for _ in 0..1000.min(per_writer - n) {
+                    let id = w * per_writer + n;
+                    n += 1;
+                    let word = WORDS[(id % 12) as usize];
+                    let payload = json!({"customerId": format!("customer-{}", id % 5000),
+                        "items": [{"productId": format!("{word}-{}", id % 97), "quantity": 1 + id % 5, "unitPrice": 10.0}],
+                        "total": (10 * (1 + id % 5)) as f64});
+                    let events = events.clone();
+                    let request = AppendRequest {
+                        aggregate_id: format!("order-{id}"),
+                        aggregate_type: "Order".into(),
+                        expected_version: 0,
+                        events: vec![NewEvent {
+                            event_id: format!("e-{id}"),
+                            event_type: "OrderPlaced".into(),
+                            timestamp: "2026-11-01T00:00:00.000Z".into(),
+                            payload,
+                            metadata: EventMetadata { schema_version: "1".into(), ..EventMetadata::default() },
+                        }],
+                        command: None,
+                    };
+                    // Concurrent appends: the store's group commit puts them in few transactions.
+                    requests.push(tokio::spawn(async move { events.append(request).await }));
+                }
+                for request in requests {
+                    request.await.unwrap().unwrap();
+                }
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let appended = started.elapsed().as_secs_f64();
+    println!("appended {total} events in {appended:.1} s ({:.0} events/s)", total as f64 / appended);
+
+    // The orders projection from position 0 to the head: the same work a rebuild does.
+    let projection = nexus_domain::domain().projection_named("orders").unwrap().clone();
+    let runner = ProjectionRunner::new(projection, events.clone(), read.clone(), Notifier::new(16), 5000);
+    let status = runner.status();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let task = tokio::spawn(runner.run(stopped));
+    let head = events.head().await.unwrap();
+    while status.checkpoint() < head {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let projected = started.elapsed().as_secs_f64();
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    println!(
+        "projected {head} events into {total} documents in {projected:.1} s ({:.0} events/s)",
+        head as f64 / projected
+    );
+
+    // Search: one word, two words, a word with a filter; facets on status and tags.
+    let mut latencies = Vec::new();
+    for n in 0..300 {
+        let word = WORDS[n % 12];
+        let (text, filters) = match n % 3 {
+            0 => (word.to_owned(), vec![]),
+            1 => (format!("{word} {}-{}", word, n % 97), vec![]),
+            _ => (
+                word.to_owned(),
+                vec![nexus_core::ports::Filter {
+                    field: "customerId".into(),
+                    value: format!("customer-{}", n * 7 % 5000),
+                }],
+            ),
+        };
+        let query =
+            SearchQuery { text, filters, facets: vec!["status".into(), "tags".into()], limit: 20, offset: 0 };
+        let started = Instant::now();
+        let results = read.search("orders", &query).await.unwrap();
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert!(n % 3 == 2 || results.total > 0);
+    }
+    println!(
+        "search over {total} documents (300 queries, facets status+tags): p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&mut latencies, 0.5),
+        percentile(&mut latencies, 0.99)
+    );
+    let mut no_facets = Vec::new();
+    for n in 0..300 {
+        let query = SearchQuery {
+            text: format!("{} {}-{}", WORDS[n % 12], WORDS[n % 12], n % 97),
+            filters: vec![],
+            facets: vec![],
+            limit: 20,
+            offset: 0,
+        };
+        let started = Instant::now();
+        read.search("orders", &query).await.unwrap();
+        no_facets.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!(
+        "search, two words, no facets: p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&mut no_facets, 0.5),
+        percentile(&mut no_facets, 0.99)
+    );
+}
