@@ -40,7 +40,10 @@
 //! `append` encodes its JSON on the caller's task and queues the append. The appender (one task
 //! and one connection per process) takes everything queued, up to 1,024 appends, and sends
 //! `BEGIN`, the lock, one `nexus_append(…)` call per append, the `pg_notify` and `COMMIT` in one
-//! flush: one round trip and one synced commit for the whole batch. `nexus_append` (migration 1)
+//! flush: one round trip and one synced commit for the whole batch. After answering a batch it
+//! yields to the callers it woke, so those that append again at once join the next batch instead
+//! of waiting a commit longer (measured: batches of 32 instead of 16 with 32 writers, ~40 % more
+//! appends/s and a lower p50). `nexus_append` (migration 1)
 //! checks the command id, the expected version and the event ids before it writes, so a refusal
 //! (`Duplicate`, `WrongExpectedVersion`, a taken event id) is an answer, not an error, and needs
 //! no savepoint. If an append still raises an error (say, a payload JSONB refuses), the batch

@@ -180,9 +180,14 @@ impl ReadStore for PostgresReadStore {
             .query(&format!("SELECT COUNT(*) FROM documents WHERE {clause}"), &params[..count_values])
             .await?;
         let total: i64 = rows[0].try_get(0).map_err(|e| corrupt("count", e))?;
+        // Limit and offset as parameters: one prepared statement per query shape, not per page.
+        let (limit, offset) = (bigint(query.limit as u64), bigint(query.offset as u64));
+        let mut params = params;
+        params.extend([&limit as &(dyn ToSql + Sync), &offset]);
         let sql = format!(
-            "SELECT doc FROM documents WHERE {clause} ORDER BY {order} LIMIT {} OFFSET {}",
-            query.limit, query.offset
+            "SELECT doc FROM documents WHERE {clause} ORDER BY {order} LIMIT ${} OFFSET ${}",
+            params.len() - 1,
+            params.len()
         );
         let items = self.query(&sql, &params).await?.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?;
         Ok(Page { items, total: unsigned(total, "count")? })
@@ -233,11 +238,15 @@ impl ReadStore for PostgresReadStore {
         let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
         let rows = self.query(&format!("SELECT COUNT(*) FROM documents WHERE {clause}"), &params).await?;
         let total: i64 = rows[0].try_get(0).map_err(|e| corrupt("count", e))?;
+        let (limit, offset) = (bigint(query.limit as u64), bigint(query.offset as u64));
+        let mut paged = params.clone();
+        paged.extend([&limit as &(dyn ToSql + Sync), &offset]);
         let sql = format!(
-            "SELECT doc FROM documents WHERE {clause} ORDER BY {order} LIMIT {} OFFSET {}",
-            query.limit, query.offset
+            "SELECT doc FROM documents WHERE {clause} ORDER BY {order} LIMIT ${} OFFSET ${}",
+            paged.len() - 1,
+            paged.len()
         );
-        let items = self.query(&sql, &params).await?.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?;
+        let items = self.query(&sql, &paged).await?.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?;
         let mut facets = std::collections::BTreeMap::new();
         for field in &query.facets {
             let path = json_path(field)?;
