@@ -63,7 +63,7 @@ async fn main() {
                 command_type: "ReserveStock".into(),
                 aggregate_id: Some(id.into()),
                 // Refused (more than available) so the aggregate stays at 5,000 events.
-                payload: json!({"orderId": "o", "quantity": 1_000_000}),
+                payload: json!({"orderId": "o", "quantity": 5001}),
                 ..CommandRequest::default()
             })
             .await

@@ -43,10 +43,9 @@ async fn start(data_dir: &std::path::Path, config: &std::path::Path, port: u16) 
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(response) = client.get(format!("{base}/health/ready")).send().await {
-            if response.status().is_success() {
-                break;
-            }
+        let response = client.get(format!("{base}/health/ready")).send().await;
+        if response.is_ok_and(|r| r.status().is_success()) {
+            break;
         }
         assert!(Instant::now() < deadline, "server did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
