@@ -8,6 +8,7 @@
 //! Architecture invariant: cases talk only through the port traits, so passing them means the
 //! same thing for every backend.
 
+pub mod event_queue;
 pub mod event_store;
 pub mod read_store;
 pub mod schema_store;
@@ -124,6 +125,33 @@ macro_rules! schema_store_suite {
                 async fn $case() {
                     let subject = super::$factory().await;
                     $crate::schema_store::$case(subject.store.clone()).await;
+                    drop(subject);
+                }
+            )*
+        }
+    };
+}
+
+/// Runs every event-queue case against `$factory`, an `async fn() -> Subject<dyn EventQueue>`.
+/// Each case gets its own consumer-name prefix.
+#[macro_export]
+macro_rules! event_queue_suite {
+    ($factory:ident) => {
+        $crate::event_queue_suite!(@cases $factory;
+            fan_out_reaches_every_subscriber_once,
+            only_subscribers_at_publish_time_receive,
+            nack_redelivers_after_the_delay_and_counts_attempts,
+            dead_letters_after_max_deliveries_then_retry_and_skip,
+            dead_letter_puts_an_event_straight_in_the_dlq,
+        );
+    };
+    (@cases $factory:ident; $($case:ident),* $(,)?) => {
+        mod event_queue_conformance {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let subject = super::$factory().await;
+                    $crate::event_queue::$case(subject.store.clone(), stringify!($case)).await;
                     drop(subject);
                 }
             )*

@@ -47,6 +47,12 @@ pub async fn latest_is_the_highest_version(_events: Arc<dyn EventStore>, snapsho
     assert_eq!(latest, snapshot("a", 20, "2026-01-02T00:00:00.000Z"), "read back exactly, highest version");
     assert_eq!(snapshots.latest("b").await.unwrap().unwrap().version, 5);
     assert_eq!(snapshots.latest("c").await.unwrap(), None);
+
+    let then = snapshots.latest_at_or_before("a", "2026-01-02T12:00:00.000Z").await.unwrap().unwrap();
+    assert_eq!(then.version, 20, "the highest version taken by then");
+    let earlier = snapshots.latest_at_or_before("a", "2026-01-01T12:00:00.000Z").await.unwrap().unwrap();
+    assert_eq!(earlier.version, 10);
+    assert_eq!(snapshots.latest_at_or_before("a", "2025-12-31T00:00:00.000Z").await.unwrap(), None);
 }
 
 pub async fn stale_lists_active_aggregates_with_old_snapshots(

@@ -26,9 +26,9 @@ pub use model::{
     is_valid_aggregate_id,
 };
 pub use ports::{
-    AppendOutcome, AppendRequest, CommandRecord, EventRejection, EventStore, EventValidator, Filter,
-    ListQuery, NewEvent, Page, ReadStore, RegisteredSchema, SchemaStore, SearchQuery, SearchResults,
-    Snapshot, SnapshotStore, SortOrder, StoreError,
+    AppendOutcome, AppendRequest, CommandRecord, DeadLetter, Delivery, EventQueue, EventRejection,
+    EventStore, EventValidator, Filter, ListQuery, NewEvent, Page, ReadStore, RegisteredSchema, SchemaStore,
+    SearchQuery, SearchResults, Snapshot, SnapshotStore, SortOrder, StoreError,
 };
 pub use projection::{Projection, ProjectionError, ReadDocument};
 pub use saga::{

@@ -129,6 +129,14 @@ pub trait SnapshotStore: Send + Sync + 'static {
     /// The snapshot with the highest version for `aggregate_id`.
     async fn latest(&self, aggregate_id: &str) -> Result<Option<Snapshot>, StoreError>;
 
+    /// The snapshot with the highest version among those taken at or before `taken_at` (ISO
+    /// 8601): a state that was already true then, for temporal queries.
+    async fn latest_at_or_before(
+        &self,
+        aggregate_id: &str,
+        taken_at: &str,
+    ) -> Result<Option<Snapshot>, StoreError>;
+
     /// Stores `snapshot`; saving a version that already exists is not an error (same state).
     async fn save(&self, snapshot: Snapshot) -> Result<(), StoreError>;
 
@@ -293,4 +301,74 @@ pub trait EventValidator: Send + Sync + 'static {
         schema_version: &str,
         payload: &Value,
     ) -> Result<(), EventRejection>;
+}
+
+/// Deliveries of one message on the queue path before it is dead-lettered (the seed's max
+/// receive count).
+pub const MAX_DELIVERIES: u32 = 5;
+
+/// One delivery of an event to one consumer of the queue path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    /// The backend's handle for [`EventQueue::ack`] and [`EventQueue::nack`].
+    pub tag: u64,
+    pub consumer: String,
+    pub event: DomainEvent,
+    /// 1 on the first delivery; the message is dead-lettered when a delivery numbered
+    /// [`MAX_DELIVERIES`] fails.
+    pub attempt: u32,
+}
+
+/// A message that exhausted its deliveries (or was refused by the router), kept for an operator.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    pub id: String,
+    pub event: DomainEvent,
+    /// The consumer that failed it (or `router` for an event the router refused).
+    pub consumer: String,
+    pub failure_reason: String,
+    pub retry_count: u32,
+    /// ISO 8601 UTC.
+    pub first_failure_time: String,
+    pub last_failure_time: String,
+}
+
+/// The queue path (the seed's SNS → SQS): a fan-out to one durable queue per consumer,
+/// at-least-once, with delayed redelivery and a dead-letter queue after [`MAX_DELIVERIES`].
+/// Errors reuse [`StoreError`]: `Unavailable` when the broker cannot be reached.
+#[async_trait]
+pub trait EventQueue: Send + Sync + 'static {
+    /// Creates `consumer`'s durable queue, bound to the fan-out (idempotent). Only events
+    /// published after this reach it.
+    async fn subscribe(&self, consumer: &str) -> Result<(), StoreError>;
+
+    /// Deletes `consumer`'s queue and whatever is still in it.
+    async fn unsubscribe(&self, consumer: &str) -> Result<(), StoreError>;
+
+    /// Puts every event in every consumer's queue; durable when this returns `Ok`.
+    async fn publish(&self, events: &[DomainEvent]) -> Result<(), StoreError>;
+
+    /// Up to `max` deliveries for `consumer`, waiting at most `wait` for the first. A delivery
+    /// neither acked nor nacked is redelivered after a visibility timeout.
+    async fn receive(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, StoreError>;
+
+    /// The consumer is done with the delivery: it is removed from the queue.
+    async fn ack(&self, delivery: &Delivery) -> Result<(), StoreError>;
+
+    /// The delivery failed: redelivered after `delay`, or dead-lettered with `reason` when it
+    /// was delivery [`MAX_DELIVERIES`].
+    async fn nack(&self, delivery: &Delivery, reason: &str, delay: Duration) -> Result<(), StoreError>;
+
+    /// Puts `event` straight into the dead-letter queue (e.g. the router refused its schema).
+    async fn dead_letter(&self, consumer: &str, event: &DomainEvent, reason: &str) -> Result<(), StoreError>;
+
+    /// Dead letters waiting for a decision, oldest first.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Republishes a dead letter to its consumer's queue with a fresh delivery count; `false`
+    /// when there is no such waiting dead letter.
+    async fn retry(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Archives a dead letter (kept, no longer waiting); `false` when there is no such one.
+    async fn skip(&self, id: &str) -> Result<bool, StoreError>;
 }

@@ -54,6 +54,21 @@ impl SnapshotStore for PostgresSnapshotStore {
         rows.first().map(decode_snapshot).transpose()
     }
 
+    async fn latest_at_or_before(
+        &self,
+        aggregate_id: &str,
+        taken_at: &str,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT aggregate_id, version, aggregate_type, schema_version, state, taken_at FROM snapshots \
+                 WHERE aggregate_id = $1 AND taken_at <= $2 ORDER BY version DESC LIMIT 1",
+                &[&aggregate_id, &taken_at],
+            )
+            .await?;
+        rows.first().map(decode_snapshot).transpose()
+    }
+
     async fn save(&self, snapshot: Snapshot) -> Result<(), StoreError> {
         let state = serde_json::to_string(&snapshot.state).map_err(|e| corrupt("snapshot state", e))?;
         // A version already saved holds the same state: the first one stays.

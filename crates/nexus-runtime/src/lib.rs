@@ -8,6 +8,8 @@
 //! - [`SagaCoordinator`]: durable sagas (state only as events in the saga's stream), per-step
 //!   timeouts and retries, compensation in reverse, recovery from the change feed; and the
 //!   [`ProcessManagerRunner`] that starts sagas from the domain's events.
+//! - [`EventRouter`]: change feed → core path or queue path (or the dead-letter queue when the
+//!   schema registry refuses an event); [`process_dead_letters`] is the seed's DLQ processor.
 //!
 //! Architecture invariant: no SQL, no HTTP, no knowledge of which backend is behind a port. Every
 //! storage call goes through `nexus_core::ports`.
@@ -15,6 +17,7 @@
 mod commands;
 mod notify;
 mod projections;
+mod router;
 pub mod sagas;
 mod schema;
 mod upcasting;
@@ -22,6 +25,10 @@ mod upcasting;
 pub use commands::{CommandBus, CommandError, CommandRequest, SnapshotPolicy};
 pub use notify::{Notifier, ProjectionUpdate};
 pub use projections::{ProjectionRunner, ProjectionStatus, RebuildProgress};
+pub use router::{
+    DlqAction, DlqPass, EventRouter, Path as RoutePath, REFERENCE_CORE_EVENTS, ROUTER_CHECKPOINT,
+    ROUTER_CONSUMER, RouterStatus, process_dead_letters, retry_delay,
+};
 pub use sagas::{
     ProcessManagerRunner, SagaCoordinator, SagaError, SagaSettings, SagaView, Started, with_sagas,
 };

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use nexus_core::{EventStore, Projection, ReadDocument, ReadStore};
+use nexus_core::{EventStore, Projection, ReadDocument, ReadStore, SnapshotStore};
 use tokio::sync::watch;
 
 use crate::notify::{Notifier, ProjectionUpdate};
@@ -78,6 +78,7 @@ pub struct ProjectionRunner {
     notifier: Notifier,
     batch_size: usize,
     status: Arc<ProjectionStatus>,
+    snapshots: Option<(Arc<dyn SnapshotStore>, u64)>,
 }
 
 impl ProjectionRunner {
@@ -88,7 +89,19 @@ impl ProjectionRunner {
         notifier: Notifier,
         batch_size: usize,
     ) -> Self {
-        Self { projection, events, read, notifier, batch_size, status: Arc::default() }
+        Self { projection, events, read, notifier, batch_size, status: Arc::default(), snapshots: None }
+    }
+
+    /// Saves a snapshot of a document every `every` versions (at the time of that version's
+    /// event), so temporal queries start from the nearest one instead of the first event.
+    pub fn with_snapshots(mut self, store: Arc<dyn SnapshotStore>, every: u64) -> Self {
+        self.snapshots = Some((store, every.max(1)));
+        self
+    }
+
+    /// The snapshot-store key of a read-model document's snapshots.
+    pub fn snapshot_key(resource: &str, id: &str) -> String {
+        format!("{resource}|{id}")
     }
 
     pub fn status(&self) -> Arc<ProjectionStatus> {
@@ -191,12 +204,14 @@ impl ProjectionRunner {
         let relevant: Vec<_> = batch.iter().filter(|e| self.projection.handles(&e.event_type)).collect();
 
         let mut docs: HashMap<String, ReadDocument> = HashMap::new();
+        let mut versions_before: HashMap<String, u64> = HashMap::new();
         let mut updates = Vec::new();
         if !relevant.is_empty() {
             let mut ids: Vec<String> = relevant.iter().map(|e| e.aggregate_id.clone()).collect();
             ids.sort_unstable();
             ids.dedup();
             for doc in self.read.load(name, &ids).await.map_err(|e| e.to_string())? {
+                versions_before.insert(doc.id.clone(), doc.version);
                 docs.insert(doc.id.clone(), doc);
             }
             for event in relevant {
@@ -223,6 +238,14 @@ impl ProjectionRunner {
         let changed: HashSet<&str> = updates.iter().map(|u| u.aggregate_id.as_str()).collect();
         let touched: Vec<ReadDocument> =
             docs.into_values().filter(|d| changed.contains(d.id.as_str())).collect();
+        let snapshot_candidates: Vec<(ReadDocument, u64)> = if notify && self.snapshots.is_some() {
+            touched
+                .iter()
+                .map(|d| (d.clone(), versions_before.get(d.id.as_str()).copied().unwrap_or(0)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.read.commit(name, name, touched, last_position).await.map_err(|e| e.to_string())?;
 
         if notify && let Ok(at) = DateTime::parse_from_rfc3339(&last.timestamp) {
@@ -235,6 +258,23 @@ impl ProjectionRunner {
         if notify {
             for update in updates {
                 self.notifier.publish(update);
+            }
+            if let Some((store, every)) = &self.snapshots {
+                for (doc, previous) in &snapshot_candidates {
+                    if doc.version / every > previous / every {
+                        let snapshot = nexus_core::Snapshot {
+                            aggregate_id: Self::snapshot_key(target, &doc.id),
+                            aggregate_type: format!("projection:{target}"),
+                            version: doc.version,
+                            schema_version: 1,
+                            state: serde_json::to_value(doc).map_err(|e| e.to_string())?,
+                            taken_at: doc.last_updated.clone(),
+                        };
+                        if let Err(error) = store.save(snapshot).await {
+                            tracing::warn!(%error, id = doc.id, "read-model snapshot failed; temporal reads fall back");
+                        }
+                    }
+                }
             }
         }
         Ok(Some(last_position))

@@ -65,6 +65,34 @@ pub struct Config {
     pub snapshots: Snapshots,
     pub rate_limits: RateLimitConfig,
     pub sagas: Sagas,
+    pub routing: Routing,
+    pub queue: QueueSettings,
+}
+
+/// The event router's classification (seed §3, dual-path router).
+#[derive(Clone, Debug)]
+pub struct Routing {
+    /// Event types on the ordered core path; every other type goes to the queue path. Default:
+    /// the reference domain's order, stock, payment, account and saga events
+    /// (`nexus_runtime::REFERENCE_CORE_EVENTS`); `UserRegistered` takes the queue path.
+    pub core_events: Vec<String>,
+}
+
+/// The queue path: retries, the dead-letter processor, webhook deliveries.
+#[derive(Clone, Debug)]
+pub struct QueueSettings {
+    /// The first redelivery delay, doubled after each failed delivery up to 5 minutes
+    /// (`NEXUS_RETRY_BASE_MS`, contract §9: 1000).
+    pub retry_base_ms: u64,
+    /// How often the dead-letter processor retries transient failures and archives schema ones;
+    /// 0 turns it off (an operator decides every dead letter).
+    pub dlq_process_interval_secs: u64,
+    /// How long a webhook endpoint may take to answer before the delivery counts as failed.
+    pub webhook_timeout_ms: u64,
+    /// `NEXUS_QUEUE_URL=amqp://…`: RabbitMQ; unset, the embedded queue (`queue.db`).
+    pub url: Option<String>,
+    /// Prefix of every exchange and queue name on RabbitMQ (`queue-namespace`, default `nexus`).
+    pub namespace: String,
 }
 
 /// The saga coordinator (seed §8, Error Handling §4) and the process managers it runs.
@@ -162,6 +190,26 @@ struct File {
     rate_limits: FileRateLimits,
     #[serde(default)]
     sagas: FileSagas,
+    #[serde(default)]
+    routing: FileRouting,
+    #[serde(default)]
+    queue: FileQueue,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileRouting {
+    core_events: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileQueue {
+    retry_base_ms: Option<u64>,
+    dlq_process_interval_secs: Option<u64>,
+    webhook_timeout_ms: Option<u64>,
+    url: Option<String>,
+    namespace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +273,10 @@ pub struct Overrides {
     pub role: Option<Role>,
     pub store_url: Option<String>,
     pub store_schema: Option<String>,
+    /// `NEXUS_RETRY_BASE_MS`: the queue path's first redelivery delay.
+    pub retry_base_ms: Option<u64>,
+    /// `NEXUS_QUEUE_URL`: the queue path on RabbitMQ.
+    pub queue_url: Option<String>,
 }
 
 impl Config {
@@ -289,6 +341,18 @@ impl Config {
                 step_delay_ms: parsed.sagas.step_delay_ms.unwrap_or(0),
                 order_fulfillment: parsed.sagas.order_fulfillment.unwrap_or(false),
             },
+            routing: Routing {
+                core_events: parsed.routing.core_events.unwrap_or_else(|| {
+                    nexus_runtime::REFERENCE_CORE_EVENTS.iter().map(|t| (*t).to_owned()).collect()
+                }),
+            },
+            queue: QueueSettings {
+                retry_base_ms: overrides.retry_base_ms.or(parsed.queue.retry_base_ms).unwrap_or(1000),
+                dlq_process_interval_secs: parsed.queue.dlq_process_interval_secs.unwrap_or(300),
+                webhook_timeout_ms: parsed.queue.webhook_timeout_ms.unwrap_or(10_000),
+                url: overrides.queue_url.or(parsed.queue.url).filter(|url| !url.is_empty()),
+                namespace: parsed.queue.namespace.unwrap_or_else(|| "nexus".into()),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -313,6 +377,21 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("store schema '{schema}' must be [A-Za-z0-9_]+")));
             }
         }
+        if let Some(url) = &self.queue.url
+            && !url.starts_with("amqp://")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "queue URL must start with amqp:// (got '{url}'); leave it unset for the embedded queue"
+            )));
+        }
+        let namespace = &self.queue.namespace;
+        if namespace.is_empty()
+            || !namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "queue.namespace '{namespace}' must be [A-Za-z0-9._-]+"
+            )));
+        }
         let checks = [
             (limits.max_body_bytes >= 1024, "limits.max-body-bytes must be at least 1024"),
             (limits.default_page_size >= 1, "limits.default-page-size must be at least 1"),
@@ -335,6 +414,14 @@ impl Config {
                 "sagas.step-timeout-ms must be from 1 to 3600000",
             ),
             (self.sagas.retry_base_ms <= 60_000, "sagas.retry-base-ms must be at most 60000"),
+            (
+                (1..=300_000).contains(&self.queue.retry_base_ms),
+                "queue.retry-base-ms (NEXUS_RETRY_BASE_MS) must be from 1 to 300000",
+            ),
+            (
+                (1..=300_000).contains(&self.queue.webhook_timeout_ms),
+                "queue.webhook-timeout-ms must be from 1 to 300000",
+            ),
             ((1..=20).contains(&self.sagas.step_attempts), "sagas.step-attempts must be from 1 to 20"),
             (
                 (1..=20).contains(&self.sagas.compensation_attempts),

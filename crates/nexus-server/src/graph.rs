@@ -49,6 +49,10 @@ pub fn service_graph(config: &Config, domain: &Domain) -> ServiceGraph {
             call("command", "query", ServiceCall::EVENT_BUS),
             call("command", "event_store", "sqlite"),
             call("router", "event_store", "sqlite"),
+            // The router's checkpoint and the webhook registrations live in the read store; the
+            // queue path (embedded: `queue.db`) carries non-core events to webhooks.
+            call("router", "read_store", "sqlite"),
+            call("router", "queue", if config.queue.url.is_some() { "amqp" } else { "sqlite" }),
             call("query", "read_store", "sqlite"),
             // The saga coordinator and process managers keep their change-feed checkpoints there.
             call("command", "read_store", "sqlite"),

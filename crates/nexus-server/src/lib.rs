@@ -14,6 +14,7 @@ mod extract;
 mod graph;
 mod rate_limit;
 mod routes;
+mod webhooks;
 mod ws;
 
 use std::future::Future;
@@ -38,6 +39,7 @@ use tokio::sync::watch;
 pub use config::{Config, ConfigError, Overrides};
 pub use error::ApiError;
 pub use graph::{PolicyViolations, check_policies, service_graph};
+pub use webhooks::signature as webhook_signature;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +75,11 @@ pub(crate) struct Inner {
     pub(crate) metrics: PrometheusHandle,
     pub(crate) rate_limits: rate_limit::RateLimits,
     pub(crate) registry: Arc<Registry>,
+    pub(crate) snapshots: Arc<dyn SnapshotStore>,
     pub(crate) subscriptions: Arc<ws::Subscriptions>,
+    /// The queue path (webhooks, dead-letter queue).
+    pub(crate) queue: Arc<dyn nexus_core::EventQueue>,
+    pub(crate) webhooks: Arc<webhooks::Webhooks>,
 }
 
 impl std::ops::Deref for AppState {
@@ -137,7 +143,7 @@ pub async fn run(
     };
     let bus = CommandBus::new(domain.clone(), events.clone(), config.aggregate_cache_capacity)
         .map_err(ServeError::Domain)?
-        .with_snapshots(snapshots, policy)
+        .with_snapshots(snapshots.clone(), policy)
         .with_event_validator(registry.clone());
     let notifier = Notifier::new(65_536);
     let (stop, stopped) = watch::channel(false);
@@ -154,7 +160,8 @@ pub async fn run(
             read.clone(),
             notifier.clone(),
             config.projection_batch_size,
-        );
+        )
+        .with_snapshots(snapshots.clone(), config.snapshots.every_events);
         projections.push((projection.name(), runner.status()));
         runners.push(tokio::spawn(runner.run(stopped.clone())));
     }
@@ -181,6 +188,35 @@ pub async fn run(
         }
         saga_tasks.push(tokio::spawn(sagas.clone().run(stopped.clone())));
     }
+    // The queue path: the router feeds it, webhooks and the dead-letter processor consume it.
+    let queue = open_queue(&config).await?;
+    let webhooks = webhooks::Webhooks::new(read.clone(), queue.clone());
+    let mut queue_tasks = Vec::new();
+    if config.role.runs(Role::Router) {
+        let router = nexus_runtime::EventRouter::new(
+            events.clone(),
+            read.clone(),
+            queue.clone(),
+            config.routing.core_events.iter().cloned(),
+            config.projection_batch_size,
+        )
+        .with_validator(registry.clone());
+        queue_tasks.push(tokio::spawn(router.run(stopped.clone())));
+        let delivering = webhooks::Delivering {
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(std::time::Duration::from_millis(config.queue.webhook_timeout_ms))
+                .build()
+                .map_err(|e| ServeError::Io(std::io::Error::other(e)))?,
+            retry_base: std::time::Duration::from_millis(config.queue.retry_base_ms),
+        };
+        queue_tasks.push(tokio::spawn(webhooks.clone().supervise(delivering, stopped.clone())));
+        queue_tasks.push(tokio::spawn(dead_letter_processor(
+            queue.clone(),
+            config.queue.dlq_process_interval_secs,
+            stopped.clone(),
+        )));
+    }
     let state = AppState(Arc::new(Inner {
         config: config.clone(),
         domain,
@@ -194,10 +230,13 @@ pub async fn run(
         metrics: metrics_handle(),
         rate_limits: rate_limit::RateLimits::new(&config.rate_limits),
         registry,
+        snapshots,
         subscriptions: ws::Subscriptions::new(
             config.limits.ws_connections_per_client,
             config.limits.ws_notifications_per_second,
         ),
+        queue,
+        webhooks,
     }));
     let sweep = config.role.runs(Role::Command).then(|| tokio::spawn(snapshot_sweep(state.clone())));
     let upkeep = tokio::spawn({
@@ -228,6 +267,9 @@ pub async fn run(
     tracing::info!("shutting down: stopping projections");
     let _ = stop.send(true);
     for task in saga_tasks {
+        let _ = task.await;
+    }
+    for task in queue_tasks {
         let _ = task.await;
     }
     for runner in runners {
@@ -348,6 +390,46 @@ async fn open_backends(config: &Config) -> Result<Backends, ServeError> {
                 read: backend.read_store(),
                 schemas: backend.schema_store(),
             })
+        }
+    }
+}
+
+/// The queue path's backend: RabbitMQ when `NEXUS_QUEUE_URL` is set, else embedded (`queue.db`
+/// in the data directory).
+async fn open_queue(config: &Config) -> Result<Arc<dyn nexus_core::EventQueue>, ServeError> {
+    if let Some(url) = &config.queue.url {
+        let queue = nexus_rabbitmq::RabbitEventQueue::connect(url, &config.queue.namespace).await?;
+        return Ok(Arc::new(queue));
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| ServeError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    Ok(Arc::new(nexus_sqlite::SqliteEventQueue::open(&config.data_dir)?))
+}
+
+/// The seed's DLQ processor, one pass every `interval_secs` (0: never; operators decide), and
+/// the DLQ depth gauge.
+async fn dead_letter_processor(
+    queue: Arc<dyn nexus_core::EventQueue>,
+    interval_secs: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let depth_every = std::time::Duration::from_secs(5);
+    let process_every = std::time::Duration::from_secs(interval_secs.max(1));
+    let mut last_pass = tokio::time::Instant::now();
+    while !*shutdown.borrow() {
+        if interval_secs > 0 && last_pass.elapsed() >= process_every {
+            last_pass = tokio::time::Instant::now();
+            match nexus_runtime::process_dead_letters(queue.as_ref(), 1000).await {
+                Ok(pass) => tracing::info!(?pass, "dead-letter queue processed"),
+                Err(error) => tracing::warn!(%error, "dead-letter processing failed; next pass retries"),
+            }
+        }
+        if let Ok(letters) = queue.dead_letters(100_000).await {
+            metrics::gauge!("nexus_dlq_depth").set(letters.len() as f64);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(depth_every) => {}
+            _ = shutdown.changed() => {}
         }
     }
 }

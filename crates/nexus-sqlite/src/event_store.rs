@@ -358,28 +358,22 @@ fn read_events(
 }
 
 impl SqliteEventStore {
-    async fn submit(&self, work: Work) -> Result<AppendOutcome, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { work, reply })
-            .map_err(|_| StoreError::Unavailable("the event store writer has stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Unavailable("the event store writer has stopped".into()))?
-    }
-}
-
-#[async_trait]
-impl SnapshotStore for SqliteEventStore {
-    async fn latest(&self, aggregate_id: &str) -> Result<Option<Snapshot>, StoreError> {
+    async fn snapshot_where(
+        &self,
+        aggregate_id: &str,
+        taken_at: &str,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let taken_at = taken_at.to_owned();
         let aggregate_id = aggregate_id.to_owned();
         self.readers
             .run(move |conn| {
                 let row = conn
                     .prepare_cached(
                         "SELECT version, aggregate_type, schema_version, state, taken_at FROM snapshots \
-                         WHERE aggregate_id = ?1 ORDER BY version DESC LIMIT 1",
+                         WHERE aggregate_id = ?1 AND taken_at <= ?2 ORDER BY version DESC LIMIT 1",
                     )
                     .and_then(|mut stmt| {
-                        stmt.query_row([&aggregate_id], |row| {
+                        stmt.query_row(params![aggregate_id, taken_at], |row| {
                             Ok((
                                 row.get::<_, u64>(0)?,
                                 row.get::<_, String>(1)?,
@@ -404,6 +398,29 @@ impl SnapshotStore for SqliteEventStore {
                 .transpose()
             })
             .await
+    }
+
+    async fn submit(&self, work: Work) -> Result<AppendOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { work, reply })
+            .map_err(|_| StoreError::Unavailable("the event store writer has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Unavailable("the event store writer has stopped".into()))?
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for SqliteEventStore {
+    async fn latest(&self, aggregate_id: &str) -> Result<Option<Snapshot>, StoreError> {
+        self.snapshot_where(aggregate_id, "9999-12-31T23:59:59.999Z").await
+    }
+
+    async fn latest_at_or_before(
+        &self,
+        aggregate_id: &str,
+        taken_at: &str,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        self.snapshot_where(aggregate_id, taken_at).await
     }
 
     async fn save(&self, snapshot: Snapshot) -> Result<(), StoreError> {

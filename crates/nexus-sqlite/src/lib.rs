@@ -11,10 +11,12 @@
 
 mod event_store;
 mod pool;
+mod queue;
 mod read_store;
 mod schema_store;
 
 pub use event_store::SqliteEventStore;
+pub use queue::{FANOUT_CONSUMER, SqliteEventQueue};
 
 /// Every table this adapter touches and the statements it issues on it, for the service graph the
 /// architecture policies judge. A test reads the SQL in this crate and fails when a statement
@@ -32,6 +34,10 @@ pub const STORE_OPERATIONS: &[(&str, &[&str])] = &[
     ("schemas", &["INSERT", "SELECT"]),
     ("subject_versions", &["INSERT", "SELECT"]),
     ("compatibility", &["INSERT", "UPDATE", "SELECT"]),
+    // The embedded queue path (`queue.db`): deliveries are deleted on ack, dead letters archived.
+    ("subscriptions", &["INSERT", "DELETE", "SELECT"]),
+    ("messages", &["INSERT", "UPDATE", "DELETE", "SELECT"]),
+    ("dead_letters", &["INSERT", "UPDATE", "SELECT"]),
 ];
 pub use read_store::SqliteReadStore;
 pub use schema_store::SqliteSchemaStore;
@@ -74,8 +80,12 @@ mod tests {
     /// of this crate, and checks each is declared.
     #[test]
     fn declared_operations_cover_the_sql() {
-        let sources =
-            [include_str!("event_store.rs"), include_str!("read_store.rs"), include_str!("schema_store.rs")];
+        let sources = [
+            include_str!("event_store.rs"),
+            include_str!("read_store.rs"),
+            include_str!("schema_store.rs"),
+            include_str!("queue.rs"),
+        ];
         let declared = |table: &str, operation: &str| {
             STORE_OPERATIONS.iter().any(|(t, ops)| *t == table && ops.contains(&operation))
         };

@@ -40,6 +40,31 @@ enum Command {
     /// Manage a running server's projections.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Inspect and resolve a running server's dead-letter queue.
+    Dlq(DlqArgs),
+}
+
+#[derive(clap::Args)]
+struct DlqArgs {
+    /// Base URL of the server (its router role).
+    #[arg(long, env = "NEXUS_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    #[command(subcommand)]
+    command: DlqCommand,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Every dead letter waiting for a decision.
+    List {
+        /// Print the server's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Republish dead letter ID to its consumer's queue with a fresh delivery count.
+    Retry { id: String },
+    /// Archive dead letter ID: it stays recorded but is no longer delivered or listed.
+    Skip { id: String },
 }
 
 #[derive(Subcommand)]
@@ -127,6 +152,12 @@ struct ServeArgs {
     /// PostgreSQL schema to use [default: nexus].
     #[arg(long, env = "NEXUS_STORE_SCHEMA")]
     store_schema: Option<String>,
+    /// First redelivery delay of the queue path in ms, doubled per failure [default: 1000].
+    #[arg(long, env = "NEXUS_RETRY_BASE_MS")]
+    retry_base_ms: Option<u64>,
+    /// RabbitMQ URL for the queue path (amqp://…); embedded (queue.db in the data dir) when unset.
+    #[arg(long, env = "NEXUS_QUEUE_URL")]
+    queue_url: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -141,6 +172,7 @@ fn main() -> anyhow::Result<()> {
         Command::Projections(ProjectionsCommand::Rebuild { name, url }) => {
             runtime.block_on(rebuild(&name, &url))
         }
+        Command::Dlq(args) => runtime.block_on(dlq(args)),
         Command::Policy(PolicyCommand::Test { dir }) => policy_test(&dir),
         Command::Policy(PolicyCommand::Check { input, policies }) => {
             policy_check(&input, policies.as_deref())
@@ -285,6 +317,49 @@ async fn rebuild(name: &str, url: &str) -> anyhow::Result<()> {
     }
 }
 
+async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
+    let base = format!("{}/api/admin/dlq", args.url.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    let unreachable =
+        || format!("cannot reach {base} (is `nexus serve` running with the router role? see --url)");
+    let response = match &args.command {
+        DlqCommand::List { .. } => client.get(&base).send().await,
+        DlqCommand::Retry { id } => client.post(format!("{base}/{id}/retry")).send().await,
+        DlqCommand::Skip { id } => client.post(format!("{base}/{id}/skip")).send().await,
+    }
+    .with_context(unreachable)?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("{} (HTTP {status})", body["message"].as_str().unwrap_or("refused"));
+    }
+    match args.command {
+        DlqCommand::List { json: true } => println!("{}", serde_json::to_string_pretty(&body)?),
+        DlqCommand::List { json: false } => {
+            let items = body["items"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{:<8} {:<20} {:<28} {:>7}  {:<24} reason",
+                "id", "event type", "consumer", "retries", "last failure"
+            );
+            for item in &items {
+                println!(
+                    "{:<8} {:<20} {:<28} {:>7}  {:<24} {}",
+                    item["id"].as_str().unwrap_or("?"),
+                    item["eventType"].as_str().unwrap_or("?"),
+                    item["consumer"].as_str().unwrap_or("?"),
+                    item["retryCount"],
+                    item["lastFailureTime"].as_str().unwrap_or("?"),
+                    item["failureReason"].as_str().unwrap_or("?"),
+                );
+            }
+            println!("{} dead letter(s) waiting", items.len());
+        }
+        DlqCommand::Retry { id } => println!("dead letter {id} republished to its consumer's queue"),
+        DlqCommand::Skip { id } => println!("dead letter {id} archived"),
+    }
+    Ok(())
+}
+
 fn policy_test(dir: &std::path::Path) -> anyhow::Result<()> {
     let engine = nexus_policy::PolicyEngine::load_dir(dir)?;
     let outcomes = engine.run_tests();
@@ -349,6 +424,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         role: args.role,
         store_url: args.store_url,
         store_schema: args.store_schema,
+        retry_base_ms: args.retry_base_ms,
+        queue_url: args.queue_url,
     };
     let config = Config::load(args.config.as_deref(), overrides)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {

@@ -4,6 +4,7 @@
 
 mod commands;
 mod events;
+mod integrations;
 mod ops;
 mod queries;
 mod registry;
@@ -45,7 +46,7 @@ fn endpoint(
 /// Every endpoint the server serves.
 pub(crate) fn endpoints() -> Vec<Endpoint> {
     use RateClass::{List, Search, Temporal};
-    use Role::{All, Command, Query};
+    use Role::{All, Command, Query, Router};
     vec![
         endpoint(Command, "POST", "/api/commands/{command_type}", None, post(commands::handle)),
         endpoint(Query, "GET", "/api/events", Some(Temporal), get(events::by_type)),
@@ -121,6 +122,18 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             None,
             axum::routing::put(registry::set_subject_config),
         ),
+        endpoint(Router, "POST", "/api/admin/webhooks", None, post(integrations::create)),
+        endpoint(Router, "GET", "/api/admin/webhooks", None, get(integrations::list)),
+        endpoint(
+            Router,
+            "DELETE",
+            "/api/admin/webhooks/{id}",
+            None,
+            axum::routing::delete(integrations::delete),
+        ),
+        endpoint(Router, "GET", "/api/admin/dlq", Some(List), get(integrations::dead_letters)),
+        endpoint(Router, "POST", "/api/admin/dlq/{id}/retry", None, post(integrations::retry)),
+        endpoint(Router, "POST", "/api/admin/dlq/{id}/skip", None, post(integrations::skip)),
         endpoint(All, "GET", "/health/live", None, get(ops::live)),
         endpoint(All, "GET", "/health/ready", None, get(ops::ready)),
         endpoint(All, "GET", "/metrics", None, get(ops::metrics)),

@@ -188,38 +188,55 @@ pub(crate) async fn temporal(
         return Err(ApiError::TimeRangeExceeded { max_days });
     }
     let as_of_text = nexus_core::format_timestamp(as_of);
-    let events = state.events.read_stream(&aggregate_id, 1, None).await?;
-    let events: Vec<_> = events.into_iter().take_while(|e| e.timestamp <= as_of_text).collect();
-    let Some(first) = events.first() else {
+    // The first event tells which read model (or aggregate) this is.
+    let first = state.events.read_stream(&aggregate_id, 1, Some(1)).await?;
+    let Some(first) = first.into_iter().next().filter(|e| e.timestamp <= as_of_text) else {
         return Err(ApiError::NotFound(format!(
             "aggregate '{aggregate_id}' has no events at or before {as_of_text}"
         )));
     };
-    let view = match state.domain.projections().iter().find(|p| p.handles(&first.event_type)) {
-        // The read model's own fold, replayed up to `asOf`.
+    let (view, version) = match state.domain.projections().iter().find(|p| p.handles(&first.event_type)) {
+        // The read model's own fold, from its latest snapshot taken by then.
         Some(projection) => {
-            let mut doc = ReadDocument::empty(&aggregate_id, &aggregate_id);
-            for event in events.iter().filter(|e| projection.handles(&e.event_type)) {
-                projection.apply(&mut doc, event).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let key = nexus_runtime::ProjectionRunner::snapshot_key(projection.name(), &aggregate_id);
+            let snapshot = state.snapshots.latest_at_or_before(&key, &as_of_text).await?;
+            let mut doc = match snapshot.and_then(|s| serde_json::from_value::<ReadDocument>(s.state).ok()) {
+                Some(doc) => doc,
+                None => ReadDocument::empty(&aggregate_id, &aggregate_id),
+            };
+            let events = state.events.read_stream(&aggregate_id, doc.version + 1, None).await?;
+            for event in events.iter().take_while(|e| e.timestamp <= as_of_text) {
+                if projection.handles(&event.event_type) {
+                    projection.apply(&mut doc, event).map_err(|e| ApiError::Internal(e.to_string()))?;
+                }
                 doc.version = event.aggregate_version;
                 doc.last_updated = event.timestamp.clone();
             }
-            serde_json::to_value(doc).map_err(|e| ApiError::Internal(e.to_string()))?
+            let version = doc.version;
+            (serde_json::to_value(doc).map_err(|e| ApiError::Internal(e.to_string()))?, version)
         }
-        // No read model: the aggregate's own state, in its snapshot form.
+        // No read model: the aggregate's own state, in its snapshot form, from its latest
+        // snapshot taken by then (taken after its version's event, so true at `asOf`).
         None => {
             let handler = state
                 .domain
                 .aggregate_of_event(&first.event_type)
                 .ok_or_else(|| ApiError::NotFound(format!("no aggregate emits {}", first.event_type)))?;
-            let mut aggregate = handler.initial_state();
-            for event in &events {
+            let snapshot = state.snapshots.latest_at_or_before(&aggregate_id, &as_of_text).await?;
+            let restored = snapshot
+                .filter(|s| {
+                    s.schema_version == handler.snapshot_version() && s.aggregate_type == handler.kind()
+                })
+                .and_then(|s| Some((s.version, handler.restore(s.state)?)));
+            let (mut version, mut aggregate) = restored.unwrap_or_else(|| (0, handler.initial_state()));
+            let events = state.events.read_stream(&aggregate_id, version + 1, None).await?;
+            for event in events.iter().take_while(|e| e.timestamp <= as_of_text) {
                 handler.apply(&mut aggregate, event).map_err(ApiError::Internal)?;
+                version = event.aggregate_version;
             }
-            handler.snapshot(&aggregate).unwrap_or(Value::Null)
+            (handler.snapshot(&aggregate).unwrap_or(Value::Null), version)
         }
     };
-    let version = events.last().map_or(0, |e| e.aggregate_version);
     Ok(Json(json!({"aggregateId": aggregate_id, "version": version, "asOf": as_of_text, "state": view})))
 }
 

@@ -1,0 +1,558 @@
+//! The queue path on RabbitMQ (`NEXUS_QUEUE_URL=amqp://…`), behind the `EventQueue` port.
+//!
+//! Topology, every name under one namespace `{ns}` (so runs and tenants never meet):
+//! - `{ns}.events`: a durable fanout exchange; `publish` sends each event there once, with
+//!   publisher confirms awaited per batch (one round trip for the batch, not per event).
+//! - `{ns}.q.{consumer}`: one durable **quorum** queue per consumer, bound to the fanout, with
+//!   `x-delivery-limit` 4 (= 5 deliveries) and `x-dead-letter-exchange` `{ns}.dlx`: a message redelivered five times
+//!   without an ack (a consumer that crashes on it) is dead-lettered by the broker itself.
+//! - `{ns}.retry.{consumer}.{ms}`: a delayed retry is a copy published to a TTL queue whose
+//!   messages dead-letter back to the consumer's queue after `ms` (there is no delayed-message
+//!   plugin on RabbitMQ 3.10); one queue per delay, because a TTL only expires messages at the
+//!   head of a queue. The copy carries the attempts so far in `x-nexus-attempts`.
+//! - `{ns}.dlx` → `{ns}.dlq`: the dead-letter queue (durable, classic so a requeue keeps the
+//!   order); the last failed delivery is published there with its reason and counts in headers.
+//!   `dead_letters`, `retry` and `skip` browse it with `basic.get` and requeue what they do not
+//!   take; a skipped letter moves to `{ns}.dlq.archive`.
+//!
+//! Every publish is persistent (delivery mode 2) and confirmed; quorum queues confirm after the
+//! Raft log is synced, so `Ok` means durable.
+//!
+//! Architecture invariant: nothing here knows the domain or HTTP; errors collapse into
+//! `StoreError::Unavailable` (a broker problem) or `Corrupt` (a message that is not an event).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use nexus_core::ports::{DeadLetter, Delivery, EventQueue, MAX_DELIVERIES};
+use nexus_core::{DomainEvent, StoreError, format_timestamp};
+use tokio::sync::Mutex;
+
+/// Deliveries a consumer may hold unacknowledged (the broker's prefetch).
+const PREFETCH: u16 = 256;
+
+/// The consumer name of dead letters the router wrote; retrying one publishes to the fanout.
+pub const FANOUT_CONSUMER: &str = "router";
+
+fn unavailable(error: lapin::Error) -> StoreError {
+    StoreError::Unavailable(Box::new(error))
+}
+
+fn now_iso() -> String {
+    format_timestamp(chrono::Utc::now())
+}
+
+fn header_str(headers: &FieldTable, key: &str) -> Option<String> {
+    match headers.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn header_int(headers: &FieldTable, key: &str) -> Option<i64> {
+    match headers.inner().get(key)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+/// The queue a broker dead-lettered message died in: the first `x-death` entry's `queue`.
+fn death_queue(headers: &FieldTable) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else { return None };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else { return None };
+    header_str(first, "queue")
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
+}
+
+/// A consumer's subscription in this process: its channel (acks go back on it) and its stream.
+struct Subscriber {
+    channel: Channel,
+    stream: Mutex<Consumer>,
+    /// First-failure times of deliveries being handled, by delivery tag.
+    first_failures: std::sync::Mutex<HashMap<u64, Option<String>>>,
+}
+
+/// RabbitMQ queue path.
+pub struct RabbitEventQueue {
+    connection: Connection,
+    namespace: String,
+    /// Publishes (fanout, retries, dead letters) go through one confirming channel.
+    publisher: Channel,
+    subscribers: Mutex<HashMap<String, Arc<Subscriber>>>,
+    /// Retry queues declared by this process, per consumer (deleted with the consumer).
+    retry_queues: std::sync::Mutex<HashMap<String, BTreeSet<u64>>>,
+    /// Serializes browsing the dead-letter queue in this process.
+    dlq: Mutex<()>,
+}
+
+impl RabbitEventQueue {
+    /// Connects to `url` and declares the namespace's exchanges and dead-letter queues.
+    pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
+        let connection =
+            Connection::connect(url, ConnectionProperties::default()).await.map_err(unavailable)?;
+        let publisher = connection.create_channel().await.map_err(unavailable)?;
+        publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
+        let queue = Self {
+            connection,
+            namespace: namespace.to_owned(),
+            publisher,
+            subscribers: Mutex::default(),
+            retry_queues: std::sync::Mutex::default(),
+            dlq: Mutex::new(()),
+        };
+        let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        for exchange in [queue.exchange(), queue.dlx()] {
+            queue
+                .publisher
+                .exchange_declare(exchange.into(), ExchangeKind::Fanout, durable, FieldTable::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        for name in [queue.dlq_name(), queue.archive_name()] {
+            queue
+                .publisher
+                .queue_declare(name.into(), QueueDeclareOptions::durable(), FieldTable::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        queue
+            .publisher
+            .queue_bind(
+                queue.dlq_name().into(),
+                queue.dlx().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(queue)
+    }
+
+    /// Closes the connection: what this process held unacknowledged goes back to its queues.
+    pub async fn close(&self) {
+        let _ = self.connection.close(200, "closing".into()).await;
+    }
+
+    fn exchange(&self) -> String {
+        format!("{}.events", self.namespace)
+    }
+
+    fn dlx(&self) -> String {
+        format!("{}.dlx", self.namespace)
+    }
+
+    fn dlq_name(&self) -> String {
+        format!("{}.dlq", self.namespace)
+    }
+
+    fn archive_name(&self) -> String {
+        format!("{}.dlq.archive", self.namespace)
+    }
+
+    fn queue_name(&self, consumer: &str) -> String {
+        format!("{}.q.{consumer}", self.namespace)
+    }
+
+    fn retry_name(&self, consumer: &str, delay_ms: u64) -> String {
+        format!("{}.retry.{consumer}.{delay_ms}", self.namespace)
+    }
+
+    /// Deletes the namespace's exchanges and dead-letter queues (consumers' queues go with
+    /// `unsubscribe`). For tests and decommissioning.
+    pub async fn destroy(&self) -> Result<(), StoreError> {
+        for name in [self.dlq_name(), self.archive_name()] {
+            self.publisher
+                .queue_delete(name.into(), QueueDeleteOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        for name in [self.exchange(), self.dlx()] {
+            self.publisher
+                .exchange_delete(name.into(), ExchangeDeleteOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    fn properties(headers: FieldTable) -> BasicProperties {
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_headers(headers)
+    }
+
+    /// Publishes and waits for the broker's confirm.
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), StoreError> {
+        let confirm = self
+            .publisher
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)?;
+        if confirm.is_ack() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("the broker refused the message (nack)".into()))
+        }
+    }
+
+    async fn subscriber(&self, consumer: &str) -> Result<Arc<Subscriber>, StoreError> {
+        let mut subscribers = self.subscribers.lock().await;
+        if let Some(subscriber) = subscribers.get(consumer) {
+            return Ok(subscriber.clone());
+        }
+        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        channel.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(unavailable)?;
+        let stream = channel
+            .basic_consume(
+                self.queue_name(consumer).into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let subscriber = Arc::new(Subscriber {
+            channel,
+            stream: Mutex::new(stream),
+            first_failures: std::sync::Mutex::default(),
+        });
+        subscribers.insert(consumer.to_owned(), subscriber.clone());
+        Ok(subscriber)
+    }
+
+    fn to_delivery(
+        consumer: &str,
+        subscriber: &Subscriber,
+        message: lapin::message::Delivery,
+    ) -> Result<Delivery, StoreError> {
+        let event: DomainEvent = serde_json::from_slice(&message.data)
+            .map_err(|e| StoreError::Corrupt(format!("queued message is not an event: {e}")))?;
+        let headers = message.properties.headers().clone().unwrap_or_default();
+        let attempts = header_int(&headers, "x-nexus-attempts").unwrap_or(0).max(0) as u32;
+        // A quorum queue counts redeliveries of unacknowledged messages in `x-delivery-count`.
+        let redeliveries = header_int(&headers, "x-delivery-count").unwrap_or(0).max(0) as u32;
+        subscriber
+            .first_failures
+            .lock()
+            .expect("first failures poisoned")
+            .insert(message.delivery_tag, header_str(&headers, "x-nexus-first-failure"));
+        Ok(Delivery {
+            tag: message.delivery_tag,
+            consumer: consumer.to_owned(),
+            event,
+            attempt: attempts + redeliveries + 1,
+        })
+    }
+
+    /// Takes every message of the dead-letter queue without acknowledging it (until `settle`).
+    async fn browse(&self, channel: &Channel) -> Result<Vec<(u64, DeadLetter, Vec<u8>)>, StoreError> {
+        let mut found = Vec::new();
+        while let Some(message) = channel
+            .basic_get(self.dlq_name().into(), BasicGetOptions::default())
+            .await
+            .map_err(unavailable)?
+        {
+            let delivery = message.delivery;
+            let headers = delivery.properties.headers().clone().unwrap_or_default();
+            let event: DomainEvent = serde_json::from_slice(&delivery.data)
+                .map_err(|e| StoreError::Corrupt(format!("dead letter is not an event: {e}")))?;
+            // Dead-lettered by the broker (delivery limit reached): described by `x-death`.
+            let broker_dead = header_str(&headers, "x-nexus-consumer").is_none();
+            let consumer = header_str(&headers, "x-nexus-consumer").unwrap_or_else(|| {
+                let queue = death_queue(&headers).unwrap_or_default();
+                queue.rsplit_once(".q.").map_or(queue.clone(), |(_, c)| c.to_owned())
+            });
+            let id = header_str(&headers, "x-nexus-dlq-id").unwrap_or_else(|| {
+                let message_id =
+                    delivery.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
+                format!("{message_id}.{consumer}")
+            });
+            let now = now_iso();
+            let letter = DeadLetter {
+                id,
+                event,
+                consumer,
+                failure_reason: header_str(&headers, "x-nexus-reason").unwrap_or_else(|| {
+                    if broker_dead {
+                        "TIMEOUT: delivery limit reached without an acknowledgement".into()
+                    } else {
+                        "unknown".into()
+                    }
+                }),
+                retry_count: header_int(&headers, "x-nexus-retry-count").map_or(MAX_DELIVERIES, |n| n as u32),
+                first_failure_time: header_str(&headers, "x-nexus-first-failure")
+                    .unwrap_or_else(|| now.clone()),
+                last_failure_time: header_str(&headers, "x-nexus-last-failure").unwrap_or(now),
+            };
+            found.push((delivery.delivery_tag, letter, delivery.data));
+        }
+        Ok(found)
+    }
+
+    /// Applies `action` to dead letter `id` (publishing where it goes next), acks it, and puts
+    /// every other browsed letter back.
+    async fn settle_one(&self, id: &str, retry: bool) -> Result<bool, StoreError> {
+        let _only_one = self.dlq.lock().await;
+        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        let browsed = self.browse(&channel).await?;
+        let mut outcome = Ok(false);
+        if let Some((tag, letter, body)) = browsed.iter().find(|(_, l, _)| l.id == id) {
+            let published = if !retry {
+                let mut headers = FieldTable::default();
+                headers.insert("x-nexus-dlq-id".into(), text(&letter.id));
+                headers.insert("x-nexus-consumer".into(), text(&letter.consumer));
+                headers.insert("x-nexus-reason".into(), text(&letter.failure_reason));
+                self.publish_confirmed("", &self.archive_name(), body, Self::properties(headers)).await
+            } else if letter.consumer == FANOUT_CONSUMER {
+                self.publish_confirmed(&self.exchange(), "", body, Self::properties(FieldTable::default()))
+                    .await
+            } else {
+                // Fresh attempts: no `x-nexus-attempts`, and a new message for the broker's count.
+                self.publish_confirmed(
+                    "",
+                    &self.queue_name(&letter.consumer),
+                    body,
+                    Self::properties(FieldTable::default()),
+                )
+                .await
+            };
+            outcome = match published {
+                Ok(()) => channel
+                    .basic_ack(*tag, BasicAckOptions::default())
+                    .await
+                    .map(|_| true)
+                    .map_err(unavailable),
+                Err(error) => Err(error),
+            };
+        }
+        // Closing the channel requeues every message still unacknowledged on it, in order.
+        let _ = channel.close(200, "browsed".into()).await;
+        outcome
+    }
+
+    async fn ensure_retry_queue(&self, consumer: &str, delay_ms: u64) -> Result<String, StoreError> {
+        let name = self.retry_name(consumer, delay_ms);
+        let known = self
+            .retry_queues
+            .lock()
+            .expect("retry queues poisoned")
+            .get(consumer)
+            .is_some_and(|s| s.contains(&delay_ms));
+        if !known {
+            let mut arguments = FieldTable::default();
+            arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay_ms as i64));
+            arguments.insert("x-dead-letter-exchange".into(), text(""));
+            arguments.insert("x-dead-letter-routing-key".into(), text(&self.queue_name(consumer)));
+            self.publisher
+                .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), arguments)
+                .await
+                .map_err(unavailable)?;
+            self.retry_queues
+                .lock()
+                .expect("retry queues poisoned")
+                .entry(consumer.to_owned())
+                .or_default()
+                .insert(delay_ms);
+        }
+        Ok(name)
+    }
+}
+
+#[async_trait]
+impl EventQueue for RabbitEventQueue {
+    async fn subscribe(&self, consumer: &str) -> Result<(), StoreError> {
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-queue-type".into(), text("quorum"));
+        // The broker dead-letters a message returned *more* times than the limit, i.e. after
+        // limit + 1 deliveries: 4 here is 5 deliveries at most.
+        arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(MAX_DELIVERIES - 1)));
+        arguments.insert("x-dead-letter-exchange".into(), text(&self.dlx()));
+        let name = self.queue_name(consumer);
+        self.publisher
+            .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), arguments)
+            .await
+            .map_err(unavailable)?;
+        self.publisher
+            .queue_bind(
+                name.into(),
+                self.exchange().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn unsubscribe(&self, consumer: &str) -> Result<(), StoreError> {
+        if let Some(subscriber) = self.subscribers.lock().await.remove(consumer) {
+            let _ = subscriber.channel.close(200, "unsubscribed".into()).await;
+        }
+        let delays =
+            self.retry_queues.lock().expect("retry queues poisoned").remove(consumer).unwrap_or_default();
+        for delay in delays {
+            self.publisher
+                .queue_delete(self.retry_name(consumer, delay).into(), QueueDeleteOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        self.publisher
+            .queue_delete(self.queue_name(consumer).into(), QueueDeleteOptions::default())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn publish(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
+        // Batched confirms: every publish goes out, then one wait for all their acks.
+        let mut confirms = Vec::with_capacity(events.len());
+        for event in events {
+            let body = serde_json::to_vec(event).map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
+            let properties = Self::properties(FieldTable::default())
+                .with_message_id(ShortString::from(event.event_id.clone()));
+            let confirm = self
+                .publisher
+                .basic_publish(
+                    self.exchange().into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+                .map_err(unavailable)?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            if !confirm.await.map_err(unavailable)?.is_ack() {
+                return Err(StoreError::Unavailable("the broker refused a published event (nack)".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn receive(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, StoreError> {
+        let subscriber = self.subscriber(consumer).await?;
+        let mut stream = subscriber.stream.lock().await;
+        let mut batch = Vec::new();
+        let first = match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) => return Ok(batch),
+            Ok(None) => return Err(StoreError::Unavailable("the consumer's channel closed".into())),
+            Ok(Some(message)) => message.map_err(unavailable)?,
+        };
+        batch.push(Self::to_delivery(consumer, &subscriber, first)?);
+        while batch.len() < max {
+            match futures_util::FutureExt::now_or_never(stream.next()) {
+                Some(Some(message)) => {
+                    batch.push(Self::to_delivery(consumer, &subscriber, message.map_err(unavailable)?)?)
+                }
+                _ => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let subscriber = self.subscriber(&delivery.consumer).await?;
+        subscriber.first_failures.lock().expect("first failures poisoned").remove(&delivery.tag);
+        subscriber.channel.basic_ack(delivery.tag, BasicAckOptions::default()).await.map_err(unavailable)
+    }
+
+    async fn nack(&self, delivery: &Delivery, reason: &str, delay: Duration) -> Result<(), StoreError> {
+        let subscriber = self.subscriber(&delivery.consumer).await?;
+        let first_failure = subscriber
+            .first_failures
+            .lock()
+            .expect("first failures poisoned")
+            .remove(&delivery.tag)
+            .flatten()
+            .unwrap_or_else(now_iso);
+        let body =
+            serde_json::to_vec(&delivery.event).map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
+        let mut headers = FieldTable::default();
+        headers.insert("x-nexus-first-failure".into(), text(&first_failure));
+        if delivery.attempt >= MAX_DELIVERIES {
+            headers.insert(
+                "x-nexus-dlq-id".into(),
+                text(&format!("{}.{}", delivery.event.event_id, delivery.consumer)),
+            );
+            headers.insert("x-nexus-consumer".into(), text(&delivery.consumer));
+            headers.insert("x-nexus-reason".into(), text(reason));
+            headers.insert("x-nexus-retry-count".into(), AMQPValue::LongLongInt(i64::from(delivery.attempt)));
+            headers.insert("x-nexus-last-failure".into(), text(&now_iso()));
+            self.publish_confirmed(&self.dlx(), "", &body, Self::properties(headers)).await?;
+        } else {
+            let delay_ms = delay.as_millis().max(1) as u64;
+            let retry_queue = self.ensure_retry_queue(&delivery.consumer, delay_ms).await?;
+            headers.insert("x-nexus-attempts".into(), AMQPValue::LongLongInt(i64::from(delivery.attempt)));
+            self.publish_confirmed("", &retry_queue, &body, Self::properties(headers)).await?;
+        }
+        // The copy is confirmed: only now let go of the original (at-least-once).
+        subscriber.channel.basic_ack(delivery.tag, BasicAckOptions::default()).await.map_err(unavailable)
+    }
+
+    async fn dead_letter(&self, consumer: &str, event: &DomainEvent, reason: &str) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(event).map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
+        let now = now_iso();
+        let mut headers = FieldTable::default();
+        headers.insert("x-nexus-dlq-id".into(), text(&format!("{}.{consumer}", event.event_id)));
+        headers.insert("x-nexus-consumer".into(), text(consumer));
+        headers.insert("x-nexus-reason".into(), text(reason));
+        headers.insert("x-nexus-retry-count".into(), AMQPValue::LongLongInt(0));
+        headers.insert("x-nexus-first-failure".into(), text(&now));
+        headers.insert("x-nexus-last-failure".into(), text(&now));
+        self.publish_confirmed(&self.dlx(), "", &body, Self::properties(headers)).await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let _only_one = self.dlq.lock().await;
+        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        let browsed = self.browse(&channel).await;
+        let _ = channel.close(200, "browsed".into()).await;
+        Ok(browsed?.into_iter().take(limit).map(|(_, letter, _)| letter).collect())
+    }
+
+    async fn retry(&self, id: &str) -> Result<bool, StoreError> {
+        self.settle_one(id, true).await
+    }
+
+    async fn skip(&self, id: &str) -> Result<bool, StoreError> {
+        self.settle_one(id, false).await
+    }
+}

@@ -1,0 +1,142 @@
+//! Contract §9: webhooks and the dead-letter queue's admin API. Served by the router role, which
+//! runs the queue-path consumers.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use nexus_core::FieldError;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+
+/// `POST /api/admin/webhooks {"url", "eventTypes", "secret"?}` → `201 {"id"}`.
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut errors = Vec::new();
+    let Some(object) = body.as_object() else { return Err(ApiError::field("body", "must be a JSON object")) };
+    for key in object.keys() {
+        if !matches!(key.as_str(), "url" | "eventTypes" | "secret") {
+            errors.push(FieldError::new(key, "unknown field"));
+        }
+    }
+    let url = match object.get("url").and_then(Value::as_str) {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => url.to_owned(),
+        Some(_) => {
+            errors.push(FieldError::new("url", "must be an http:// or https:// URL"));
+            String::new()
+        }
+        None => {
+            errors.push(FieldError::new("url", "required string"));
+            String::new()
+        }
+    };
+    let mut event_types = Vec::new();
+    match object.get("eventTypes") {
+        None => errors.push(FieldError::new("eventTypes", "required array of event types")),
+        Some(Value::Array(items)) => {
+            for (index, item) in items.iter().enumerate() {
+                let field = format!("eventTypes[{index}]");
+                match item.as_str() {
+                    None => errors.push(FieldError::new(field, "must be a string")),
+                    Some(name) if state.domain.event(name).is_none() => {
+                        errors.push(FieldError::new(field, format!("unknown event type '{name}'")))
+                    }
+                    // Core events travel the ordered core path, which webhooks do not read.
+                    Some(name) if state.config.routing.core_events.iter().any(|t| t == name) => {
+                        errors.push(FieldError::new(
+                            field,
+                            format!(
+                                "'{name}' is a core event (routing.core-events): it travels the ordered core path, \
+                                 and webhooks consume the queue path"
+                            ),
+                        ))
+                    }
+                    Some(name) => event_types.push(name.to_owned()),
+                }
+            }
+        }
+        Some(_) => errors.push(FieldError::new("eventTypes", "must be an array of event types")),
+    }
+    let secret = match object.get("secret") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(secret)) if !secret.is_empty() => Some(secret.clone()),
+        Some(_) => {
+            errors.push(FieldError::new("secret", "must be a non-empty string"));
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::fields(errors));
+    }
+    let hook = state.webhooks.create(url, event_types, secret).await?;
+    Ok((StatusCode::CREATED, Json(json!({"id": hook.id}))))
+}
+
+/// `GET /api/admin/webhooks`.
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let hooks = state.webhooks.list().await?;
+    Ok(Json(json!({"items": hooks.iter().map(|h| h.view()).collect::<Vec<_>>()})))
+}
+
+/// `DELETE /api/admin/webhooks/{id}`.
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.webhooks.delete(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no webhook '{id}'")))
+    }
+}
+
+/// `GET /api/admin/dlq`.
+pub(crate) async fn dead_letters(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let letters = state.queue.dead_letters(1000).await?;
+    metrics::gauge!("nexus_dlq_depth").set(letters.len() as f64);
+    let items: Vec<Value> = letters
+        .iter()
+        .map(|d| {
+            json!({
+                "id": d.id,
+                "eventId": d.event.event_id,
+                "eventType": d.event.event_type,
+                "aggregateId": d.event.aggregate_id,
+                "consumer": d.consumer,
+                "failureReason": d.failure_reason,
+                "retryCount": d.retry_count,
+                "firstFailureTime": d.first_failure_time,
+                "lastFailureTime": d.last_failure_time,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"items": items})))
+}
+
+/// `POST /api/admin/dlq/{id}/retry`: republishes it to its consumer's queue.
+pub(crate) async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if state.queue.retry(&id).await? {
+        Ok(Json(json!({"id": id, "state": "RETRIED"})))
+    } else {
+        Err(ApiError::NotFound(format!("no waiting dead letter '{id}'")))
+    }
+}
+
+/// `POST /api/admin/dlq/{id}/skip`: archives it.
+pub(crate) async fn skip(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if state.queue.skip(&id).await? {
+        Ok(Json(json!({"id": id, "state": "ARCHIVED"})))
+    } else {
+        Err(ApiError::NotFound(format!("no waiting dead letter '{id}'")))
+    }
+}
