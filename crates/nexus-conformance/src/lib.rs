@@ -10,6 +10,7 @@
 
 pub mod event_queue;
 pub mod event_store;
+pub mod event_stream;
 pub mod read_store;
 pub mod schema_store;
 pub mod snapshot_store;
@@ -152,6 +153,31 @@ macro_rules! event_queue_suite {
                 async fn $case() {
                     let subject = super::$factory().await;
                     $crate::event_queue::$case(subject.store.clone(), stringify!($case)).await;
+                    drop(subject);
+                }
+            )*
+        }
+    };
+}
+
+/// Runs every event-stream case against `$factory`, an `async fn() -> Subject<dyn EventStream>`.
+/// Each case gets its own reader and aggregate prefix.
+#[macro_export]
+macro_rules! event_stream_suite {
+    ($factory:ident) => {
+        $crate::event_stream_suite!(@cases $factory;
+            an_aggregate_keeps_its_order_in_its_partition,
+            a_republished_event_id_is_not_appended_again,
+            readers_are_independent_and_resume_after_their_acks,
+        );
+    };
+    (@cases $factory:ident; $($case:ident),* $(,)?) => {
+        mod event_stream_conformance {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let subject = super::$factory().await;
+                    $crate::event_stream::$case(subject.store.clone(), stringify!($case)).await;
                     drop(subject);
                 }
             )*

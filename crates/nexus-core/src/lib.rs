@@ -27,8 +27,9 @@ pub use model::{
 };
 pub use ports::{
     AppendOutcome, AppendRequest, CommandRecord, DeadLetter, Delivery, EventQueue, EventRejection,
-    EventStore, EventValidator, Filter, ListQuery, NewEvent, Page, ReadStore, RegisteredSchema, SchemaStore,
-    SearchQuery, SearchResults, Snapshot, SnapshotStore, SortOrder, StoreError,
+    EventStore, EventStream, EventValidator, Filter, ListQuery, NewEvent, Page, ReadStore, RegisteredSchema,
+    SchemaStore, SearchQuery, SearchResults, Snapshot, SnapshotStore, SortOrder, StoreError, StreamEvent,
+    partition_of,
 };
 pub use projection::{Projection, ProjectionError, ReadDocument};
 pub use saga::{

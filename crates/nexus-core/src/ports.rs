@@ -372,3 +372,49 @@ pub trait EventQueue: Send + Sync + 'static {
     /// Archives a dead letter (kept, no longer waiting); `false` when there is no such one.
     async fn skip(&self, id: &str) -> Result<bool, StoreError>;
 }
+
+/// An event read from the core path, with its place in the stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamEvent {
+    pub partition: u32,
+    /// The stream's sequence number: increasing within a partition, what [`EventStream::ack`]
+    /// takes.
+    pub sequence: u64,
+    pub event: DomainEvent,
+}
+
+/// The partition of an aggregate's events: FNV-1a of the aggregate id, modulo `partitions`. Stable
+/// across processes and versions (it decides where an aggregate's order is kept).
+pub fn partition_of(aggregate_id: &str, partitions: u32) -> u32 {
+    let hash = aggregate_id
+        .bytes()
+        .fold(0x811c_9dc5_u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193));
+    hash % partitions.max(1)
+}
+
+/// The core path (the seed's Kinesis stream): events partitioned by aggregate id, so one
+/// aggregate's events keep their order; publishes de-duplicated by event id; each reader durable,
+/// resuming after what it acknowledged.
+#[async_trait]
+pub trait EventStream: Send + Sync + 'static {
+    fn partitions(&self) -> u32;
+
+    /// Appends each event to partition [`partition_of`] its aggregate id, in the given order.
+    /// An event id already published (within the backend's de-duplication window) is not
+    /// appended again, so a router that restarts from an older checkpoint duplicates nothing.
+    async fn publish(&self, events: &[DomainEvent]) -> Result<(), StoreError>;
+
+    /// Up to `max` events of `partition` after what `reader` acknowledged, in order, waiting at
+    /// most `wait` for the first. What is fetched and never acknowledged comes again to a later
+    /// instance of the reader.
+    async fn fetch(
+        &self,
+        reader: &str,
+        partition: u32,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<StreamEvent>, StoreError>;
+
+    /// Acknowledges every event of `partition` up to `sequence` for `reader`.
+    async fn ack(&self, reader: &str, partition: u32, sequence: u64) -> Result<(), StoreError>;
+}

@@ -20,6 +20,8 @@ mod projections;
 mod router;
 pub mod sagas;
 mod schema;
+mod stream;
+mod stream_projections;
 mod upcasting;
 
 pub use commands::{CommandBus, CommandError, CommandRequest, SnapshotPolicy};
@@ -33,4 +35,6 @@ pub use sagas::{
     ProcessManagerRunner, SagaCoordinator, SagaError, SagaSettings, SagaView, Started, with_sagas,
 };
 pub use schema::PayloadValidator;
+pub use stream::MemoryEventStream;
+pub use stream_projections::StreamProjectionRunner;
 pub use upcasting::Upcasting;

@@ -9,16 +9,17 @@
 //! publishes that batch again, which the queue path's at-least-once contract allows (consumers
 //! see the same `eventId`).
 //!
-//! Until the ordered stream (`EventStream`) exists, the core path *is* the change feed: the
-//! projections and sagas tail it themselves in position order, so the router only counts core
-//! events.
+//! With an `EventStream` configured (NATS JetStream), core events are published to it, keyed by
+//! aggregate id and de-duplicated by event id. Without one, the core path *is* the change feed:
+//! the projections and sagas tail it themselves in position order, so the router only counts
+//! core events.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use nexus_core::ports::EventQueue;
+use nexus_core::ports::{EventQueue, EventStream};
 use nexus_core::{DomainEvent, EventRejection, EventStore, EventValidator, ReadStore, StoreError};
 use tokio::sync::watch;
 
@@ -110,6 +111,7 @@ pub struct EventRouter {
     read: Arc<dyn ReadStore>,
     queue: Arc<dyn EventQueue>,
     validator: Option<Arc<dyn EventValidator>>,
+    stream: Option<Arc<dyn EventStream>>,
     core_events: BTreeSet<String>,
     batch_size: usize,
     status: Arc<RouterStatus>,
@@ -128,6 +130,7 @@ impl EventRouter {
             read,
             queue,
             validator: None,
+            stream: None,
             core_events: core_events.into_iter().collect(),
             batch_size,
             status: Arc::default(),
@@ -137,6 +140,13 @@ impl EventRouter {
     /// Checks every event against the schema registry before routing it.
     pub fn with_validator(mut self, validator: Arc<dyn EventValidator>) -> Self {
         self.validator = Some(validator);
+        self
+    }
+
+    /// Publishes core events to `stream` (the ordered core path, e.g. NATS JetStream). Without
+    /// one, core events stay on the change feed the projections tail.
+    pub fn with_stream(mut self, stream: Arc<dyn EventStream>) -> Self {
+        self.stream = Some(stream);
         self
     }
 
@@ -188,7 +198,8 @@ impl EventRouter {
         let batch = self.events.read_all(checkpoint, self.batch_size).await.map_err(|e| e.to_string())?;
         let Some(last) = batch.last().map(|e| e.position) else { return Ok(None) };
         let mut to_queue: Vec<DomainEvent> = Vec::new();
-        let (mut core, mut dead) = (0u64, 0u64);
+        let mut to_stream: Vec<DomainEvent> = Vec::new();
+        let mut dead = 0u64;
         for event in batch {
             if let Some(reason) = self.rejection(&event).await? {
                 self.queue.dead_letter(ROUTER_CONSUMER, &event, &reason).await.map_err(|e| e.to_string())?;
@@ -197,11 +208,16 @@ impl EventRouter {
                 continue;
             }
             match self.classify(&event.event_type) {
-                Path::Core => core += 1,
+                Path::Core => to_stream.push(event),
                 _ => to_queue.push(event),
             }
         }
-        let queued = to_queue.len() as u64;
+        let (core, queued) = (to_stream.len() as u64, to_queue.len() as u64);
+        // In position order, so each aggregate's events reach their partition in version order;
+        // the stream drops event ids it already holds, so a replayed batch duplicates nothing.
+        if let Some(stream) = &self.stream {
+            stream.publish(&to_stream).await.map_err(|e| e.to_string())?;
+        }
         self.queue.publish(&to_queue).await.map_err(|e| e.to_string())?;
         self.read
             .commit(ROUTER_CHECKPOINT, ROUTER_CHECKPOINT, Vec::new(), last)

@@ -67,6 +67,18 @@ pub struct Config {
     pub sagas: Sagas,
     pub routing: Routing,
     pub queue: QueueSettings,
+    pub stream: StreamSettings,
+}
+
+/// The ordered core path (`NEXUS_STREAM_URL=nats://…`). Unset: the projections tail the store's
+/// change feed, which is the core path of the embedded server.
+#[derive(Clone, Debug)]
+pub struct StreamSettings {
+    pub url: Option<String>,
+    /// The JetStream stream's name (`[stream] name`, default `nexus`).
+    pub name: String,
+    /// Partitions of the stream: readers of one projection run one per partition (default 4).
+    pub partitions: u32,
 }
 
 /// The event router's classification (seed §3, dual-path router).
@@ -194,6 +206,16 @@ struct File {
     routing: FileRouting,
     #[serde(default)]
     queue: FileQueue,
+    #[serde(default)]
+    stream: FileStream,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileStream {
+    url: Option<String>,
+    name: Option<String>,
+    partitions: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,6 +299,8 @@ pub struct Overrides {
     pub retry_base_ms: Option<u64>,
     /// `NEXUS_QUEUE_URL`: the queue path on RabbitMQ.
     pub queue_url: Option<String>,
+    /// `NEXUS_STREAM_URL`: the core path on NATS JetStream.
+    pub stream_url: Option<String>,
 }
 
 impl Config {
@@ -353,6 +377,11 @@ impl Config {
                 url: overrides.queue_url.or(parsed.queue.url).filter(|url| !url.is_empty()),
                 namespace: parsed.queue.namespace.unwrap_or_else(|| "nexus".into()),
             },
+            stream: StreamSettings {
+                url: overrides.stream_url.or(parsed.stream.url).filter(|url| !url.is_empty()),
+                name: parsed.stream.name.unwrap_or_else(|| "nexus".into()),
+                partitions: parsed.stream.partitions.unwrap_or(4),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -383,6 +412,20 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "queue URL must start with amqp:// (got '{url}'); leave it unset for the embedded queue"
             )));
+        }
+        if let Some(url) = &self.stream.url
+            && !url.starts_with("nats://")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "stream URL must start with nats:// (got '{url}'); leave it unset for the embedded core path"
+            )));
+        }
+        let name = &self.stream.name;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+            return Err(ConfigError::Invalid(format!("stream.name '{name}' must be [A-Za-z0-9_-]+")));
+        }
+        if !(1..=256).contains(&self.stream.partitions) {
+            return Err(ConfigError::Invalid("stream.partitions must be from 1 to 256".into()));
         }
         let namespace = &self.queue.namespace;
         if namespace.is_empty()

@@ -53,6 +53,8 @@ pub fn service_graph(config: &Config, domain: &Domain) -> ServiceGraph {
             // queue path (embedded: `queue.db`) carries non-core events to webhooks.
             call("router", "read_store", "sqlite"),
             call("router", "queue", if config.queue.url.is_some() { "amqp" } else { "sqlite" }),
+            // The core path: NATS when configured (the router publishes, projections read).
+            call("router", "stream", if config.stream.url.is_some() { "nats" } else { "change_feed" }),
             call("query", "read_store", "sqlite"),
             // The saga coordinator and process managers keep their change-feed checkpoints there.
             call("command", "read_store", "sqlite"),

@@ -153,7 +153,21 @@ pub async fn run(
     // Projections belong to the read side. With several query processes each runs them; the
     // version guard and monotonic checkpoints make that idempotent.
     let read_side = if config.role.runs(Role::Query) { domain.projections() } else { &[] };
+    // With NATS configured, the core path feeds the projections (and the router feeds NATS).
+    let stream = open_stream(&config).await?;
     for projection in read_side {
+        if let Some(stream) = &stream {
+            let runner = nexus_runtime::StreamProjectionRunner::new(
+                projection.clone(),
+                stream.clone(),
+                events.clone(),
+                read.clone(),
+                notifier.clone(),
+                config.projection_batch_size,
+            );
+            runners.push(tokio::spawn(runner.run(stopped.clone())));
+            continue;
+        }
         let runner = ProjectionRunner::new(
             projection.clone(),
             events.clone(),
@@ -201,6 +215,10 @@ pub async fn run(
             config.projection_batch_size,
         )
         .with_validator(registry.clone());
+        let router = match &stream {
+            Some(stream) => router.with_stream(stream.clone()),
+            None => router,
+        };
         queue_tasks.push(tokio::spawn(router.run(stopped.clone())));
         let delivering = webhooks::Delivering {
             http: reqwest::Client::builder()
@@ -392,6 +410,15 @@ async fn open_backends(config: &Config) -> Result<Backends, ServeError> {
             })
         }
     }
+}
+
+/// The core path's backend: NATS JetStream when `NEXUS_STREAM_URL` is set; `None` when the
+/// projections tail the store's change feed (the embedded core path).
+async fn open_stream(config: &Config) -> Result<Option<Arc<dyn nexus_core::EventStream>>, ServeError> {
+    let Some(url) = &config.stream.url else { return Ok(None) };
+    let stream =
+        nexus_nats::NatsEventStream::connect(url, &config.stream.name, config.stream.partitions).await?;
+    Ok(Some(Arc::new(stream)))
 }
 
 /// The queue path's backend: RabbitMQ when `NEXUS_QUEUE_URL` is set, else embedded (`queue.db`

@@ -157,14 +157,14 @@ impl Webhooks {
                         keep
                     });
                     for (id, hook) in wanted {
-                        if !running.contains_key(&id) {
+                        if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(id) {
                             let task = tokio::spawn(deliver_loop(
                                 hook.clone(),
                                 self.queue.clone(),
                                 settings.clone(),
                                 shutdown.clone(),
                             ));
-                            running.insert(id, (hook, task));
+                            slot.insert((hook, task));
                         }
                     }
                 }

@@ -78,9 +78,38 @@ async fn a_failing_endpoint_gets_five_attempts_then_the_dlq_then_one_signed_retr
         config.queue.dlq_process_interval_secs = 0;
     })
     .await;
+    five_attempts_dlq_and_one_signed_retry(&server).await;
+    server.stop().await;
+}
+
+/// The same on RabbitMQ (`NEXUS_TEST_AMQP_URL`, default the local broker), in a fresh namespace
+/// deleted at the end. An unreachable broker fails the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_rabbitmq_a_failing_endpoint_gets_five_attempts_then_the_dlq_then_one_signed_retry() {
+    let url = std::env::var("NEXUS_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let namespace = format!("nexus-test-{}", uuid::Uuid::new_v4().simple());
+    let server = TestServer::start_with(|config| {
+        config.queue.retry_base_ms = 10;
+        config.queue.dlq_process_interval_secs = 0;
+        config.queue.url = Some(url.clone());
+        config.queue.namespace = namespace.clone();
+    })
+    .await;
+    let hook = five_attempts_dlq_and_one_signed_retry(&server).await;
+    let deleted =
+        server.http.delete(server.url(&format!("/api/admin/webhooks/{hook}"))).send().await.unwrap();
+    assert_eq!(deleted.status(), 204, "deleting the webhook deletes its queues");
+    server.stop().await;
+    let queue = nexus_rabbitmq::RabbitEventQueue::connect(&url, &namespace).await.unwrap();
+    queue.destroy().await.unwrap();
+}
+
+/// Returns the webhook's id.
+async fn five_attempts_dlq_and_one_signed_retry(server: &TestServer) -> String {
     let (endpoint, url) = Endpoint::start(500).await;
     let created = post(
-        &server,
+        server,
         "/api/admin/webhooks",
         json!({"url": url, "eventTypes": ["UserRegistered"], "secret": "s3cret"}),
     )
@@ -92,12 +121,12 @@ async fn a_failing_endpoint_gets_five_attempts_then_the_dlq_then_one_signed_retr
     assert_eq!(listed.body["items"][0]["url"], url.as_str());
     assert!(listed.body["items"][0].get("secret").is_none(), "the secret is never shown");
 
-    let user = register_user(&server, "ada@example.com").await;
+    let user = register_user(server, "ada@example.com").await;
 
     endpoint.wait_for(5).await;
     let started = Instant::now();
     let letters = loop {
-        let letters = dead_letters(&server).await;
+        let letters = dead_letters(server).await;
         if !letters.is_empty() {
             break letters;
         }
@@ -122,13 +151,13 @@ async fn a_failing_endpoint_gets_five_attempts_then_the_dlq_then_one_signed_retr
     // The endpoint recovers; an operator retries the dead letter: one delivery, signed.
     endpoint.status.store(200, Ordering::SeqCst);
     let id = letter["id"].as_str().unwrap();
-    let retried = post(&server, &format!("/api/admin/dlq/{id}/retry"), json!({})).await;
+    let retried = post(server, &format!("/api/admin/dlq/{id}/retry"), json!({})).await;
     assert_eq!(retried.status, 200, "{}", retried.body);
     endpoint.wait_for(6).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(endpoint.count(), 6, "the retry delivers once");
-    assert!(dead_letters(&server).await.is_empty(), "the dead letter is no longer waiting");
-    post(&server, &format!("/api/admin/dlq/{id}/retry"), json!({})).await.assert_error(404, "NOT_FOUND");
+    assert!(dead_letters(server).await.is_empty(), "the dead letter is no longer waiting");
+    post(server, &format!("/api/admin/dlq/{id}/retry"), json!({})).await.assert_error(404, "NOT_FOUND");
 
     let (headers, body, _) = endpoint.requests.lock().unwrap()[5].clone();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
@@ -154,7 +183,7 @@ async fn a_failing_endpoint_gets_five_attempts_then_the_dlq_then_one_signed_retr
     let metrics = server.get("/metrics").await.body.as_str().unwrap_or_default().to_owned();
     assert!(metrics.contains("nexus_events_routed_total{path=\"queue\"}"), "routed metric missing");
     assert!(metrics.contains("nexus_delivery_attempts_total"), "attempts metric missing");
-    server.stop().await;
+    hook_id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

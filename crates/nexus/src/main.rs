@@ -158,6 +158,9 @@ struct ServeArgs {
     /// RabbitMQ URL for the queue path (amqp://…); embedded (queue.db in the data dir) when unset.
     #[arg(long, env = "NEXUS_QUEUE_URL")]
     queue_url: Option<String>,
+    /// NATS URL for the ordered core path (nats://…); projections tail the store when unset.
+    #[arg(long, env = "NEXUS_STREAM_URL")]
+    stream_url: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -426,6 +429,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store_schema: args.store_schema,
         retry_base_ms: args.retry_base_ms,
         queue_url: args.queue_url,
+        stream_url: args.stream_url,
     };
     let config = Config::load(args.config.as_deref(), overrides)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {

@@ -204,8 +204,7 @@ pub(crate) async fn temporal(
                 Some(doc) => doc,
                 None => ReadDocument::empty(&aggregate_id, &aggregate_id),
             };
-            let events = state.events.read_stream(&aggregate_id, doc.version + 1, None).await?;
-            for event in events.iter().take_while(|e| e.timestamp <= as_of_text) {
+            for event in &events_until(&state, &aggregate_id, doc.version + 1, &as_of_text).await? {
                 if projection.handles(&event.event_type) {
                     projection.apply(&mut doc, event).map_err(|e| ApiError::Internal(e.to_string()))?;
                 }
@@ -229,8 +228,7 @@ pub(crate) async fn temporal(
                 })
                 .and_then(|s| Some((s.version, handler.restore(s.state)?)));
             let (mut version, mut aggregate) = restored.unwrap_or_else(|| (0, handler.initial_state()));
-            let events = state.events.read_stream(&aggregate_id, version + 1, None).await?;
-            for event in events.iter().take_while(|e| e.timestamp <= as_of_text) {
+            for event in &events_until(&state, &aggregate_id, version + 1, &as_of_text).await? {
                 handler.apply(&mut aggregate, event).map_err(ApiError::Internal)?;
                 version = event.aggregate_version;
             }
@@ -299,4 +297,30 @@ pub(crate) async fn search(
         "nextToken": next_token,
         "took": started.elapsed().as_millis() as u64,
     })))
+}
+
+/// The aggregate's events from `from` on, up to the last one stamped at or before `as_of`, read in
+/// chunks so a query far in the past does not read the whole stream.
+async fn events_until(
+    state: &AppState,
+    aggregate_id: &str,
+    mut from: u64,
+    as_of: &str,
+) -> Result<Vec<nexus_core::DomainEvent>, ApiError> {
+    const CHUNK: u64 = 500;
+    let mut found = Vec::new();
+    loop {
+        let chunk = state.events.read_stream(aggregate_id, from, Some(from + CHUNK - 1)).await?;
+        let full = chunk.len() as u64 == CHUNK;
+        for event in chunk {
+            if event.timestamp.as_str() > as_of {
+                return Ok(found);
+            }
+            from = event.aggregate_version + 1;
+            found.push(event);
+        }
+        if !full {
+            return Ok(found);
+        }
+    }
 }

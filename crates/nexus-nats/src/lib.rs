@@ -1,0 +1,208 @@
+//! The core path on NATS JetStream (`NEXUS_STREAM_URL=nats://…`), behind the `EventStream` port.
+//!
+//! One stream `{name}` with subjects `{name}.p.{partition}`; an event goes to the partition of its
+//! aggregate id (`partition_of`), so one aggregate's events keep their order. Retention is 24 h
+//! (the seed's Kinesis retention); the event store stays the source of truth (JetStream acks a
+//! publish before syncing it to disk). Publishes carry `Nats-Msg-Id` = event id, so the server
+//! drops a republish within the duplicate window (a router restarted from an older checkpoint
+//! duplicates nothing). Publishes are pipelined: all sent, then all acks awaited.
+//!
+//! Each reader has one durable pull consumer per partition, `{reader}-p{partition}`, with a single
+//! `filter_subject` (the local NATS server is 2.9.10, which ignores the plural `filter_subjects`)
+//! and `AckPolicy::All`, so acknowledging a sequence acknowledges everything before it.
+//!
+//! Architecture invariant: no domain knowledge; errors collapse into `StoreError::Unavailable`
+//! or `Corrupt`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::{self, Message, stream};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use nexus_core::ports::{EventStream, StreamEvent, partition_of};
+use nexus_core::{DomainEvent, StoreError};
+use tokio::sync::Mutex;
+
+fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Unavailable(Box::new(error))
+}
+
+/// How long an unacknowledged fetch stays with its reader before JetStream redelivers it.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// JetStream core path.
+pub struct NatsEventStream {
+    jetstream: jetstream::Context,
+    name: String,
+    partitions: u32,
+    ack_wait: Duration,
+    consumers: Mutex<HashMap<(String, u32), PullConsumer>>,
+    /// Fetched, unacknowledged messages by reader and partition, by stream sequence.
+    pending: Mutex<HashMap<(String, u32), BTreeMap<u64, Message>>>,
+}
+
+impl NatsEventStream {
+    /// Connects and creates the stream `name` (letters, digits, `-`, `_`) if it does not exist.
+    pub async fn connect(url: &str, name: &str, partitions: u32) -> Result<Self, StoreError> {
+        Self::connect_with_ack_wait(url, name, partitions, ACK_WAIT).await
+    }
+
+    /// As [`connect`](Self::connect), with another redelivery timeout for unacknowledged fetches.
+    pub async fn connect_with_ack_wait(
+        url: &str,
+        name: &str,
+        partitions: u32,
+        ack_wait: Duration,
+    ) -> Result<Self, StoreError> {
+        let client = async_nats::connect(url).await.map_err(unavailable)?;
+        let jetstream = jetstream::new(client);
+        jetstream
+            .get_or_create_stream(stream::Config {
+                name: name.to_owned(),
+                subjects: vec![format!("{name}.p.*")],
+                max_age: Duration::from_secs(24 * 3600),
+                duplicate_window: Duration::from_secs(120),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(Self {
+            jetstream,
+            name: name.to_owned(),
+            partitions: partitions.max(1),
+            ack_wait,
+            consumers: Mutex::default(),
+            pending: Mutex::default(),
+        })
+    }
+
+    /// Deletes the stream and its consumers (tests, decommissioning).
+    pub async fn destroy(&self) -> Result<(), StoreError> {
+        self.jetstream.delete_stream(&self.name).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn subject(&self, partition: u32) -> String {
+        format!("{}.p.{partition}", self.name)
+    }
+
+    async fn consumer(&self, reader: &str, partition: u32) -> Result<PullConsumer, StoreError> {
+        let key = (reader.to_owned(), partition);
+        let mut consumers = self.consumers.lock().await;
+        if let Some(consumer) = consumers.get(&key) {
+            return Ok(consumer.clone());
+        }
+        let durable = format!("{reader}-p{partition}");
+        let stream = self.jetstream.get_stream(&self.name).await.map_err(unavailable)?;
+        let consumer: PullConsumer = stream
+            .get_or_create_consumer(
+                &durable,
+                pull::Config {
+                    durable_name: Some(durable.clone()),
+                    filter_subject: self.subject(partition),
+                    ack_policy: AckPolicy::All,
+                    ack_wait: self.ack_wait,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(unavailable)?;
+        consumers.insert(key, consumer.clone());
+        Ok(consumer)
+    }
+
+    fn to_event(partition: u32, message: &Message) -> Result<StreamEvent, StoreError> {
+        let info =
+            message.info().map_err(|e| StoreError::Corrupt(format!("not a JetStream message: {e}")))?;
+        let event: DomainEvent = serde_json::from_slice(&message.payload)
+            .map_err(|e| StoreError::Corrupt(format!("stream message is not an event: {e}")))?;
+        Ok(StreamEvent { partition, sequence: info.stream_sequence, event })
+    }
+}
+
+#[async_trait]
+impl EventStream for NatsEventStream {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    async fn publish(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let body = serde_json::to_vec(event).map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", event.event_id.as_str());
+            let subject = self.subject(partition_of(&event.aggregate_id, self.partitions));
+            let ack = self
+                .jetstream
+                .publish_with_headers(subject, headers, body.into())
+                .await
+                .map_err(unavailable)?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        reader: &str,
+        partition: u32,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<StreamEvent>, StoreError> {
+        let consumer = self.consumer(reader, partition).await?;
+        let mut messages = Vec::new();
+        // What is there now; when nothing, wait for the first one, then take what followed it.
+        let mut ready = consumer.fetch().max_messages(max).messages().await.map_err(unavailable)?;
+        while let Some(message) = ready.next().await {
+            messages.push(message.map_err(|e| StoreError::Unavailable(e))?);
+        }
+        if messages.is_empty() && !wait.is_zero() {
+            let mut first = consumer
+                .batch()
+                .max_messages(1)
+                .expires(wait.max(Duration::from_millis(10)))
+                .messages()
+                .await
+                .map_err(unavailable)?;
+            while let Some(message) = first.next().await {
+                messages.push(message.map_err(|e| StoreError::Unavailable(e))?);
+            }
+            if !messages.is_empty() && max > 1 {
+                let mut rest =
+                    consumer.fetch().max_messages(max - 1).messages().await.map_err(unavailable)?;
+                while let Some(message) = rest.next().await {
+                    messages.push(message.map_err(|e| StoreError::Unavailable(e))?);
+                }
+            }
+        }
+        let events = messages.iter().map(|m| Self::to_event(partition, m)).collect::<Result<Vec<_>, _>>()?;
+        let mut pending = self.pending.lock().await;
+        let slot = pending.entry((reader.to_owned(), partition)).or_default();
+        for (message, event) in messages.into_iter().zip(&events) {
+            slot.insert(event.sequence, message);
+        }
+        Ok(events)
+    }
+
+    async fn ack(&self, reader: &str, partition: u32, sequence: u64) -> Result<(), StoreError> {
+        let message = {
+            let mut pending = self.pending.lock().await;
+            let Some(slot) = pending.get_mut(&(reader.to_owned(), partition)) else { return Ok(()) };
+            let message = slot.remove(&sequence);
+            // AckPolicy::All: acknowledging `sequence` acknowledges everything before it.
+            slot.retain(|seq, _| *seq > sequence);
+            message
+        };
+        match message {
+            Some(message) => message.ack().await.map_err(|e| StoreError::Unavailable(e)),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The embedded core path: in-process ordered partitions behind the `EventStream` port.
+//!
+//! Process-local by design: it holds what was published since the process started, and reader
+//! positions in memory. The embedded server does not need it for durability, because there the
+//! projections tail the store's change feed (which *is* the ordered, durable core path of one
+//! process); it is the reference the NATS backend is checked against, and a core path for tests.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nexus_core::ports::{EventStream, StreamEvent, partition_of};
+use nexus_core::{DomainEvent, StoreError};
+use tokio::sync::Notify;
+
+#[derive(Default)]
+struct State {
+    logs: Vec<Vec<StreamEvent>>,
+    published: HashSet<String>,
+    next_sequence: u64,
+    /// Per reader and partition: acknowledged up to, fetched up to.
+    positions: HashMap<(String, u32), (u64, u64)>,
+}
+
+pub struct MemoryEventStream {
+    partitions: u32,
+    // A std mutex: held for vector pushes and slices only, never across an await.
+    state: Mutex<State>,
+    appended: Notify,
+}
+
+impl MemoryEventStream {
+    pub fn new(partitions: u32) -> Self {
+        let partitions = partitions.max(1);
+        let state = State { logs: (0..partitions).map(|_| Vec::new()).collect(), ..State::default() };
+        Self { partitions, state: Mutex::new(state), appended: Notify::new() }
+    }
+
+    fn take(&self, reader: &str, partition: u32, max: usize) -> Vec<StreamEvent> {
+        let mut state = self.state.lock().expect("stream state poisoned");
+        let (_, fetched) = *state.positions.entry((reader.to_owned(), partition)).or_default();
+        let log = &state.logs[partition as usize];
+        let start = log.partition_point(|e| e.sequence <= fetched);
+        let batch: Vec<StreamEvent> = log[start..].iter().take(max).cloned().collect();
+        if let Some(last) = batch.last() {
+            state.positions.get_mut(&(reader.to_owned(), partition)).expect("just inserted").1 =
+                last.sequence;
+        }
+        batch
+    }
+}
+
+#[async_trait]
+impl EventStream for MemoryEventStream {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    async fn publish(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
+        {
+            let mut state = self.state.lock().expect("stream state poisoned");
+            for event in events {
+                if !state.published.insert(event.event_id.clone()) {
+                    continue;
+                }
+                state.next_sequence += 1;
+                let sequence = state.next_sequence;
+                let partition = partition_of(&event.aggregate_id, self.partitions);
+                state.logs[partition as usize].push(StreamEvent {
+                    partition,
+                    sequence,
+                    event: event.clone(),
+                });
+            }
+        }
+        self.appended.notify_waiters();
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        reader: &str,
+        partition: u32,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<StreamEvent>, StoreError> {
+        if partition >= self.partitions {
+            return Err(StoreError::InvalidRequest(format!("no partition {partition}")));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let appended = self.appended.notified();
+            let batch = self.take(reader, partition, max);
+            if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(batch);
+            }
+            tokio::select! {
+                _ = appended => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, reader: &str, partition: u32, sequence: u64) -> Result<(), StoreError> {
+        let mut state = self.state.lock().expect("stream state poisoned");
+        let position = state.positions.entry((reader.to_owned(), partition)).or_default();
+        position.0 = position.0.max(sequence);
+        position.1 = position.1.max(sequence);
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! A projection fed by the core path (`EventStream`) instead of the change feed: one durable
+//! reader per projection and partition, exactly once in effect.
+//!
+//! Per partition, the documents and a checkpoint (`{projection}@p{partition}`, the stream
+//! sequence) commit in one read-store transaction, and only then is the stream acknowledged. A
+//! crash between the two replays the batch: sequences at or below the checkpoint are skipped, and
+//! the version guard skips what a replayed publish carries again. An aggregate's events are in one
+//! partition, so partitions touch disjoint documents and run independently. The stream is a
+//! transport, not the truth (JetStream acks before it syncs): when an event's version jumps past
+//! the document's next one, the missing events are read from the event store first.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_core::ports::EventStream;
+use nexus_core::{DomainEvent, EventStore, Projection, ReadDocument, ReadStore};
+use tokio::sync::watch;
+
+use crate::notify::{Notifier, ProjectionUpdate};
+
+pub struct StreamProjectionRunner {
+    projection: Arc<dyn Projection>,
+    stream: Arc<dyn EventStream>,
+    events: Arc<dyn EventStore>,
+    read: Arc<dyn ReadStore>,
+    notifier: Notifier,
+    batch_size: usize,
+}
+
+impl StreamProjectionRunner {
+    pub fn new(
+        projection: Arc<dyn Projection>,
+        stream: Arc<dyn EventStream>,
+        events: Arc<dyn EventStore>,
+        read: Arc<dyn ReadStore>,
+        notifier: Notifier,
+        batch_size: usize,
+    ) -> Self {
+        Self { projection, stream, events, read, notifier, batch_size }
+    }
+
+    /// The read-store checkpoint of `projection` on `partition`.
+    pub fn checkpoint_name(projection: &str, partition: u32) -> String {
+        format!("{projection}@p{partition}")
+    }
+
+    /// Runs one task per partition until `shutdown`.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let tasks: Vec<_> = (0..this.stream.partitions())
+            .map(|partition| tokio::spawn(this.clone().run_partition(partition, shutdown.clone())))
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    async fn run_partition(self: Arc<Self>, partition: u32, mut shutdown: watch::Receiver<bool>) {
+        let name = self.projection.name();
+        let checkpoint_name = Self::checkpoint_name(name, partition);
+        let mut backoff = Duration::from_millis(100);
+        let mut checkpoint = None;
+        while !*shutdown.borrow() {
+            let step = match checkpoint {
+                None => self.read.checkpoint(&checkpoint_name).await.map(Some).map_err(|e| e.to_string()),
+                Some(at) => tokio::select! {
+                    step = self.step(partition, &checkpoint_name, at) => step,
+                    _ = shutdown.changed() => continue,
+                },
+            };
+            match step {
+                Ok(Some(at)) => {
+                    checkpoint = Some(at);
+                    backoff = Duration::from_millis(100);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(projection = name, partition, %error, "stream projection stalled; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Applies the next fetched batch; returns the new checkpoint (the old one when nothing came).
+    async fn step(
+        &self,
+        partition: u32,
+        checkpoint_name: &str,
+        checkpoint: u64,
+    ) -> Result<Option<u64>, String> {
+        let name = self.projection.name();
+        let batch = self
+            .stream
+            .fetch(name, partition, self.batch_size, Duration::from_secs(1))
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(last) = batch.last().map(|e| e.sequence) else { return Ok(Some(checkpoint)) };
+        let fresh: Vec<&DomainEvent> = batch
+            .iter()
+            .filter(|e| e.sequence > checkpoint && self.projection.handles(&e.event.event_type))
+            .map(|e| &e.event)
+            .collect();
+        let mut docs: HashMap<String, ReadDocument> = HashMap::new();
+        let mut updates = Vec::new();
+        if !fresh.is_empty() {
+            let mut ids: Vec<String> = fresh.iter().map(|e| e.aggregate_id.clone()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            for doc in self.read.load(name, &ids).await.map_err(|e| e.to_string())? {
+                docs.insert(doc.id.clone(), doc);
+            }
+            for event in fresh {
+                let doc = docs
+                    .entry(event.aggregate_id.clone())
+                    .or_insert_with(|| ReadDocument::empty(&event.aggregate_id, &event.aggregate_id));
+                if event.aggregate_version <= doc.version {
+                    continue; // the version guard: a replay changes nothing
+                }
+                let mut pending = Vec::new();
+                if event.aggregate_version > doc.version + 1 {
+                    // A gap: the stream lost or has not yet delivered events; the store has them.
+                    pending = self
+                        .events
+                        .read_stream(&event.aggregate_id, doc.version + 1, Some(event.aggregate_version - 1))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                pending.push(event.clone());
+                for event in pending.iter().filter(|e| self.projection.handles(&e.event_type)) {
+                    self.projection
+                        .apply(doc, event)
+                        .map_err(|e| format!("event {} of {}: {e}", event.event_id, event.aggregate_id))?;
+                    doc.version = event.aggregate_version;
+                    doc.last_updated = event.timestamp.clone();
+                    updates.push(ProjectionUpdate {
+                        resource: name.to_owned(),
+                        aggregate_id: event.aggregate_id.clone(),
+                        version: event.aggregate_version,
+                        event_id: event.event_id.clone(),
+                        timestamp: event.timestamp.clone(),
+                    });
+                }
+                // Events of other types fill the gap too: the document's version follows the
+                // aggregate's.
+                doc.version = doc.version.max(event.aggregate_version);
+            }
+        }
+        let changed: std::collections::HashSet<&str> =
+            updates.iter().map(|u| u.aggregate_id.as_str()).collect();
+        let touched: Vec<ReadDocument> =
+            docs.into_values().filter(|d| changed.contains(d.id.as_str())).collect();
+        let position = last.max(checkpoint);
+        self.read.commit(checkpoint_name, name, touched, position).await.map_err(|e| e.to_string())?;
+        self.stream.ack(name, partition, last).await.map_err(|e| e.to_string())?;
+        metrics::counter!("nexus_projection_events_total", "projection" => name)
+            .increment(updates.len() as u64);
+        for update in updates {
+            self.notifier.publish(update);
+        }
+        Ok(Some(position))
+    }
+}
