@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release -p nexus-runtime --example read_side_scale -- [sqlite|postgres] [N]`
 //! (PostgreSQL from `NEXUS_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`,
-//! in a fresh schema dropped at the end).
+//! in a fresh schema `scale_<pid>` left for inspection: drop it with `DROP SCHEMA … CASCADE`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

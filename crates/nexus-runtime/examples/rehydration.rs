@@ -1,7 +1,8 @@
 //! Rehydration of a 5,000-event aggregate with and without a snapshot, through the command path
 //! of a process with a cold cache (one command = load + decide + append).
 //!
-//! `cargo run --release -p nexus-runtime --example rehydration -- [sqlite|postgres]`
+//! `cargo run --release -p nexus-runtime --example rehydration -- [sqlite|postgres]` (PostgreSQL: a
+//! schema `rehydrate_<pid>` is left behind; drop it with `DROP SCHEMA … CASCADE`)
 
 use std::sync::Arc;
 use std::time::Instant;
