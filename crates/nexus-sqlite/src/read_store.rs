@@ -166,19 +166,19 @@ impl ReadStore for SqliteReadStore {
         let ids = ids.to_vec();
         self.readers
             .run(move |conn| {
+                // One query for the whole batch: the ids travel as a JSON array.
+                let ids = serde_json::to_string(&ids).map_err(|e| corrupt("ids", e))?;
                 let mut stmt = conn
-                    .prepare_cached("SELECT doc FROM documents WHERE resource = ?1 AND id = ?2")
+                    .prepare_cached(
+                        "SELECT doc FROM documents WHERE resource = ?1 AND id IN (SELECT value FROM json_each(?2))",
+                    )
                     .map_err(unavailable)?;
-                let mut docs = Vec::with_capacity(ids.len());
-                for id in &ids {
-                    let text: Option<String> = stmt
-                        .query_row(params![resource, id], |row| row.get(0))
-                        .optional()
-                        .map_err(unavailable)?;
-                    if let Some(text) = text {
-                        docs.push(parse_doc(&text)?);
-                    }
-                }
+                let texts = stmt
+                    .query_map(params![resource, ids], |row| row.get::<_, String>(0))
+                    .map_err(unavailable)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(unavailable)?;
+                let docs = texts.iter().map(|t| parse_doc(t)).collect::<Result<Vec<_>, _>>()?;
                 Ok(docs)
             })
             .await
