@@ -76,6 +76,25 @@ pub(crate) async fn get(
     }
 }
 
+/// The `limit` parameter of a list or search, checked against the configured page sizes.
+fn page_size(
+    params: &HashMap<String, String>,
+    limits: &crate::config::Limits,
+    errors: &mut Vec<FieldError>,
+) -> usize {
+    match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => limits.default_page_size,
+        Some(Ok(n)) if (1..=limits.max_page_size).contains(&n) => n,
+        Some(_) => {
+            errors.push(FieldError::new(
+                "limit",
+                format!("must be an integer from 1 to {}", limits.max_page_size),
+            ));
+            limits.default_page_size
+        }
+    }
+}
+
 /// Parameters of a list that are not field filters.
 const RESERVED: [&str; 3] = ["sort", "limit", "nextToken"];
 
@@ -88,17 +107,7 @@ pub(crate) async fn list(
     known_resource(&state, &resource)?;
     let limits = &state.config.limits;
     let mut errors = Vec::new();
-    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
-        None => limits.default_page_size,
-        Some(Ok(n)) if (1..=limits.max_page_size).contains(&n) => n,
-        Some(_) => {
-            errors.push(FieldError::new(
-                "limit",
-                format!("must be an integer from 1 to {}", limits.max_page_size),
-            ));
-            limits.default_page_size
-        }
-    };
+    let limit = page_size(&params, limits, &mut errors);
     let sort = params.get("sort").and_then(|sort| {
         let (field, order) = sort.split_once(':').unwrap_or((sort, "asc"));
         match order.to_ascii_lowercase().as_str() {
@@ -252,17 +261,7 @@ pub(crate) async fn search(
     known_resource(&state, &resource)?;
     let limits = &state.config.limits;
     let mut errors = Vec::new();
-    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
-        None => limits.default_page_size,
-        Some(Ok(n)) if (1..=limits.max_page_size).contains(&n) => n,
-        Some(_) => {
-            errors.push(FieldError::new(
-                "limit",
-                format!("must be an integer from 1 to {}", limits.max_page_size),
-            ));
-            limits.default_page_size
-        }
-    };
+    let limit = page_size(&params, limits, &mut errors);
     let text = params.get("q").cloned().unwrap_or_default();
     let facets: Vec<String> = params
         .get("facets")
