@@ -161,7 +161,7 @@ impl EventStream for NatsEventStream {
         // What is there now; when nothing, wait for the first one, then take what followed it.
         let mut ready = consumer.fetch().max_messages(max).messages().await.map_err(unavailable)?;
         while let Some(message) = ready.next().await {
-            messages.push(message.map_err(|e| StoreError::Unavailable(e))?);
+            messages.push(message.map_err(StoreError::Unavailable)?);
         }
         if messages.is_empty() && !wait.is_zero() {
             let mut first = consumer
@@ -172,13 +172,13 @@ impl EventStream for NatsEventStream {
                 .await
                 .map_err(unavailable)?;
             while let Some(message) = first.next().await {
-                messages.push(message.map_err(|e| StoreError::Unavailable(e))?);
+                messages.push(message.map_err(StoreError::Unavailable)?);
             }
             if !messages.is_empty() && max > 1 {
                 let mut rest =
                     consumer.fetch().max_messages(max - 1).messages().await.map_err(unavailable)?;
                 while let Some(message) = rest.next().await {
-                    messages.push(message.map_err(|e| StoreError::Unavailable(e))?);
+                    messages.push(message.map_err(StoreError::Unavailable)?);
                 }
             }
         }
@@ -201,7 +201,7 @@ impl EventStream for NatsEventStream {
             message
         };
         match message {
-            Some(message) => message.ack().await.map_err(|e| StoreError::Unavailable(e)),
+            Some(message) => message.ack().await.map_err(StoreError::Unavailable),
             None => Ok(()),
         }
     }

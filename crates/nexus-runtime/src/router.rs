@@ -172,6 +172,10 @@ impl EventRouter {
                 Ok(Some(position)) => {
                     checkpoint = Some(position);
                     self.status.checkpoint.store(position, Ordering::Release);
+                    // The router's consumer lag: events committed but not yet routed.
+                    if let Ok(head) = self.events.head().await {
+                        metrics::gauge!("nexus_router_lag_events").set(head.saturating_sub(position) as f64);
+                    }
                     backoff = Duration::from_millis(100);
                 }
                 Ok(None) => {

@@ -156,7 +156,14 @@ pub async fn run(
     // With NATS configured, the core path feeds the projections (and the router feeds NATS).
     let stream = open_stream(&config).await?;
     for projection in read_side {
-        if let Some(stream) = &stream {
+        // Only a projection whose every event type is core can be fed by the core path alone;
+        // one that also reads non-core events (e.g. `users`) keeps tailing the change feed.
+        let all_core = domain
+            .events()
+            .filter(|spec| projection.handles(spec.name))
+            .all(|spec| config.routing.core_events.iter().any(|t| t == spec.name));
+        if let Some(stream) = stream.as_ref().filter(|_| all_core) {
+            tracing::info!(projection = projection.name(), "projection fed by the core path (NATS)");
             let runner = nexus_runtime::StreamProjectionRunner::new(
                 projection.clone(),
                 stream.clone(),
