@@ -7,9 +7,8 @@
 //! - `append`: `SqliteEventStore` and `PostgresEventStore` appends of 1–1,000 events, each beside
 //!   the raw insert of as many rows in one durable commit of the same database.
 //! - `validation`: `PayloadValidator::check` of a valid and an invalid `PlaceOrder`.
+//! - `upcasting`: `Upcasting::upcast` of a `UserRegistered` v1 to v2, and of a current event.
 //! - `projection`: `OrdersProjection::apply` of an `OrderPlaced`.
-//!
-//! Not measured yet: upcasting, which does not exist in the runtime yet.
 //!
 //! Architecture invariant: measurement only. Nothing here is used by another crate, and nothing
 //! here is built by `cargo test` (no test targets), so criterion stays out of CI builds.

@@ -191,6 +191,10 @@ impl CommandBus {
         let slot = self.slot(&aggregate_id);
         let mut guard = slot.lock().await;
         let slot: &mut Slot = &mut guard;
+        if request.aggregate_id.is_none() {
+            // We generated this id a moment ago: nothing is stored under it, so skip the reads.
+            *slot = Slot { fresh: true, ..Slot::initial(handler.as_ref()) };
+        }
         let client_command_id = request.command_id.is_some();
         if client_command_id {
             // A copy of this command may have committed while we waited for the lock.
