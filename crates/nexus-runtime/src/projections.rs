@@ -11,6 +11,26 @@ use tokio::sync::watch;
 
 use crate::notify::{Notifier, ProjectionUpdate};
 
+/// Applies one event to its document, stamps the document with the event's version and time, and
+/// names the update for the notifier. Both runners (change feed and core stream) fold this way.
+pub(crate) fn fold(
+    projection: &dyn Projection,
+    resource: &str,
+    doc: &mut ReadDocument,
+    event: &nexus_core::DomainEvent,
+) -> Result<ProjectionUpdate, nexus_core::ProjectionError> {
+    projection.apply(doc, event)?;
+    doc.version = event.aggregate_version;
+    doc.last_updated = event.timestamp.clone();
+    Ok(ProjectionUpdate {
+        resource: resource.to_owned(),
+        aggregate_id: event.aggregate_id.clone(),
+        version: event.aggregate_version,
+        event_id: event.event_id.clone(),
+        timestamp: event.timestamp.clone(),
+    })
+}
+
 /// What the admin API and readiness checks see of a running projection.
 #[derive(Default)]
 pub struct ProjectionStatus {
@@ -221,18 +241,9 @@ impl ProjectionRunner {
                 if event.aggregate_version <= doc.version {
                     continue; // already applied: the version guard makes replays harmless
                 }
-                self.projection
-                    .apply(doc, event)
+                let update = fold(self.projection.as_ref(), name, doc, event)
                     .map_err(|e| format!("event {} at position {}: {e}", event.event_id, event.position))?;
-                doc.version = event.aggregate_version;
-                doc.last_updated = event.timestamp.clone();
-                updates.push(ProjectionUpdate {
-                    resource: name.to_owned(),
-                    aggregate_id: event.aggregate_id.clone(),
-                    version: event.aggregate_version,
-                    event_id: event.event_id.clone(),
-                    timestamp: event.timestamp.clone(),
-                });
+                updates.push(update);
             }
         }
         let changed: HashSet<&str> = updates.iter().map(|u| u.aggregate_id.as_str()).collect();

@@ -17,7 +17,7 @@ use nexus_core::ports::EventStream;
 use nexus_core::{DomainEvent, EventStore, Projection, ReadDocument, ReadStore};
 use tokio::sync::watch;
 
-use crate::notify::{Notifier, ProjectionUpdate};
+use crate::notify::Notifier;
 
 pub struct StreamProjectionRunner {
     projection: Arc<dyn Projection>,
@@ -133,18 +133,9 @@ impl StreamProjectionRunner {
                 }
                 pending.push(event.clone());
                 for event in pending.iter().filter(|e| self.projection.handles(&e.event_type)) {
-                    self.projection
-                        .apply(doc, event)
+                    let update = crate::projections::fold(self.projection.as_ref(), name, doc, event)
                         .map_err(|e| format!("event {} of {}: {e}", event.event_id, event.aggregate_id))?;
-                    doc.version = event.aggregate_version;
-                    doc.last_updated = event.timestamp.clone();
-                    updates.push(ProjectionUpdate {
-                        resource: name.to_owned(),
-                        aggregate_id: event.aggregate_id.clone(),
-                        version: event.aggregate_version,
-                        event_id: event.event_id.clone(),
-                        timestamp: event.timestamp.clone(),
-                    });
+                    updates.push(update);
                 }
                 // Events of other types fill the gap too: the document's version follows the
                 // aggregate's.
