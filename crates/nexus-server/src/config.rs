@@ -68,6 +68,46 @@ pub struct Config {
     pub routing: Routing,
     pub queue: QueueSettings,
     pub stream: StreamSettings,
+    pub auth: AuthSettings,
+}
+
+/// Whether requests must carry a credential (contract §10).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// Off when listening on loopback only, required otherwise.
+    #[default]
+    Auto,
+    On,
+    /// Off wherever it listens: for a server behind a gateway that authenticates.
+    Off,
+}
+
+/// Credentials the server accepts: bearer JWTs (HS256 and/or RS256) and API keys.
+#[derive(Clone, Debug, Default)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    /// HS256 shared secret (`[auth] jwt-hs256-secret` or `NEXUS_JWT_SECRET`), at least 32 bytes.
+    pub jwt_hs256_secret: Option<String>,
+    /// RS256 public key, PEM (read from `[auth] jwt-rs256-public-key-file`).
+    pub jwt_rs256_public_key: Option<String>,
+    /// When set, a token's `iss` must equal it.
+    pub jwt_issuer: Option<String>,
+    /// When set, a token's `aud` must contain it.
+    pub jwt_audience: Option<String>,
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// An API key, sent as `X-API-Key`. The configuration holds its SHA-256, never the key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ApiKey {
+    /// Who the key belongs to: the client for rate limits and logs.
+    pub subject: String,
+    /// Lower-case hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
+    pub key_sha256: String,
+    /// Any of `commands`, `queries`, `admin`.
+    pub scopes: Vec<String>,
 }
 
 /// The ordered core path (`NEXUS_STREAM_URL=nats://…`). Unset: the projections tail the store's
@@ -208,6 +248,20 @@ struct File {
     queue: FileQueue,
     #[serde(default)]
     stream: FileStream,
+    #[serde(default)]
+    auth: FileAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileAuth {
+    mode: Option<AuthMode>,
+    jwt_hs256_secret: Option<String>,
+    jwt_rs256_public_key_file: Option<PathBuf>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    #[serde(default)]
+    api_keys: Vec<ApiKey>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -301,6 +355,8 @@ pub struct Overrides {
     pub queue_url: Option<String>,
     /// `NEXUS_STREAM_URL`: the core path on NATS JetStream.
     pub stream_url: Option<String>,
+    /// `NEXUS_JWT_SECRET`: the HS256 secret, kept out of the config file.
+    pub jwt_secret: Option<String>,
 }
 
 impl Config {
@@ -317,6 +373,15 @@ impl Config {
                     .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?
             }
             None => File::default(),
+        };
+        let rs256_key = match &parsed.auth.jwt_rs256_public_key_file {
+            None => None,
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "cannot read [auth] jwt-rs256-public-key-file {}: {e}",
+                    path.display()
+                ))
+            })?),
         };
         let config = Self {
             listen: overrides
@@ -382,6 +447,17 @@ impl Config {
                 name: parsed.stream.name.unwrap_or_else(|| "nexus".into()),
                 partitions: parsed.stream.partitions.unwrap_or(4),
             },
+            auth: AuthSettings {
+                mode: parsed.auth.mode.unwrap_or_default(),
+                jwt_hs256_secret: overrides
+                    .jwt_secret
+                    .or(parsed.auth.jwt_hs256_secret)
+                    .filter(|s| !s.is_empty()),
+                jwt_rs256_public_key: rs256_key,
+                jwt_issuer: parsed.auth.jwt_issuer,
+                jwt_audience: parsed.auth.jwt_audience,
+                api_keys: parsed.auth.api_keys,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -393,7 +469,72 @@ impl Config {
         Self::load(None, overrides).expect("defaults are valid")
     }
 
+    /// Whether requests must carry a credential: `[auth] mode`, and in `auto` whether the server
+    /// listens beyond loopback.
+    pub fn auth_enabled(&self) -> bool {
+        match self.auth.mode {
+            AuthMode::On => true,
+            AuthMode::Off => false,
+            AuthMode::Auto => !self.listen.ip().is_loopback(),
+        }
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        if let Some(secret) = &auth.jwt_hs256_secret
+            && secret.len() < 32
+        {
+            return Err(ConfigError::Invalid(format!(
+                "the HS256 secret has {} bytes; it needs at least 32 (e.g. `openssl rand -hex 32`)",
+                secret.len()
+            )));
+        }
+        if let Some(pem) = &auth.jwt_rs256_public_key {
+            jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "[auth] jwt-rs256-public-key-file is not an RSA public key in PEM: {e}"
+                ))
+            })?;
+        }
+        for key in &auth.api_keys {
+            if key.subject.is_empty() {
+                return Err(ConfigError::Invalid("an [[auth.api-keys]] entry has an empty subject".into()));
+            }
+            let hex = key.key_sha256.len() == 64 && key.key_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex {
+                return Err(ConfigError::Invalid(format!(
+                    "API key of '{}': key-sha256 must be 64 hex digits (`printf %s \"$KEY\" | sha256sum`)",
+                    key.subject
+                )));
+            }
+            if let Some(scope) =
+                key.scopes.iter().find(|s| !["commands", "queries", "admin"].contains(&s.as_str()))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "API key of '{}': unknown scope '{scope}' (commands, queries, admin)",
+                    key.subject
+                )));
+            }
+        }
+        let has_credentials = auth.jwt_hs256_secret.is_some()
+            || auth.jwt_rs256_public_key.is_some()
+            || !auth.api_keys.is_empty();
+        if self.auth_enabled() && !has_credentials {
+            let why = match auth.mode {
+                AuthMode::On => "[auth] mode = \"on\"".to_owned(),
+                _ => format!("the server listens on {}, beyond loopback", self.listen),
+            };
+            return Err(ConfigError::Invalid(format!(
+                "auth is required ({why}) but no credential is configured: set NEXUS_JWT_SECRET or [auth] \
+                 jwt-hs256-secret / jwt-rs256-public-key-file, or add [[auth.api-keys]]; or listen on \
+                 127.0.0.1, or set [auth] mode = \"off\" behind a gateway that authenticates"
+            )));
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_auth()?;
         let limits = &self.limits;
         if let StoreBackend::Postgres { url, schema } = &self.store {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -516,6 +657,44 @@ mod tests {
         std::fs::write(&path, "lisen = \"127.0.0.1:9000\"\n").unwrap();
         assert!(matches!(Config::load(Some(&path), Overrides::default()), Err(ConfigError::Parse { .. })));
         std::fs::write(&path, "[limits]\nmax-body-bytes = 10\n").unwrap();
+        assert!(matches!(Config::load(Some(&path), Overrides::default()), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn auth_is_off_on_loopback_and_required_beyond_it() {
+        let on = |listen: &str| Overrides { listen: Some(listen.parse().unwrap()), ..Overrides::default() };
+        let loopback = Config::load(None, on("127.0.0.1:8080")).unwrap();
+        assert!(!loopback.auth_enabled());
+        // Beyond loopback without any credential: refused, saying what to configure.
+        let Err(ConfigError::Invalid(message)) = Config::load(None, on("0.0.0.0:8080")) else {
+            panic!("serving 0.0.0.0 without credentials was accepted");
+        };
+        assert!(message.contains("NEXUS_JWT_SECRET") && message.contains("127.0.0.1"), "{message}");
+        let secret = Overrides { jwt_secret: Some("x".repeat(32)), ..on("0.0.0.0:8080") };
+        assert!(Config::load(None, secret).unwrap().auth_enabled());
+        let short = Overrides { jwt_secret: Some("short".into()), ..on("0.0.0.0:8080") };
+        assert!(matches!(Config::load(None, short), Err(ConfigError::Invalid(m)) if m.contains("32")));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nexus.toml");
+        std::fs::write(&path, "[auth]\nmode = \"off\"\n").unwrap();
+        assert!(!Config::load(Some(&path), on("0.0.0.0:8080")).unwrap().auth_enabled());
+        let key = "a".repeat(64);
+        std::fs::write(
+            &path,
+            format!("[auth]\nmode = \"on\"\n[[auth.api-keys]]\nsubject = \"ci\"\nkey-sha256 = \"{key}\"\nscopes = [\"queries\"]\n"),
+        )
+        .unwrap();
+        assert!(Config::load(Some(&path), Overrides::default()).unwrap().auth_enabled());
+        std::fs::write(
+            &path,
+            format!("[[auth.api-keys]]\nsubject = \"ci\"\nkey-sha256 = \"{key}\"\nscopes = [\"root\"]\n"),
+        )
+        .unwrap();
+        assert!(
+            matches!(Config::load(Some(&path), Overrides::default()), Err(ConfigError::Invalid(m)) if m.contains("root"))
+        );
+        std::fs::write(&path, "[auth]\njwt-rs256-public-key-file = \"/nonexistent.pem\"\n").unwrap();
         assert!(matches!(Config::load(Some(&path), Overrides::default()), Err(ConfigError::Invalid(_))));
     }
 }

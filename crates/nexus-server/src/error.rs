@@ -14,6 +14,10 @@ pub enum ApiError {
     BusinessRule(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("no handler for command type '{0}'")]
     UnknownCommand(String),
     #[error("expected version {expected}, but the aggregate is at version {actual}")]
@@ -59,6 +63,8 @@ impl ApiError {
             Self::Validation { .. } => (StatusCode::BAD_REQUEST, "VALIDATION_ERROR"),
             Self::BusinessRule(_) => (StatusCode::BAD_REQUEST, "BUSINESS_RULE_VIOLATION"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             Self::UnknownCommand(_) => (StatusCode::NOT_FOUND, "UNKNOWN_COMMAND"),
             Self::Concurrency { .. } => (StatusCode::CONFLICT, "CONCURRENCY_CONFLICT"),
             // A saga id is the idempotency key of a saga: reused with another definition.
@@ -103,6 +109,10 @@ impl IntoResponse for ApiError {
             }
             Self::RateLimited { retry_after, .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Self::Unauthenticated(_) => {
+                let challenge = HeaderValue::from_static("Bearer realm=\"nexus\"");
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
             }
             _ => {}
         }

@@ -8,6 +8,7 @@
 //! use; everything below it sees `Arc<dyn EventStore>` and `Arc<dyn ReadStore>`. `ApiError` alone
 //! maps failures to statuses and contract codes.
 
+mod auth;
 pub mod config;
 mod error;
 mod extract;
@@ -48,6 +49,8 @@ pub enum ServeError {
     DataDir { path: String, source: std::io::Error },
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("auth: {0}")]
+    Auth(String),
     #[error("the domain is invalid: {0}")]
     Domain(String),
     #[error("server error: {0}")]
@@ -80,6 +83,8 @@ pub(crate) struct Inner {
     /// The queue path (webhooks, dead-letter queue).
     pub(crate) queue: Arc<dyn nexus_core::EventQueue>,
     pub(crate) webhooks: Arc<webhooks::Webhooks>,
+    /// Checks credentials; `None` when auth is off.
+    pub(crate) authenticator: Option<auth::Authenticator>,
 }
 
 impl std::ops::Deref for AppState {
@@ -242,6 +247,10 @@ pub async fn run(
             stopped.clone(),
         )));
     }
+    let authenticator = match config.auth_enabled() {
+        true => Some(auth::Authenticator::new(&config.auth).map_err(ServeError::Auth)?),
+        false => None,
+    };
     let state = AppState(Arc::new(Inner {
         config: config.clone(),
         domain,
@@ -262,6 +271,7 @@ pub async fn run(
         ),
         queue,
         webhooks,
+        authenticator,
     }));
     let sweep = config.role.runs(Role::Command).then(|| tokio::spawn(snapshot_sweep(state.clone())));
     let upkeep = tokio::spawn({
@@ -278,7 +288,7 @@ pub async fn run(
         }
     });
     let app = router(state);
-    tracing::info!(addr = %listener.local_addr()?, role = ?config.role, store = %describe(&config.store, &config.data_dir), "nexus serving");
+    tracing::info!(addr = %listener.local_addr()?, role = ?config.role, auth = config.auth_enabled(), store = %describe(&config.store, &config.data_dir), "nexus serving");
     // Small writes (202 bodies, WebSocket notifications) must not wait for Nagle's algorithm and
     // the peer's delayed ACK: that alone adds ~40 ms to a notification.
     let listener = listener.tap_io(|tcp| {

@@ -1,7 +1,7 @@
 //! Per-client rate limits (contract §5): GCRA buckets per client and endpoint class.
 //!
-//! The client is the peer address until authentication exists; then it will be the credential's
-//! subject. A limit of 0 turns a class off (and the policy check then refuses a temporal
+//! The client is the credential's subject when auth is on, else the peer address
+//! ([`Client`]). A limit of 0 turns a class off (and the policy check then refuses a temporal
 //! endpoint without its limit).
 
 use std::collections::HashMap;
@@ -19,6 +19,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::AppState;
+use crate::auth::Client;
 use crate::config::RateLimitConfig;
 use crate::error::ApiError;
 
@@ -86,7 +87,7 @@ pub(crate) async fn enforce(
     let Some((limit, limiter)) = limits.limiters.get(&class) else {
         return next.run(request).await;
     };
-    match limiter.check_key(&peer.ip().to_string()) {
+    match limiter.check_key(&Client::of(request.extensions(), peer).0) {
         Ok(snapshot) => {
             let mut response = next.run(request).await;
             let headers = response.headers_mut();

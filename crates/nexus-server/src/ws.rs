@@ -5,7 +5,7 @@
 //! projection or other clients.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -16,15 +16,17 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::AppState;
+use crate::auth::Client;
 use crate::error::ApiError;
 
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Option<axum::Extension<Client>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let client = peer.ip();
-    let Some(slot) = state.subscriptions.connect(client) else {
+    let client = client.map(|c| c.0).unwrap_or_else(|| Client(peer.ip().to_string()));
+    let Some(slot) = state.subscriptions.connect(client.clone()) else {
         let limit = state.config.limits.ws_connections_per_client;
         return ApiError::RateLimited { limit, retry_after: 1 }.into_response();
     };
@@ -34,15 +36,15 @@ pub(crate) async fn upgrade(
 /// Per-client WebSocket limits (contract §5): connections open, and notifications per second
 /// across all of a client's connections.
 pub(crate) struct Subscriptions {
-    connections: std::sync::Mutex<HashMap<IpAddr, u32>>,
+    connections: std::sync::Mutex<HashMap<Client, u32>>,
     max_connections: u32,
-    notifications: governor::DefaultKeyedRateLimiter<IpAddr>,
+    notifications: governor::DefaultKeyedRateLimiter<Client>,
 }
 
 /// Holds one of a client's connection slots; gives it back when the connection ends.
 pub(crate) struct Slot {
     subscriptions: std::sync::Arc<Subscriptions>,
-    client: IpAddr,
+    client: Client,
 }
 
 impl Drop for Slot {
@@ -67,9 +69,9 @@ impl Subscriptions {
         })
     }
 
-    fn connect(self: &std::sync::Arc<Self>, client: IpAddr) -> Option<Slot> {
+    fn connect(self: &std::sync::Arc<Self>, client: Client) -> Option<Slot> {
         let mut connections = self.connections.lock().expect("connection table poisoned");
-        let count = connections.entry(client).or_insert(0);
+        let count = connections.entry(client.clone()).or_insert(0);
         if *count >= self.max_connections {
             return None;
         }
@@ -91,7 +93,7 @@ enum ClientMessage {
     Unsubscribe { aggregate_ids: Vec<String> },
 }
 
-async fn serve(mut socket: WebSocket, state: AppState, client: IpAddr, _slot: Slot) {
+async fn serve(mut socket: WebSocket, state: AppState, client: Client, _slot: Slot) {
     let mut updates = state.notifier.subscribe();
     let mut shutdown = state.shutdown.clone();
     let mut subscribed: HashSet<String> = HashSet::new();

@@ -430,6 +430,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         retry_base_ms: args.retry_base_ms,
         queue_url: args.queue_url,
         stream_url: args.stream_url,
+        jwt_secret: std::env::var("NEXUS_JWT_SECRET").ok(),
     };
     let config = Config::load(args.config.as_deref(), overrides)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {

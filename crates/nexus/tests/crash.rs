@@ -1,50 +1,26 @@
 //! Kill -9 the real `nexus` process under load: no acknowledged event is lost, and the
 //! projection catches up after restart.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{Nexus, free_port};
 use serde_json::{Value, json};
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn start(data_dir: &std::path::Path, port: u16) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data_dir)
-        .env("NEXUS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("nexus binary starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(response) = client.get(format!("{base}/health/ready")).send().await {
-            if response.status().is_success() {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "server did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Server { child, base }
+async fn start(data_dir: &std::path::Path, port: u16) -> Nexus {
+    Nexus::serve_on(port, |command| {
+        command.arg("--data-dir").arg(data_dir);
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_event_and_projection_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = start(dir.path(), port).await;
+    let server = start(dir.path(), port).await;
     let client = reqwest::Client::new();
 
     // Load from 16 clients; every 202 is recorded as acknowledged.
@@ -78,8 +54,7 @@ async fn kill_9_loses_no_acknowledged_event_and_projection_catches_up() {
         assert!(Instant::now() < deadline, "load did not get going");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    server.child.kill().expect("SIGKILL");
-    server.child.wait().unwrap();
+    server.kill();
     for task in load {
         task.await.unwrap();
     }
@@ -125,7 +100,5 @@ async fn kill_9_loses_no_acknowledged_event_and_projection_catches_up() {
     let store_head = head["items"][0]["head"].as_u64().unwrap();
     assert!(page["total"].as_u64().unwrap() <= store_head);
     assert!(page["total"].as_u64().unwrap() >= acknowledged.len() as u64);
-    let mut server = server;
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    server.kill();
 }

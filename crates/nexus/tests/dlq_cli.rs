@@ -2,19 +2,13 @@
 //! connections dead-letters its event after 5 attempts (NEXUS_RETRY_BASE_MS=10), the CLI lists it,
 //! retries it (it fails again into the DLQ) and skips it.
 
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::Nexus;
 use serde_json::{Value, json};
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn cli(base: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nexus")).arg("dlq").args(args).arg("--url").arg(base).output().unwrap()
@@ -35,27 +29,15 @@ async fn one_dead_letter(client: &reqwest::Client, base: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_list_retry_and_skip_through_the_cli() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     // A port nobody listens on: every delivery fails with UNAVAILABLE.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let data_dir = tempfile::tempdir().unwrap();
-    let _server = Process(
-        Command::new(env!("CARGO_BIN_EXE_nexus"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(data_dir.path())
-            .env("NEXUS_RETRY_BASE_MS", "10")
-            .env("NEXUS_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
+    let server = Nexus::serve(|command| {
+        command.arg("--data-dir").arg(data_dir.path()).env("NEXUS_RETRY_BASE_MS", "10");
+    })
+    .await;
+    let base = server.base.clone();
     let client = reqwest::Client::new();
-    let started = Instant::now();
-    while client.get(format!("{base}/health/ready")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let hook = json!({"url": format!("http://127.0.0.1:{dead}/hook"), "eventTypes": ["UserRegistered"]});
     let created = client.post(format!("{base}/api/admin/webhooks")).json(&hook).send().await.unwrap();
     assert_eq!(created.status().as_u16(), 201);

@@ -2,28 +2,20 @@
 //! the real `nexus serve`: registers, looks up, fetches by id, and sees a 409 for a breaking
 //! schema. `scripts/test.sh` installs the client; without it this test fails, it never skips.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Command;
+
+use common::Nexus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confluents_python_client_works_against_the_registry() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path())
-        .env("NEXUS_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("{base}/health/ready")).await.map(|r| r.status().is_success()).ok()
-        != Some(true)
-    {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let server = Nexus::serve(|command| {
+        command.arg("--data-dir").arg(dir.path());
+    })
+    .await;
+    let base = server.base.clone();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/registry_interop.py");
     let output = Command::new("python3")
         .arg(script)
@@ -31,8 +23,7 @@ async fn confluents_python_client_works_against_the_registry() {
         .arg("InteropPaymentEvent")
         .output()
         .expect("python3 runs");
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     let text =
         format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(
@@ -45,22 +36,11 @@ async fn confluents_python_client_works_against_the_registry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nexus_schema_lists_registers_and_checks() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("NEXUS_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("{url}/health/ready")).await.map(|r| r.status().is_success()).ok()
-        != Some(true)
-    {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let server = Nexus::serve(|command| {
+        command.arg("--data-dir").arg(dir.path().join("data"));
+    })
+    .await;
+    let url = server.base.clone();
     let nexus = |args: &[&str]| {
         let output =
             Command::new(env!("CARGO_BIN_EXE_nexus")).args(args).args(["--url", &url]).output().unwrap();
@@ -90,6 +70,5 @@ async fn nexus_schema_lists_registers_and_checks() {
     let (code, refused) = nexus(&["schema", "register", "CliThing", v2.to_str().unwrap()]);
     assert_ne!(code, Some(0), "{refused}");
     assert!(refused.contains("409"), "{refused}");
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
 }

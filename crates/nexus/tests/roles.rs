@@ -2,81 +2,21 @@
 //! database. Concurrent commands on one aggregate through both lose no update and get gap-free
 //! versions; the query process's read model matches the event store.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use common::{Nexus, Schema, postgres_url};
 use serde_json::{Value, json};
 
-fn postgres_url() -> String {
-    std::env::var("NEXUS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A fresh schema for this run, dropped when the test ends (pass or fail).
-struct Schema {
-    name: String,
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await;
-                }
-            });
-        })
-        .join()
-        .unwrap();
-    }
-}
-
-struct Process {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn serve(role: &str, schema: &str) -> Process {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+async fn serve(role: &str, schema: &str) -> Nexus {
     let data_dir = tempfile::tempdir().unwrap().keep();
-    let child = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(["serve", "--role", role, "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(&data_dir)
-        .env("NEXUS_STORE_URL", postgres_url())
-        .env("NEXUS_STORE_SCHEMA", schema)
-        .env("NEXUS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let process = Process { child, base: format!("http://127.0.0.1:{port}") };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = client.get(format!("{}/health/ready", process.base)).send().await {
-            if response.status().is_success() {
-                return process;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{role} process did not become ready (is PostgreSQL up at {}?)",
-            postgres_url()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Nexus::serve(|command| {
+        command
+            .args(["--role", role, "--data-dir"])
+            .arg(&data_dir)
+            .env("NEXUS_STORE_URL", postgres_url())
+            .env("NEXUS_STORE_SCHEMA", schema);
+    })
+    .await
 }
 
 async fn post(client: &reqwest::Client, base: &str, command: &str, body: Value) -> Value {
@@ -87,16 +27,10 @@ async fn post(client: &reqwest::Client, base: &str, command: &str, body: Value) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_command_processes_and_a_query_process_share_one_database() {
-    let schema = Schema {
-        name: format!(
-            "nexus_roles_{}_{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos() % 1_000_000
-        ),
-    };
-    let command_a = serve("command", &schema.name).await;
-    let command_b = serve("command", &schema.name).await;
-    let query = serve("query", &schema.name).await;
+    let schema = Schema::fresh("nexus_roles");
+    let command_a = serve("command", &schema.0).await;
+    let command_b = serve("command", &schema.0).await;
+    let query = serve("query", &schema.0).await;
     let client = reqwest::Client::new();
 
     // The roles serve only their own side.

@@ -3,82 +3,26 @@
 //! lost, none is applied twice by the `orders` projection (its applied-events counter equals the
 //! number of events), and every order ends in its final state (per-aggregate order kept).
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::{Nexus, Schema, nats_url, postgres_url};
 use serde_json::{Value, json};
 
-fn postgres_url() -> String {
-    std::env::var("NEXUS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn nats_url() -> String {
-    std::env::var("NEXUS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-/// Drops the schema when the test ends (pass or fail).
-struct Schema(String);
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await;
-                }
-            });
-        })
-        .join()
-        .unwrap();
-    }
-}
-
-struct Process {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn serve(role: &str, schema: &str, config: &std::path::Path) -> Process {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+async fn serve(role: &str, schema: &str, config: &std::path::Path) -> Nexus {
     let data_dir = tempfile::tempdir().unwrap().keep();
-    let child = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(["serve", "--role", role, "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(&data_dir)
-        .arg("--config")
-        .arg(config)
-        .env("NEXUS_STORE_URL", postgres_url())
-        .env("NEXUS_STORE_SCHEMA", schema)
-        .env("NEXUS_STREAM_URL", nats_url())
-        .env("NEXUS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let process = Process { child, base: format!("http://127.0.0.1:{port}") };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = client.get(format!("{}/health/ready", process.base)).send().await
-            && response.status().is_success()
-        {
-            return process;
-        }
-        assert!(Instant::now() < deadline, "{role} process did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Nexus::serve(|command| {
+        command
+            .args(["--role", role, "--data-dir"])
+            .arg(&data_dir)
+            .arg("--config")
+            .arg(config)
+            .env("NEXUS_STORE_URL", postgres_url())
+            .env("NEXUS_STORE_SCHEMA", schema)
+            .env("NEXUS_STREAM_URL", nats_url());
+    })
+    .await
 }
 
 async fn post(client: &reqwest::Client, base: &str, command: &str, body: Value) {
@@ -88,9 +32,8 @@ async fn post(client: &reqwest::Client, base: &str, command: &str, body: Value) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
-    let run = format!("{}_{}", std::process::id(), Instant::now().elapsed().as_nanos() % 1_000_000);
-    let schema = Schema(format!("nexus_router_crash_{run}"));
-    let stream_name = format!("nexus-test-router-crash-{run}");
+    let schema = Schema::fresh("nexus_router_crash");
+    let stream_name = format!("nexus-test-{}", schema.0.replace('_', "-"));
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("nexus.toml");
     std::fs::write(&config, format!("[stream]\nname = \"{stream_name}\"\npartitions = 3\n")).unwrap();

@@ -5,52 +5,20 @@
 //! `[sagas] step-delay-ms` opens a window before each step's command and before recording its
 //! outcome; the test watches the store over HTTP and kills inside those windows.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{Nexus, free_port};
 use serde_json::{Value, json};
 
 const STEP_DELAY_MS: u64 = 1500;
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn start(data_dir: &std::path::Path, config: &std::path::Path, port: u16) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data_dir)
-        .arg("--config")
-        .arg(config)
-        .env("NEXUS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("nexus binary starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let response = client.get(format!("{base}/health/ready")).send().await;
-        if response.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Server { child, base }
+async fn start(data_dir: &std::path::Path, config: &std::path::Path, port: u16) -> Nexus {
+    Nexus::serve_on(port, |command| {
+        command.arg("--data-dir").arg(data_dir).arg("--config").arg(config);
+    })
+    .await
 }
 
 async fn events(client: &reqwest::Client, base: &str, aggregate_id: &str) -> Vec<Value> {
@@ -65,11 +33,6 @@ fn completed_steps(saga_events: &[Value]) -> Vec<String> {
         .filter(|e| e["eventType"] == "SagaStepCompleted")
         .map(|e| e["payload"]["stepId"].as_str().unwrap().to_owned())
         .collect()
-}
-
-fn kill(mut server: Server) {
-    server.child.kill().expect("SIGKILL");
-    server.child.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +70,7 @@ async fn a_saga_killed_mid_way_resumes_and_applies_every_step_exactly_once() {
         assert!(Instant::now() < deadline, "step a did not complete");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    kill(server);
+    server.kill();
 
     // Kill 2: step b's command committed, the saga has not recorded it yet.
     let server = start(&data, &config, port).await;
@@ -121,7 +84,7 @@ async fn a_saga_killed_mid_way_resumes_and_applies_every_step_exactly_once() {
         assert!(Instant::now() < deadline, "step b did not run after the restart");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    kill(server);
+    server.kill();
 
     // The saga finishes; b runs again under its command id and is replayed, not re-applied.
     let server = start(&data, &config, port).await;
@@ -150,5 +113,5 @@ async fn a_saga_killed_mid_way_resumes_and_applies_every_step_exactly_once() {
     let saga = events(&client, &server.base, "crash-saga").await;
     assert_eq!(completed_steps(&saga), ["a", "b", "c"], "each step recorded once");
     assert_eq!(saga.last().unwrap()["eventType"], "SagaCompleted");
-    kill(server);
+    server.kill();
 }

@@ -5,6 +5,7 @@
 mod commands;
 mod events;
 mod integrations;
+mod openapi;
 mod ops;
 mod queries;
 mod registry;
@@ -17,6 +18,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{MethodRouter, get, post};
 use axum::{Extension, Router};
 
+use crate::auth::{self, Scope};
 use crate::config::Role;
 use crate::error::ApiError;
 use crate::extract::BodyLimit;
@@ -30,6 +32,10 @@ pub(crate) struct Endpoint {
     pub(crate) method: &'static str,
     pub(crate) path: &'static str,
     pub(crate) rate: Option<RateClass>,
+    /// One line on what it does: the operation's summary in `GET /api/openapi.json`.
+    pub(crate) summary: &'static str,
+    /// What a credential must allow when auth is on.
+    pub(crate) scope: Scope,
     pub(crate) handler: MethodRouter<AppState>,
 }
 
@@ -38,9 +44,25 @@ fn endpoint(
     method: &'static str,
     path: &'static str,
     rate: Option<RateClass>,
+    summary: &'static str,
     handler: MethodRouter<AppState>,
 ) -> Endpoint {
-    Endpoint { role, method, path, rate, handler }
+    Endpoint { role, method, path, rate, summary, scope: scope_of(method, path), handler }
+}
+
+/// The scope an endpoint needs: reads are `queries`, writes `commands`, operating `admin`.
+fn scope_of(method: &str, path: &str) -> Scope {
+    let admin = path.starts_with("/api/admin/") || path == "/metrics";
+    let registry_write = path.starts_with("/api/schema-registry/")
+        && (method == "PUT" || (method == "POST" && path.ends_with("/versions")));
+    match (method, path) {
+        _ if path.starts_with("/health/") || path == "/api/openapi.json" => Scope::Public,
+        _ if admin || registry_write => Scope::Admin,
+        // Appending raw events is an import tool, not a command.
+        ("POST", "/api/events/{aggregate_id}") => Scope::Admin,
+        ("POST", "/api/commands/{command_type}") | ("POST", "/api/sagas") => Scope::Commands,
+        _ => Scope::Queries,
+    }
 }
 
 /// Every endpoint the server serves.
@@ -48,32 +70,104 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
     use RateClass::{List, Search, Temporal};
     use Role::{All, Command, Query, Router};
     vec![
-        endpoint(Command, "POST", "/api/commands/{command_type}", None, post(commands::handle)),
-        endpoint(Query, "GET", "/api/events", Some(Temporal), get(events::by_type)),
-        endpoint(Query, "GET", "/api/events/{aggregate_id}", Some(List), get(events::stream)),
+        endpoint(
+            Command,
+            "POST",
+            "/api/commands/{command_type}",
+            None,
+            "Send a command",
+            post(commands::handle),
+        ),
+        endpoint(
+            Query,
+            "GET",
+            "/api/events",
+            Some(Temporal),
+            "Events of one type in a time range",
+            get(events::by_type),
+        ),
+        endpoint(
+            Query,
+            "GET",
+            "/api/events/{aggregate_id}",
+            Some(List),
+            "One aggregate's events",
+            get(events::stream),
+        ),
         endpoint(
             Query,
             "GET",
             "/api/queries/temporal/{aggregate_id}",
             Some(Temporal),
+            "An aggregate's state at a point in time",
             get(queries::temporal),
         ),
-        endpoint(Query, "GET", "/api/queries/{resource}", Some(List), get(queries::list)),
-        endpoint(Query, "GET", "/api/queries/{resource}/search", Some(Search), get(queries::search)),
-        endpoint(Query, "GET", "/api/queries/{resource}/{id}", None, get(queries::get)),
-        endpoint(Query, "GET", "/api/subscriptions", None, get(ws::upgrade)),
-        endpoint(Query, "GET", "/api/admin/projections", None, get(ops::projections)),
-        endpoint(Query, "POST", "/api/admin/projections/{name}/rebuild", None, post(ops::rebuild)),
-        endpoint(Command, "POST", "/api/sagas", None, post(sagas::start)),
-        endpoint(Query, "GET", "/api/sagas/{saga_id}/status", None, get(sagas::status)),
-        endpoint(Query, "GET", "/api/admin/sagas", Some(List), get(sagas::list)),
-        endpoint(Command, "POST", "/api/events/{aggregate_id}", None, post(events::append)),
-        endpoint(All, "GET", "/api/schema-registry/subjects", None, get(registry::subjects)),
+        endpoint(
+            Query,
+            "GET",
+            "/api/queries/{resource}",
+            Some(List),
+            "List documents of a resource type",
+            get(queries::list),
+        ),
+        endpoint(
+            Query,
+            "GET",
+            "/api/queries/{resource}/search",
+            Some(Search),
+            "Full-text search of a resource type",
+            get(queries::search),
+        ),
+        endpoint(
+            Query,
+            "GET",
+            "/api/queries/{resource}/{id}",
+            None,
+            "One read-model document",
+            get(queries::get),
+        ),
+        endpoint(
+            Query,
+            "GET",
+            "/api/subscriptions",
+            None,
+            "Subscribe to projection updates (WebSocket)",
+            get(ws::upgrade),
+        ),
+        endpoint(
+            Query,
+            "GET",
+            "/api/admin/projections",
+            None,
+            "Projections' checkpoints and lag",
+            get(ops::projections),
+        ),
+        endpoint(
+            Query,
+            "POST",
+            "/api/admin/projections/{name}/rebuild",
+            None,
+            "Rebuild a projection from the event store",
+            post(ops::rebuild),
+        ),
+        endpoint(Command, "POST", "/api/sagas", None, "Start a saga", post(sagas::start)),
+        endpoint(Query, "GET", "/api/sagas/{saga_id}/status", None, "A saga's status", get(sagas::status)),
+        endpoint(Query, "GET", "/api/admin/sagas", Some(List), "List sagas", get(sagas::list)),
+        endpoint(
+            Command,
+            "POST",
+            "/api/events/{aggregate_id}",
+            None,
+            "Append raw events (imports, migrations)",
+            post(events::append),
+        ),
+        endpoint(All, "GET", "/api/schema-registry/subjects", None, "List subjects", get(registry::subjects)),
         endpoint(
             All,
             "GET",
             "/api/schema-registry/subjects/{subject}/versions",
             None,
+            "List a subject's versions",
             get(registry::versions),
         ),
         endpoint(
@@ -81,6 +175,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             "POST",
             "/api/schema-registry/subjects/{subject}/versions",
             None,
+            "Register a schema under a subject",
             post(registry::register),
         ),
         endpoint(
@@ -88,6 +183,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             "GET",
             "/api/schema-registry/subjects/{subject}/versions/{version}",
             None,
+            "One version of a subject",
             get(registry::version),
         ),
         endpoint(
@@ -95,61 +191,140 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             "GET",
             "/api/schema-registry/subjects/{subject}/versions/{version}/schema",
             None,
+            "The schema of one version",
             get(registry::version_schema),
         ),
-        endpoint(All, "POST", "/api/schema-registry/subjects/{subject}", None, post(registry::lookup)),
-        endpoint(All, "GET", "/api/schema-registry/schemas/ids/{id}", None, get(registry::by_id)),
+        endpoint(
+            All,
+            "POST",
+            "/api/schema-registry/subjects/{subject}",
+            None,
+            "Look up a schema in a subject",
+            post(registry::lookup),
+        ),
+        endpoint(
+            All,
+            "GET",
+            "/api/schema-registry/schemas/ids/{id}",
+            None,
+            "A schema by its global id",
+            get(registry::by_id),
+        ),
         endpoint(
             All,
             "POST",
             "/api/schema-registry/compatibility/subjects/{subject}/versions/{version}",
             None,
+            "Test a schema's compatibility",
             post(registry::compatibility),
         ),
-        endpoint(All, "GET", "/api/schema-registry/config", None, get(registry::global_config)),
+        endpoint(
+            All,
+            "GET",
+            "/api/schema-registry/config",
+            None,
+            "The global compatibility level",
+            get(registry::global_config),
+        ),
         endpoint(
             All,
             "PUT",
             "/api/schema-registry/config",
             None,
+            "Set the global compatibility level",
             axum::routing::put(registry::set_global_config),
         ),
-        endpoint(All, "GET", "/api/schema-registry/config/{subject}", None, get(registry::subject_config)),
+        endpoint(
+            All,
+            "GET",
+            "/api/schema-registry/config/{subject}",
+            None,
+            "A subject's compatibility level",
+            get(registry::subject_config),
+        ),
         endpoint(
             All,
             "PUT",
             "/api/schema-registry/config/{subject}",
             None,
+            "Set a subject's compatibility level",
             axum::routing::put(registry::set_subject_config),
         ),
-        endpoint(Router, "POST", "/api/admin/webhooks", None, post(integrations::create)),
-        endpoint(Router, "GET", "/api/admin/webhooks", None, get(integrations::list)),
+        endpoint(
+            Router,
+            "POST",
+            "/api/admin/webhooks",
+            None,
+            "Register a webhook",
+            post(integrations::create),
+        ),
+        endpoint(Router, "GET", "/api/admin/webhooks", None, "List webhooks", get(integrations::list)),
         endpoint(
             Router,
             "DELETE",
             "/api/admin/webhooks/{id}",
             None,
+            "Remove a webhook",
             axum::routing::delete(integrations::delete),
         ),
-        endpoint(Router, "GET", "/api/admin/dlq", Some(List), get(integrations::dead_letters)),
-        endpoint(Router, "POST", "/api/admin/dlq/{id}/retry", None, post(integrations::retry)),
-        endpoint(Router, "POST", "/api/admin/dlq/{id}/skip", None, post(integrations::skip)),
-        endpoint(All, "GET", "/health/live", None, get(ops::live)),
-        endpoint(All, "GET", "/health/ready", None, get(ops::ready)),
-        endpoint(All, "GET", "/metrics", None, get(ops::metrics)),
+        endpoint(
+            Router,
+            "GET",
+            "/api/admin/dlq",
+            Some(List),
+            "List the dead-letter queue",
+            get(integrations::dead_letters),
+        ),
+        endpoint(
+            Router,
+            "POST",
+            "/api/admin/dlq/{id}/retry",
+            None,
+            "Retry a dead letter",
+            post(integrations::retry),
+        ),
+        endpoint(
+            Router,
+            "POST",
+            "/api/admin/dlq/{id}/skip",
+            None,
+            "Archive a dead letter",
+            post(integrations::skip),
+        ),
+        endpoint(All, "GET", "/health/live", None, "Liveness", get(ops::live)),
+        endpoint(
+            All,
+            "GET",
+            "/health/ready",
+            None,
+            "Readiness: every configured backend answers",
+            get(ops::ready),
+        ),
+        endpoint(All, "GET", "/metrics", None, "Prometheus metrics", get(ops::metrics)),
+        endpoint(All, "GET", "/api/openapi.json", None, "This OpenAPI description", get(openapi::document)),
     ]
+}
+
+/// The endpoints a process of `role` serves: the router's and the OpenAPI document's.
+pub(crate) fn served(role: Role) -> impl Iterator<Item = Endpoint> {
+    endpoints().into_iter().filter(move |e| e.role == Role::All || role.runs(e.role))
 }
 
 pub(crate) fn router(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
     let mut by_path: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::new();
     let role = state.config.role;
-    for endpoint in endpoints().into_iter().filter(|e| e.role == Role::All || role.runs(e.role)) {
+    for endpoint in served(role) {
         let handler = match endpoint.rate {
             Some(class) => {
                 endpoint.handler.route_layer(from_fn_with_state((state.clone(), class), rate_limit::enforce))
             }
             None => endpoint.handler,
+        };
+        // Added last, so it runs first: the rate limit then keys on the authenticated subject.
+        let handler = match endpoint.scope {
+            Scope::Public => handler,
+            scope => handler.route_layer(from_fn_with_state((state.clone(), scope), auth::require)),
         };
         let merged = match by_path.remove(endpoint.path) {
             Some(existing) => existing.merge(handler),

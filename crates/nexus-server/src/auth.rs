@@ -1,0 +1,217 @@
+//! Authentication and scopes (contract §10).
+//!
+//! Off by default when the server listens on loopback only; otherwise every endpoint but health
+//! and the API description needs a credential: a bearer JWT (HS256 or RS256, `Authorization:
+//! Bearer …`) or an API key (`X-API-Key: …`). WebSocket clients, which cannot set headers from a
+//! browser, may send either as `?access_token=` on `/api/subscriptions`. A credential carries a
+//! subject and scopes (`commands`, `queries`, `admin`); each scope grants only itself. The
+//! subject becomes the request's [`Client`], the key of its rate limits.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::config::AuthSettings;
+use crate::error::ApiError;
+
+/// What a credential must allow to call an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Scope {
+    /// No credential needed: health checks and the API description.
+    Public,
+    /// Sending commands and starting sagas.
+    Commands,
+    /// Reading: queries, events, subscriptions, saga status, schema lookups.
+    Queries,
+    /// Operating: projections, webhooks, the dead-letter queue, raw event imports, schema
+    /// registration and compatibility settings, metrics.
+    Admin,
+}
+
+impl Scope {
+    /// The scope's name in credentials (`commands`, `queries`, `admin`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Scope::Public => "public",
+            Scope::Commands => "commands",
+            Scope::Queries => "queries",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// Who is calling, for rate limits and connection limits: `sub:<subject>` when authenticated,
+/// else the peer's IP address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Client(pub(crate) String);
+
+impl Client {
+    /// The authenticated subject from the request's extensions, else the peer address.
+    pub(crate) fn of(extensions: &axum::http::Extensions, peer: SocketAddr) -> Self {
+        extensions.get::<Client>().cloned().unwrap_or_else(|| Client(peer.ip().to_string()))
+    }
+}
+
+/// An authenticated caller.
+struct Principal {
+    subject: String,
+    scopes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    /// OAuth 2 style: space-separated.
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+}
+
+/// Checks credentials against the configured keys.
+pub(crate) struct Authenticator {
+    hs256: Option<DecodingKey>,
+    rs256: Option<DecodingKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    /// By the key's SHA-256 (hex): subject and scopes.
+    api_keys: HashMap<String, (String, Vec<String>)>,
+}
+
+impl Authenticator {
+    /// The configuration was validated when loaded; a key that still does not parse is an error.
+    pub(crate) fn new(settings: &AuthSettings) -> Result<Self, String> {
+        let rs256 = match &settings.jwt_rs256_public_key {
+            Some(pem) => Some(DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok(Self {
+            hs256: settings.jwt_hs256_secret.as_ref().map(|s| DecodingKey::from_secret(s.as_bytes())),
+            rs256,
+            issuer: settings.jwt_issuer.clone(),
+            audience: settings.jwt_audience.clone(),
+            api_keys: settings
+                .api_keys
+                .iter()
+                .map(|k| (k.key_sha256.to_ascii_lowercase(), (k.subject.clone(), k.scopes.clone())))
+                .collect(),
+        })
+    }
+
+    fn authenticate(&self, headers: &HeaderMap, access_token: Option<&str>) -> Result<Principal, ApiError> {
+        if let Some(key) = headers.get("x-api-key") {
+            let key = key.to_str().map_err(|_| unauthenticated("the X-API-Key header is not text"))?;
+            return self.api_key(key);
+        }
+        if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
+            let value =
+                value.to_str().map_err(|_| unauthenticated("the Authorization header is not text"))?;
+            let token = value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+                .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer <JWT>`"))?;
+            return self.jwt(token.trim());
+        }
+        match access_token {
+            Some(token) if token.split('.').count() == 3 => self.jwt(token),
+            Some(key) => self.api_key(key),
+            None => Err(unauthenticated(
+                "no credential: send `Authorization: Bearer <JWT>` or `X-API-Key: <key>`",
+            )),
+        }
+    }
+
+    fn api_key(&self, key: &str) -> Result<Principal, ApiError> {
+        let digest = Sha256::digest(key.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let (subject, scopes) = self.api_keys.get(&hex).ok_or_else(|| unauthenticated("unknown API key"))?;
+        Ok(Principal { subject: subject.clone(), scopes: scopes.clone() })
+    }
+
+    fn jwt(&self, token: &str) -> Result<Principal, ApiError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| unauthenticated(format!("the bearer token is not a JWT: {e}")))?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.as_ref(),
+            Algorithm::RS256 => self.rs256.as_ref(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            unauthenticated(format!("tokens signed with {:?} are not accepted here", header.alg))
+        })?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|e| unauthenticated(format!("the bearer token is not valid: {e}")))?
+            .claims;
+        let mut scopes: Vec<String> =
+            claims.scope.as_deref().unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+        scopes.extend(claims.scopes.unwrap_or_default());
+        Ok(Principal { subject: claims.sub, scopes })
+    }
+}
+
+fn unauthenticated(message: impl Into<String>) -> ApiError {
+    ApiError::Unauthenticated(message.into())
+}
+
+/// The `access_token` query parameter, accepted on WebSocket upgrades only (browsers cannot set
+/// headers there; elsewhere a token in the URL would only end up in logs).
+fn access_token(request: &Request) -> Option<String> {
+    if request.uri().path() != "/api/subscriptions" {
+        return None;
+    }
+    let query = request.uri().query()?;
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        (name == "access_token").then(|| value.to_owned())
+    })
+}
+
+/// The middleware on every endpoint but the public ones when auth is on: 401 without a valid
+/// credential, 403 without the endpoint's scope; otherwise the caller becomes the request's
+/// [`Client`].
+pub(crate) async fn require(
+    State((state, scope)): State<(AppState, Scope)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(authenticator) = &state.authenticator else {
+        return next.run(request).await;
+    };
+    let token = access_token(&request);
+    let principal = match authenticator.authenticate(request.headers(), token.as_deref()) {
+        Ok(principal) => principal,
+        Err(error) => {
+            metrics::counter!("nexus_auth_failures_total", "reason" => "unauthenticated").increment(1);
+            return error.into_response();
+        }
+    };
+    if !principal.scopes.iter().any(|s| s == scope.name()) {
+        metrics::counter!("nexus_auth_failures_total", "reason" => "forbidden").increment(1);
+        return ApiError::Forbidden(format!(
+            "'{}' lacks the scope '{}' this endpoint needs (it has: {})",
+            principal.subject,
+            scope.name(),
+            if principal.scopes.is_empty() { "none".to_owned() } else { principal.scopes.join(", ") }
+        ))
+        .into_response();
+    }
+    request.extensions_mut().insert(Client(format!("sub:{}", principal.subject)));
+    next.run(request).await
+}
