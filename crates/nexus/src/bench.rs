@@ -119,7 +119,7 @@ impl Stats {
     }
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(args: BenchArgs, credentials: &crate::Credentials) -> anyhow::Result<()> {
     let mix = parse_mix(&args.mix)?;
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
@@ -131,7 +131,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (url, Some(guard))
         }
     };
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let client = credentials.client()?.pool_max_idle_per_host(args.concurrency).build()?;
     client
         .get(format!("{base}/health/ready"))
         .send()
@@ -177,7 +177,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         )));
     }
     let sampler = (args.lag_samples > 0).then(|| {
-        tokio::spawn(lag_sampler(client.clone(), base.clone(), args.lag_samples, remaining.clone(), deadline))
+        tokio::spawn(lag_sampler(
+            client.clone(),
+            base.clone(),
+            credentials.access_token().map(str::to_owned),
+            args.lag_samples,
+            remaining.clone(),
+            deadline,
+        ))
     });
     let progress =
         tokio::spawn(show_progress(progress_bar(&args), args.count, args.duration, done.clone(), started));
@@ -415,12 +422,17 @@ async fn worker(
 async fn lag_sampler(
     client: reqwest::Client,
     base: String,
+    access_token: Option<String>,
     per_second: u32,
     remaining: Arc<AtomicU64>,
     deadline: Option<Instant>,
 ) -> Vec<u32> {
     let ws_url = format!("{}/api/subscriptions", base.replacen("http", "ws", 1));
-    let Ok((mut socket, _)) = tokio_tungstenite::connect_async(&ws_url).await else {
+    let with_token = match access_token {
+        Some(token) => format!("{ws_url}?access_token={token}"),
+        None => ws_url.clone(),
+    };
+    let Ok((mut socket, _)) = tokio_tungstenite::connect_async(&with_token).await else {
         eprintln!("lag sampler: cannot connect to {ws_url}");
         return Vec::new();
     };

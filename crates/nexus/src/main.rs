@@ -20,8 +20,47 @@ struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "NEXUS_LOG_JSON")]
     log_json: bool,
+    #[command(flatten)]
+    credentials: Credentials,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The credential the client subcommands (bench, schema, projections, dlq) send to a server with
+/// auth on; taken from the environment, so it stays out of shell history.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Credentials {
+    /// Bearer JWT to send (`Authorization: Bearer …`).
+    #[arg(long, global = true, env = "NEXUS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// API key to send (`X-API-Key: …`).
+    #[arg(long, global = true, env = "NEXUS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+impl Credentials {
+    /// An HTTP client that sends the credential with every request.
+    pub fn client(&self) -> anyhow::Result<reqwest::ClientBuilder> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &self.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("NEXUS_TOKEN is not a valid header value")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        if let Some(key) = &self.api_key {
+            let mut value = reqwest::header::HeaderValue::from_str(key)
+                .context("NEXUS_API_KEY is not a valid header value")?;
+            value.set_sensitive(true);
+            headers.insert("x-api-key", value);
+        }
+        Ok(reqwest::Client::builder().default_headers(headers))
+    }
+
+    /// The credential as the `access_token` query parameter of a WebSocket upgrade.
+    pub fn access_token(&self) -> Option<&str> {
+        self.token.as_deref().or(self.api_key.as_deref())
+    }
 }
 
 #[derive(Subcommand)]
@@ -169,13 +208,13 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
-        Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(args, &cli.credentials)),
         Command::Graph(args) => graph(args),
-        Command::Schema(args) => runtime.block_on(schema(args)),
+        Command::Schema(args) => runtime.block_on(schema(args, &cli.credentials)),
         Command::Projections(ProjectionsCommand::Rebuild { name, url }) => {
-            runtime.block_on(rebuild(&name, &url))
+            runtime.block_on(rebuild(&name, &url, &cli.credentials))
         }
-        Command::Dlq(args) => runtime.block_on(dlq(args)),
+        Command::Dlq(args) => runtime.block_on(dlq(args, &cli.credentials)),
         Command::Policy(PolicyCommand::Test { dir }) => policy_test(&dir),
         Command::Policy(PolicyCommand::Check { input, policies }) => {
             policy_check(&input, policies.as_deref())
@@ -202,9 +241,9 @@ fn graph(args: GraphArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn schema(args: SchemaArgs) -> anyhow::Result<()> {
+async fn schema(args: SchemaArgs, credentials: &Credentials) -> anyhow::Result<()> {
     let base = format!("{}/api/schema-registry", args.url.trim_end_matches('/'));
-    let client = reqwest::Client::new();
+    let client = credentials.client()?.build()?;
     let answer = |response: reqwest::Response| async move {
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
@@ -212,9 +251,10 @@ async fn schema(args: SchemaArgs) -> anyhow::Result<()> {
             Ok(body)
         } else {
             Err(anyhow::anyhow!(
-                "{} (error {}, HTTP {status})",
+                "{} (error {}, HTTP {status}){}",
                 body["message"].as_str().unwrap_or("?"),
-                body["error_code"]
+                body["error_code"],
+                auth_hint(status)
             ))
         }
     };
@@ -271,17 +311,19 @@ async fn schema(args: SchemaArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn rebuild(name: &str, url: &str) -> anyhow::Result<()> {
+async fn rebuild(name: &str, url: &str, credentials: &Credentials) -> anyhow::Result<()> {
     let base = url.trim_end_matches('/');
-    let client = reqwest::Client::new();
+    let client = credentials.client()?.build()?;
     let response = client
         .post(format!("{base}/api/admin/projections/{name}/rebuild"))
         .send()
         .await
         .with_context(|| format!("cannot reach {base} (is `nexus serve` running? see --url)"))?;
-    if !response.status().is_success() {
+    let status = response.status();
+    if !status.is_success() {
         let body: serde_json::Value = response.json().await.unwrap_or_default();
-        anyhow::bail!("{}", body["message"].as_str().unwrap_or("the rebuild was refused"));
+        let message = body["message"].as_str().unwrap_or("the rebuild was refused");
+        anyhow::bail!("{message} (HTTP {status}){}", auth_hint(status));
     }
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -320,9 +362,18 @@ async fn rebuild(name: &str, url: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
+/// What to do about a refused credential.
+fn auth_hint(status: reqwest::StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "; the server wants a credential: set NEXUS_TOKEN (a JWT) or NEXUS_API_KEY",
+        403 => "; the credential lacks the scope this needs (admin for the admin API)",
+        _ => "",
+    }
+}
+
+async fn dlq(args: DlqArgs, credentials: &Credentials) -> anyhow::Result<()> {
     let base = format!("{}/api/admin/dlq", args.url.trim_end_matches('/'));
-    let client = reqwest::Client::new();
+    let client = credentials.client()?.build()?;
     let unreachable =
         || format!("cannot reach {base} (is `nexus serve` running with the router role? see --url)");
     let response = match &args.command {
@@ -334,7 +385,11 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     if !status.is_success() {
-        anyhow::bail!("{} (HTTP {status})", body["message"].as_str().unwrap_or("refused"));
+        anyhow::bail!(
+            "{} (HTTP {status}){}",
+            body["message"].as_str().unwrap_or("refused"),
+            auth_hint(status)
+        );
     }
     match args.command {
         DlqCommand::List { json: true } => println!("{}", serde_json::to_string_pretty(&body)?),
