@@ -6,6 +6,12 @@ cd "$(dirname "$0")/.."
 echo "== test tools: Confluent's schema registry client (the registry interop test uses it)"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'confluent-kafka[schemaregistry]==2.16.*'
 
+echo "== test tools: promtool (Debian's prometheus package) for the alert rules"
+if ! command -v promtool >/dev/null; then
+  (apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 ||
+    (apt-get update -qq && apt-get install -y --no-install-recommends prometheus >/dev/null))
+fi
+
 echo "== cargo test (all crates, all backends configured in the environment)"
 cargo test --workspace --locked
 
@@ -13,6 +19,10 @@ echo "== architecture policies: unit tests, then the service graph this build se
 cargo run --locked -q -p nexus -- policy test policies
 cargo run --locked -q -p nexus -- graph --out build-artifacts/service-graph.json
 cargo run --locked -q -p nexus -- policy check --input build-artifacts/service-graph.json
+
+echo "== alert rules: syntax, then their unit tests"
+promtool check rules deploy/prometheus/nexus-alerts.yml
+promtool test rules deploy/prometheus/nexus-alerts.test.yml
 
 echo "== nexus bench smoke run (completes and reports; no speed assertion)"
 cargo run --locked -q -p nexus -- bench --duration 3 --concurrency 8 --mix place=70,ship=10,get=15,list=5 --lag-samples 20

@@ -282,6 +282,14 @@ pub async fn run(
             loop {
                 tick.tick().await;
                 handle.run_upkeep();
+                // Lag in events, for alerting on a stalled projection (no events applied while
+                // the store moves on), which a latency histogram cannot show.
+                if let Ok(head) = upkeep_state.events.head().await {
+                    for (name, status) in &upkeep_state.projections {
+                        metrics::gauge!("nexus_projection_lag_events", "projection" => *name)
+                            .set(head.saturating_sub(status.checkpoint()) as f64);
+                    }
+                }
                 upkeep_state.rate_limits.retain_recent();
                 upkeep_state.subscriptions.retain_recent();
             }

@@ -51,10 +51,6 @@ pub(crate) async fn projections(State(state): State<AppState>) -> Result<Json<Va
             })
         })
         .collect();
-    for (name, status) in &state.projections {
-        metrics::gauge!("nexus_projection_lag_events", "projection" => *name)
-            .set(head.saturating_sub(status.checkpoint()) as f64);
-    }
     Ok(Json(json!({"items": items})))
 }
 
