@@ -88,7 +88,12 @@ pub struct SqliteEventStore {
 
 impl SqliteEventStore {
     /// Opens (creating if needed) `events.db` in `dir` and starts the writer thread.
+    ///
+    /// One process at a time: the store holds an exclusive lock on `nexus.lock` in `dir` for as
+    /// long as its writer thread runs, so a second process on the same data directory (whose
+    /// writer would number positions on its own) is refused instead of corrupting the feed.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let lock = lock_data_dir(dir)?;
         let path = dir.join("events.db");
         let mut conn = open_writer(&path).map_err(unavailable)?;
         migrate(&mut conn, MIGRATIONS).map_err(unavailable)?;
@@ -101,7 +106,11 @@ impl SqliteEventStore {
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("nexus-sqlite-writer".into())
-            .spawn(move || write_loop(conn, queue, head_tx))
+            .spawn(move || {
+                write_loop(conn, queue, head_tx);
+                // Released only once the last commit is done.
+                drop(lock);
+            })
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let running = Arc::downgrade(&jobs_alive);
         std::thread::Builder::new()
@@ -110,6 +119,47 @@ impl SqliteEventStore {
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         Ok(Self { jobs, _alive: jobs_alive, readers: ReaderPool::new(path), head: head_rx })
     }
+}
+
+/// Takes the data directory's lock, waiting up to 2 s for a writer that is shutting down (a
+/// restart in the same process) to let go; writes this process's id into the file for whoever
+/// finds it locked.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("nexus.lock");
+    let mut file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let holder = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
+                return Err(StoreError::Unavailable(Box::new(std::io::Error::other(format!(
+                    "{} is in use by another nexus process{holder}: stop it, or give this one another data directory",
+                    dir.display()
+                )))));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::Unavailable(Box::new(e))),
+        }
+    }
+    let noted =
+        file.set_len(0).and_then(|()| file.rewind()).and_then(|()| write!(file, "{}", std::process::id()));
+    if let Err(error) = noted {
+        tracing::debug!(%error, "cannot note the pid in {}", path.display());
+    }
+    Ok(file)
 }
 
 fn open_writer(path: &PathBuf) -> rusqlite::Result<Connection> {
