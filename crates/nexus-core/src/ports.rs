@@ -418,3 +418,30 @@ pub trait EventStream: Send + Sync + 'static {
     /// Acknowledges every event of `partition` up to `sequence` for `reader`.
     async fn ack(&self, reader: &str, partition: u32, sequence: u64) -> Result<(), StoreError>;
 }
+
+/// A claim on a named piece of work, held until dropped, or until its holder's process (or its
+/// connection to the backend) dies.
+pub struct Lease {
+    _release: Box<dyn Send + Sync>,
+}
+
+impl Lease {
+    /// A lease whose `release` guard gives the claim back when dropped.
+    pub fn new(release: impl Send + Sync + 'static) -> Self {
+        Self { _release: Box::new(release) }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
+    }
+}
+
+/// Exclusive claims on named work across every process of a deployment: one driver per saga
+/// when several command processes share one store.
+#[async_trait]
+pub trait Leases: Send + Sync + 'static {
+    /// The lease on `name`, or `None` while someone (this process included) holds it.
+    async fn try_lease(&self, name: &str) -> Result<Option<Lease>, StoreError>;
+}

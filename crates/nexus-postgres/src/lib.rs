@@ -6,6 +6,7 @@
 //! - [`PostgresReadStore`]: read-model `documents` and projection `checkpoints`, written together.
 //! - [`PostgresSnapshotStore`]: aggregate `snapshots`, beside the events the time sweep reads.
 //! - [`PostgresSchemaStore`]: the schema registry's subjects, versions and settings.
+//! - [`PostgresLeases`]: advisory-lock leases, so one process drives each saga.
 //!
 //! [`PostgresBackend::connect`] builds one connection pool for all three, and applies the
 //! versioned migrations (recorded in `nexus_migrations`) in one transaction under a
@@ -58,6 +59,7 @@
 //! What it does not do: no TLS (the database is on a trusted network or a local socket).
 
 mod event_store;
+mod leases;
 mod migrations;
 mod read_store;
 mod registry_store;
@@ -72,6 +74,7 @@ use nexus_core::StoreError;
 use tokio_postgres::NoTls;
 
 pub use event_store::PostgresEventStore;
+pub use leases::PostgresLeases;
 pub use read_store::PostgresReadStore;
 pub use registry_store::PostgresSchemaStore;
 pub use snapshot_store::PostgresSnapshotStore;
@@ -94,6 +97,7 @@ pub struct PostgresBackend {
     reads: Arc<PostgresReadStore>,
     snapshots: Arc<PostgresSnapshotStore>,
     schemas: Arc<PostgresSchemaStore>,
+    leases: Arc<PostgresLeases>,
 }
 
 impl PostgresBackend {
@@ -109,8 +113,10 @@ impl PostgresBackend {
         let mut pool_config = config.clone();
         // Custom plans for the pool's queries: a generic plan cached while a table was small
         // (a sequential scan and a sort for the change feed) would stay as the table grows.
+        // No JIT: its compile time is paid on every execution, and for a search over 80,000 of
+        // a million documents it was 209 of 583 ms (measured with EXPLAIN ANALYZE).
         let options = pool_config.get_options().unwrap_or_default().to_owned();
-        pool_config.options(format!("{options} -c plan_cache_mode=force_custom_plan"));
+        pool_config.options(format!("{options} -c plan_cache_mode=force_custom_plan -c jit=off"));
         let manager = Manager::from_config(
             pool_config,
             NoTls,
@@ -125,12 +131,14 @@ impl PostgresBackend {
             .build()
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         migrations::apply(&pool, &schema).await?;
+        let leases = Arc::new(PostgresLeases::new(config.clone(), schema.clone()));
         let events = PostgresEventStore::start(config, pool.clone(), schema.clone()).await?;
         Ok(Self {
             events: Arc::new(events),
             reads: Arc::new(PostgresReadStore::new(pool.clone())),
             snapshots: Arc::new(PostgresSnapshotStore::new(pool.clone())),
             schemas: Arc::new(PostgresSchemaStore::new(pool)),
+            leases,
             schema,
         })
     }
@@ -149,6 +157,11 @@ impl PostgresBackend {
 
     pub fn schema_store(&self) -> Arc<PostgresSchemaStore> {
         self.schemas.clone()
+    }
+
+    /// Advisory-lock leases (one driver per saga across processes), on a connection of their own.
+    pub fn leases(&self) -> Arc<PostgresLeases> {
+        self.leases.clone()
     }
 
     pub fn schema(&self) -> &str {

@@ -15,6 +15,7 @@
 //! storage call goes through `nexus_core::ports`.
 
 mod commands;
+mod leases;
 mod notify;
 mod projections;
 mod router;
@@ -25,6 +26,7 @@ mod stream_projections;
 mod upcasting;
 
 pub use commands::{CommandBus, CommandError, CommandRequest, SnapshotPolicy};
+pub use leases::InProcessLeases;
 pub use notify::{Notifier, ProjectionUpdate};
 pub use projections::{ProjectionRunner, ProjectionStatus, RebuildProgress};
 pub use router::{

@@ -23,11 +23,12 @@
 //!   `SagaStarted` whose saga this process has not seen end. A restart reads the feed from there
 //!   and drives every saga it finds again; those that had ended find nothing to do.
 //!
-//! Exactly one driver per saga: within a process, the loop spawns one task per `SagaStarted`.
-//! Several command processes on one PostgreSQL store would each drive every saga; that stays
-//! correct (expected-version appends let one of them record each outcome, the derived command
-//! ids apply each step once) but duplicates the work. A per-saga lock (a PostgreSQL advisory lock
-//! held by the driving process) is the missing piece; see ARCHITECTURE.md.
+//! Exactly one driver per saga: within a process, the loop spawns one task per `SagaStarted`;
+//! across processes (several command processes on one PostgreSQL store), a driver first takes the
+//! saga's lease ([`Leases`], a PostgreSQL advisory lock there). The others keep the saga in their
+//! low-water mark and look again every `lease_poll` until it ends or its driver dies and they get
+//! the lease. Without the lease it would still be correct (expected-version appends let one
+//! driver record each outcome, the derived command ids apply each step once), only duplicated.
 //!
 //! Architecture invariant: like the rest of the runtime, no SQL, no HTTP.
 
@@ -42,7 +43,7 @@ use chrono::{DateTime, Utc};
 use nexus_core::ports::{AppendOutcome, AppendRequest, NewEvent};
 use nexus_core::{
     Aggregate, CommandResult, Domain, DomainEvent, EventMetadata, EventRejection, EventStore, EventValidator,
-    FieldError, ReadStore, SagaDefinition, StepCommand, StoreError, derived_id, format_timestamp,
+    FieldError, Leases, ReadStore, SagaDefinition, StepCommand, StoreError, derived_id, format_timestamp,
     is_valid_aggregate_id,
 };
 use serde_json::Value;
@@ -93,6 +94,9 @@ pub struct SagaSettings {
     pub step_delay: Duration,
     /// Events read from the change feed at a time.
     pub batch_size: usize,
+    /// How often a process that could not lease a saga looks again (has it ended, or did its
+    /// driver die?).
+    pub lease_poll: Duration,
 }
 
 /// Why a saga was not started.
@@ -128,6 +132,8 @@ struct Shared {
     /// The schema registry's check of every saga event before it is appended.
     event_validator: Option<Arc<dyn EventValidator>>,
     settings: SagaSettings,
+    /// One driver per saga across processes.
+    leases: Arc<dyn Leases>,
 }
 
 /// Why driving a saga stopped before its end.
@@ -156,7 +162,18 @@ impl SagaCoordinator {
         settings: SagaSettings,
     ) -> Result<Self, String> {
         let validator = PayloadValidator::for_commands(&domain)?;
-        Ok(Self(Arc::new(Shared { bus, events, read, domain, validator, event_validator: None, settings })))
+        let leases: Arc<dyn Leases> = Arc::new(crate::InProcessLeases::default());
+        Ok(Self(Arc::new(Shared { bus, events, read, domain, validator, event_validator: None, settings, leases })))
+    }
+
+    /// Leases shared by every process that drives sagas on the same store (the default, in
+    /// memory, is right for one process only).
+    ///
+    /// # Panics
+    /// When the coordinator was cloned already: configure it before sharing it.
+    pub fn with_leases(mut self, leases: Arc<dyn Leases>) -> Self {
+        Arc::get_mut(&mut self.0).expect("configured before it is shared").leases = leases;
+        self
     }
 
     /// Validates every saga event against its registered schema before appending it, as the
@@ -406,9 +423,33 @@ async fn checkpoint(read: &dyn ReadStore, name: &str, shutdown: &mut watch::Rece
     }
 }
 
-/// Drives one saga to its end, retrying while the store is unavailable. Returns the position of
-/// its `SagaStarted`, so the loop can move its low-water mark.
+/// Drives one saga to its end once it holds the saga's lease, retrying while the store is
+/// unavailable; or, while another process holds the lease, waits for the saga to end. Returns the
+/// position of its `SagaStarted`, so the loop can move its low-water mark.
 async fn drive(shared: Arc<Shared>, saga_id: String, start: u64) -> u64 {
+    let name = format!("saga:{saga_id}");
+    let mut backoff = shared.settings.retry_base.max(Duration::from_millis(10));
+    let _lease = loop {
+        match shared.leases.try_lease(&name).await {
+            Ok(Some(lease)) => break lease,
+            Ok(None) => match shared.events.read_stream(&saga_id, 1, None).await {
+                // Ended by whoever holds the lease: nothing left for this process.
+                Ok(stream) if stream.last().is_some_and(|e| TERMINAL_EVENTS.contains(&e.event_type.as_str())) => {
+                    return start;
+                }
+                Ok(_) => tokio::time::sleep(shared.settings.lease_poll).await,
+                Err(error) => {
+                    tracing::warn!(saga_id, %error, "cannot read a leased saga; retrying");
+                    tokio::time::sleep(shared.settings.lease_poll).await;
+                }
+            },
+            Err(error) => {
+                tracing::warn!(saga_id, %error, "cannot take the saga's lease; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
     let mut backoff = shared.settings.retry_base.max(Duration::from_millis(10));
     loop {
         match shared.drive_once(&saga_id).await {

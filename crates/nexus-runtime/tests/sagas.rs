@@ -84,6 +84,7 @@ fn settings() -> SagaSettings {
         compensation_attempts: 3,
         step_delay: Duration::ZERO,
         batch_size: 100,
+        lease_poll: Duration::from_millis(20),
     }
 }
 

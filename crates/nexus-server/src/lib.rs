@@ -136,7 +136,7 @@ pub async fn run(
     }
     // Born governed: a configuration that breaks an architecture rule never serves a request.
     check_policies(&service_graph(&config, &domain))?;
-    let Backends { events, snapshots, read, schemas } = open_backends(&config).await?;
+    let Backends { events, snapshots, read, schemas, leases } = open_backends(&config).await?;
     let domain = Arc::new(domain);
     let registry = Arc::new(Registry::new(schemas));
     register_shipped_schemas(&registry, &domain).await?;
@@ -201,7 +201,8 @@ pub async fn run(
         saga_settings(&config),
     )
     .map_err(ServeError::Domain)?
-    .with_event_validator(registry.clone());
+    .with_event_validator(registry.clone())
+    .with_leases(leases);
     // The write side drives sagas: the coordinator (which also resumes those a crash interrupted)
     // and the process managers the configuration turns on.
     let mut saga_tasks = Vec::new();
@@ -336,6 +337,7 @@ fn saga_settings(config: &Config) -> SagaSettings {
         compensation_attempts: sagas.compensation_attempts,
         step_delay: std::time::Duration::from_millis(sagas.step_delay_ms),
         batch_size: config.projection_batch_size,
+        lease_poll: std::time::Duration::from_secs(1),
     }
 }
 
@@ -344,6 +346,8 @@ struct Backends {
     snapshots: Arc<dyn SnapshotStore>,
     read: Arc<dyn ReadStore>,
     schemas: Arc<dyn SchemaStore>,
+    /// One saga driver across processes; in memory for the embedded store, which is one process.
+    leases: Arc<dyn nexus_core::Leases>,
 }
 
 /// Subject under which a command type's payload schema is registered.
@@ -423,7 +427,8 @@ async fn open_backends(config: &Config) -> Result<Backends, ServeError> {
             let sqlite = Arc::new(SqliteEventStore::open(&config.data_dir)?);
             let read = Arc::new(SqliteReadStore::open(&config.data_dir)?);
             let schemas = Arc::new(nexus_sqlite::SqliteSchemaStore::open(&config.data_dir)?);
-            Ok(Backends { events: sqlite.clone(), snapshots: sqlite, read, schemas })
+            let leases = Arc::new(nexus_runtime::InProcessLeases::default());
+            Ok(Backends { events: sqlite.clone(), snapshots: sqlite, read, schemas, leases })
         }
         StoreBackend::Postgres { url, schema } => {
             let backend = nexus_postgres::PostgresBackend::connect(url, schema).await?;
@@ -432,6 +437,7 @@ async fn open_backends(config: &Config) -> Result<Backends, ServeError> {
                 snapshots: backend.snapshot_store(),
                 read: backend.read_store(),
                 schemas: backend.schema_store(),
+                leases: backend.leases(),
             })
         }
     }
