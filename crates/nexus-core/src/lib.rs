@@ -28,9 +28,8 @@ pub use model::{
 pub use ports::{
     AppendOutcome, AppendRequest, CommandRecord, DeadLetter, Delivery, EventQueue, EventRejection,
     EventStore, EventStream, EventValidator, Filter, Lease, Leases, ListQuery, NewEvent, Page, ReadStore,
-    RegisteredSchema,
-    SchemaStore, SearchQuery, SearchResults, Snapshot, SnapshotStore, SortOrder, StoreError, StreamEvent,
-    partition_of,
+    RegisteredSchema, SchemaStore, SearchQuery, SearchResults, Snapshot, SnapshotStore, SortOrder,
+    StoreError, StreamEvent, partition_of,
 };
 pub use projection::{Projection, ProjectionError, ReadDocument};
 pub use saga::{

@@ -163,7 +163,16 @@ impl SagaCoordinator {
     ) -> Result<Self, String> {
         let validator = PayloadValidator::for_commands(&domain)?;
         let leases: Arc<dyn Leases> = Arc::new(crate::InProcessLeases::default());
-        Ok(Self(Arc::new(Shared { bus, events, read, domain, validator, event_validator: None, settings, leases })))
+        Ok(Self(Arc::new(Shared {
+            bus,
+            events,
+            read,
+            domain,
+            validator,
+            event_validator: None,
+            settings,
+            leases,
+        })))
     }
 
     /// Leases shared by every process that drives sagas on the same store (the default, in
@@ -434,7 +443,9 @@ async fn drive(shared: Arc<Shared>, saga_id: String, start: u64) -> u64 {
             Ok(Some(lease)) => break lease,
             Ok(None) => match shared.events.read_stream(&saga_id, 1, None).await {
                 // Ended by whoever holds the lease: nothing left for this process.
-                Ok(stream) if stream.last().is_some_and(|e| TERMINAL_EVENTS.contains(&e.event_type.as_str())) => {
+                Ok(stream)
+                    if stream.last().is_some_and(|e| TERMINAL_EVENTS.contains(&e.event_type.as_str())) =>
+                {
                     return start;
                 }
                 Ok(_) => tokio::time::sleep(shared.settings.lease_poll).await,
