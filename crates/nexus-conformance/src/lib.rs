@@ -63,6 +63,7 @@ macro_rules! read_store_suite {
             list_filters_sorts_and_pages,
             load_returns_existing_documents_only,
             search_ranks_filters_and_counts_facets,
+            search_filters_match_like_list_filters,
             a_shadow_swaps_in_atomically,
         );
     };

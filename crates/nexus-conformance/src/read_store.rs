@@ -141,6 +141,83 @@ pub async fn search_ranks_filters_and_counts_facets(store: Arc<dyn ReadStore>) {
     assert_eq!(ids(&store.search("orders", &search("gizmo", vec![])).await.unwrap().items), ["o3"]);
 }
 
+pub async fn search_filters_match_like_list_filters(store: Arc<dyn ReadStore>) {
+    use nexus_core::SearchQuery;
+    let long = "x".repeat(100);
+    let mut docs = Vec::new();
+    for (n, total) in [json!(20), json!(20.0), json!(20.5), json!("20")].into_iter().enumerate() {
+        let mut d =
+            doc(&format!("d{n}"), n as u64 + 1, if n % 2 == 0 { "PLACED" } else { "SHIPPED" }, 0.0, &[]);
+        d.searchable_text = format!("common word{n}");
+        d.set("total", total);
+        d.set("gift", n % 2 == 0);
+        d.set("customer", json!({"name": format!("name-{}", n % 2)}));
+        d.set("note", if n == 3 { long.clone() } else { format!("short-{n}") });
+        d.set("codes", json!([n, format!("c{n}")]));
+        docs.push(d);
+    }
+    store.commit("p", "things", docs, 4).await.unwrap();
+    let ids = |items: &[ReadDocument]| {
+        let mut ids: Vec<String> = items.iter().map(|d| d.id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![("total", "20")],
+        vec![("total", "20.0")],
+        vec![("total", "20.5")],
+        vec![("gift", "true")],
+        vec![("gift", "false")],
+        vec![("customer.name", "name-1")],
+        vec![("note", long.as_str())],
+        vec![("note", "short-1")],
+        vec![("codes", "2")],
+        vec![("codes", "c3")],
+        vec![("status", "SHIPPED"), ("total", "20")],
+        vec![("missing", "x")],
+        vec![("id", "d2")],
+        vec![("version", "2")],
+    ];
+    for filters in cases {
+        let filters: Vec<Filter> =
+            filters.iter().map(|(f, v)| Filter { field: (*f).into(), value: (*v).into() }).collect();
+        let listed = store
+            .list("things", &ListQuery { filters: filters.clone(), sort: None, limit: 10, offset: 0 })
+            .await
+            .unwrap();
+        for text in ["", "common"] {
+            let query = SearchQuery {
+                text: text.into(),
+                filters: filters.clone(),
+                facets: vec!["status".into(), "customer.name".into()],
+                limit: 10,
+                offset: 0,
+            };
+            let found = store.search("things", &query).await.unwrap();
+            assert_eq!(ids(&found.items), ids(&listed.items), "search '{text}' with {filters:?}");
+            assert_eq!(found.total, listed.total, "total of '{text}' with {filters:?}");
+            let placed = listed.items.iter().filter(|d| d.status == "PLACED").count() as u64;
+            assert_eq!(found.facets["status"].get("PLACED").copied().unwrap_or(0), placed, "{filters:?}");
+            let named =
+                listed.items.iter().filter(|d| d.fields["customer"]["name"] == "name-1").count() as u64;
+            assert_eq!(
+                found.facets["customer.name"].get("name-1").copied().unwrap_or(0),
+                named,
+                "{filters:?}"
+            );
+        }
+    }
+
+    // Pages of a ranked search: the same order as one big page.
+    let query =
+        |limit, offset| SearchQuery { text: "common".into(), filters: vec![], facets: vec![], limit, offset };
+    let all = store.search("things", &query(10, 0)).await.unwrap().items;
+    let first = store.search("things", &query(2, 0)).await.unwrap().items;
+    let second = store.search("things", &query(2, 2)).await.unwrap();
+    assert_eq!([first, second.items].concat(), all);
+    assert_eq!(second.total, 4);
+}
+
 pub async fn a_shadow_swaps_in_atomically(store: Arc<dyn ReadStore>) {
     use nexus_core::SearchQuery;
     let mut old = doc("a", 5, "OLD", 1.0, &[]);
@@ -176,4 +253,21 @@ pub async fn a_shadow_swaps_in_atomically(store: Arc<dyn ReadStore>) {
         "the index follows the swap"
     );
     assert_eq!(store.search("orders", &search("stale")).await.unwrap().total, 0);
+
+    // And again: the next rebuild's shadow starts empty and never touches the live model.
+    store.clear("orders~rebuild", "orders~rebuild").await.unwrap();
+    assert_eq!(store.get("orders~rebuild", "a").await.unwrap(), None);
+    let mut newer = doc("b", 6, "NEWER", 1.0, &[]);
+    newer.searchable_text = "newer words".into();
+    store.commit("orders~rebuild", "orders~rebuild", vec![newer], 60).await.unwrap();
+    assert_eq!(store.get("orders", "a").await.unwrap().unwrap().status, "NEW", "live untouched");
+    assert_eq!(store.get("orders", "b").await.unwrap(), None);
+    store.swap("orders", "orders~rebuild").await.unwrap();
+    assert_eq!(store.get("orders", "a").await.unwrap(), None);
+    assert_eq!(store.get("orders", "b").await.unwrap().unwrap().status, "NEWER");
+    assert_eq!(store.checkpoint("orders").await.unwrap(), 60);
+    assert_eq!(store.search("orders", &search("words")).await.unwrap().total, 1);
+    let listed =
+        store.list("orders", &ListQuery { filters: vec![], sort: None, limit: 10, offset: 0 }).await.unwrap();
+    assert_eq!(listed.total, 1);
 }

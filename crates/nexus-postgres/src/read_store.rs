@@ -13,6 +13,7 @@ use nexus_core::ports::Filter;
 use nexus_core::{
     ListQuery, Page, ReadDocument, ReadStore, SearchQuery, SearchResults, SortOrder, StoreError,
 };
+use serde_json::{Value, json};
 use tokio_postgres::Row;
 use tokio_postgres::types::{Json, ToSql};
 
@@ -92,6 +93,31 @@ fn order_by(p: usize, order: SortOrder) -> String {
            WHEN 'array' THEN (doc #> ${p})::text WHEN 'object' THEN (doc #> ${p})::text END) COLLATE \"C\" {direction}, \
          id ASC"
     )
+}
+
+/// Documents `filter` can match must contain one of these (`doc @> …`), which the GIN index on
+/// `doc` answers; the filter's own predicate still decides. Empty when the index cannot help: a
+/// nested field, or a value that could only match an object or array as text.
+fn containment(filter: &Filter) -> Vec<Value> {
+    let (field, value) = (filter.field.as_str(), filter.value.as_str());
+    if field.contains('.') || value.starts_with(['{', '[']) {
+        return Vec::new();
+    }
+    let mut forms = vec![Value::String(value.to_owned())];
+    if let Ok(number) = value.parse::<f64>()
+        && let Some(number) = serde_json::Number::from_f64(number)
+    {
+        // Documents hold what serde wrote: the shortest text of an f64, or an exact integer.
+        forms.push(Value::Number(number));
+        if let Ok(Value::Number(literal)) = serde_json::from_str::<Value>(value) {
+            forms.push(Value::Number(literal));
+        }
+    }
+    if let Ok(flag) = value.parse::<bool>() {
+        forms.push(Value::Bool(flag));
+    }
+    // A scalar equal to the value, or an array holding it.
+    forms.into_iter().flat_map(|form| [json!({ field: form.clone() }), json!({ field: [form] })]).collect()
 }
 
 #[async_trait]
@@ -219,56 +245,92 @@ impl ReadStore for PostgresReadStore {
         .await
         .map_err(unavailable)?;
         tx.execute("DELETE FROM checkpoints WHERE projection = $1", &[&shadow]).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
+        tx.commit().await.map_err(unavailable)?;
+        // Every row of the live model was just rewritten: reclaim the dead versions (a search
+        // would visit them: twice the heap) and plan on fresh statistics (which index answers a
+        // search filter) now rather than when autovacuum gets to it.
+        client.batch_execute("VACUUM (ANALYZE) documents").await.map_err(unavailable)
     }
 
     async fn search(&self, resource: &str, query: &SearchQuery) -> Result<SearchResults, StoreError> {
         let (mut clause, mut values) = where_clause(resource, &query.filters)?;
-        let order = if query.text.split_whitespace().next().is_none() {
-            "doc ->> 'lastUpdated' DESC, id ASC".to_owned()
+        for filter in &query.filters {
+            let candidates = containment(filter);
+            if !candidates.is_empty() {
+                let mut alternatives = Vec::new();
+                for candidate in candidates {
+                    values.push(Box::new(Json(candidate)));
+                    alternatives.push(format!("doc @> ${}", values.len()));
+                }
+                clause.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+            }
+        }
+        // Best first: the highest rank, or the newest when there are no words.
+        let score = if query.text.split_whitespace().next().is_none() {
+            "doc ->> 'lastUpdated'".to_owned()
         } else {
             // Every word must match (`plainto_tsquery` ANDs them and treats operators as text);
             // the GIN index on the generated `search` column answers the match.
             values.push(Box::new(query.text.clone()));
             let q = values.len();
             clause.push_str(&format!(" AND search @@ plainto_tsquery('simple', ${q})"));
-            format!("ts_rank(search, plainto_tsquery('simple', ${q})) DESC, id ASC")
+            format!("ts_rank(search, plainto_tsquery('simple', ${q}))")
         };
-        let base = values.len();
-        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
-        let rows = self.query(&format!("SELECT COUNT(*) FROM documents WHERE {clause}"), &params).await?;
-        let total: i64 = rows[0].try_get(0).map_err(|e| corrupt("count", e))?;
-        let (limit, offset) = (bigint(query.limit as u64), bigint(query.offset as u64));
-        let mut paged = params.clone();
-        paged.extend([&limit as &(dyn ToSql + Sync), &offset]);
-        let sql = format!(
-            "SELECT doc FROM documents WHERE {clause} ORDER BY {order} LIMIT ${} OFFSET ${}",
-            paged.len() - 1,
-            paged.len()
-        );
-        let items = self.query(&sql, &paged).await?.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?;
-        let mut facets = std::collections::BTreeMap::new();
-        for field in &query.facets {
-            let path = json_path(field)?;
-            let mut with_path = params.clone();
-            with_path.push(&path);
-            let p = base + 1;
+        // One pass over the matches, kept with only what the answer needs (id, score and the
+        // faceted values): the total, each facet's counts and the page all come from it, and
+        // only the page's documents are read whole.
+        let mut facet_columns = String::new();
+        let mut parts = vec!["SELECT 0, NULL, COUNT(*), NULL::jsonb FROM hits".to_owned()];
+        for (n, field) in query.facets.iter().enumerate() {
+            values.push(Box::new(json_path(field)?));
+            facet_columns.push_str(&format!(", doc #> ${} AS f{n}", values.len()));
             // A scalar counts once, an array (tags) once per member.
-            let sql = format!(
-                "SELECT e.v #>> '{{}}', COUNT(*) FROM documents, \
-                 LATERAL jsonb_array_elements(CASE jsonb_typeof(doc #> ${p}) WHEN 'array' THEN doc #> ${p} \
-                   ELSE jsonb_build_array(doc #> ${p}) END) AS e(v) \
-                 WHERE {clause} AND e.v IS NOT NULL AND e.v <> 'null'::jsonb GROUP BY 1"
-            );
-            let mut counts = std::collections::BTreeMap::new();
-            for row in self.query(&sql, &with_path).await? {
-                let value: String = row.try_get(0).map_err(|e| corrupt("facet", e))?;
-                let count: i64 = row.try_get(1).map_err(|e| corrupt("facet", e))?;
-                counts.insert(value, unsigned(count, "facet count")?);
-            }
-            facets.insert(field.clone(), counts);
+            parts.push(format!(
+                "SELECT {}, e.v #>> '{{}}', COUNT(*), NULL FROM hits, \
+                 LATERAL jsonb_array_elements(CASE jsonb_typeof(f{n}) WHEN 'array' THEN f{n} \
+                   ELSE jsonb_build_array(f{n}) END) AS e(v) \
+                 WHERE e.v IS NOT NULL AND e.v <> 'null'::jsonb GROUP BY 2",
+                n + 1
+            ));
         }
-        Ok(SearchResults { items, total: unsigned(total, "count")?, facets })
+        values.push(Box::new(bigint(query.limit as u64)));
+        values.push(Box::new(bigint(query.offset as u64)));
+        let (limit, offset) = (values.len() - 1, values.len());
+        parts.push(format!(
+            "SELECT -1, NULL, row_number() OVER (ORDER BY page.score DESC, page.id ASC), d.doc FROM ( \
+               SELECT id, score FROM hits ORDER BY score DESC, id ASC LIMIT ${limit} OFFSET ${offset}) AS page \
+             JOIN documents d ON d.resource = $1 AND d.id = page.id"
+        ));
+        let sql = format!(
+            "WITH hits AS MATERIALIZED (SELECT id, {score} AS score{facet_columns} FROM documents WHERE {clause}) {}",
+            parts.join(" UNION ALL ")
+        );
+        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
+        let mut total = 0;
+        let mut page = Vec::new();
+        let mut facets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> =
+            query.facets.iter().map(|field| (field.clone(), Default::default())).collect();
+        for row in self.query(&sql, &params).await? {
+            let part: i32 = row.try_get(0).map_err(|e| corrupt("search", e))?;
+            let count: i64 = row.try_get(2).map_err(|e| corrupt("search", e))?;
+            match part {
+                0 => total = unsigned(count, "count")?,
+                -1 => {
+                    let Json(doc) = row.try_get(3).map_err(|e| corrupt("read-model document", e))?;
+                    page.push((count, doc));
+                }
+                facet => {
+                    let field = &query.facets[facet as usize - 1];
+                    let value: String = row.try_get(1).map_err(|e| corrupt("facet", e))?;
+                    facets
+                        .get_mut(field)
+                        .expect("facet listed")
+                        .insert(value, unsigned(count, "facet count")?);
+                }
+            }
+        }
+        page.sort_by_key(|(n, _)| *n);
+        Ok(SearchResults { items: page.into_iter().map(|(_, doc)| doc).collect(), total, facets })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use nexus_core::{EventStore, Projection, ReadDocument, ReadStore, SnapshotStore};
+use nexus_core::{DomainEvent, EventStore, Projection, ReadDocument, ReadStore, SnapshotStore, StoreError};
 use tokio::sync::watch;
 
 use crate::notify::{Notifier, ProjectionUpdate};
@@ -99,6 +99,14 @@ pub struct ProjectionRunner {
     batch_size: usize,
     status: Arc<ProjectionStatus>,
     snapshots: Option<(Arc<dyn SnapshotStore>, u64)>,
+    /// The batch after a full one, read while that one is applied and committed.
+    prefetched: Mutex<Option<Prefetch>>,
+}
+
+/// A change-feed read started ahead of its turn.
+struct Prefetch {
+    after: u64,
+    batch: tokio::task::JoinHandle<Result<Vec<DomainEvent>, StoreError>>,
 }
 
 impl ProjectionRunner {
@@ -109,7 +117,16 @@ impl ProjectionRunner {
         notifier: Notifier,
         batch_size: usize,
     ) -> Self {
-        Self { projection, events, read, notifier, batch_size, status: Arc::default(), snapshots: None }
+        Self {
+            projection,
+            events,
+            read,
+            notifier,
+            batch_size,
+            status: Arc::default(),
+            snapshots: None,
+            prefetched: Mutex::new(None),
+        }
     }
 
     /// Saves a snapshot of a document every `every` versions (at the time of that version's
@@ -214,11 +231,37 @@ impl ProjectionRunner {
         outcome
     }
 
+    /// The change feed after `after`, one batch. After a full batch the next one is read at once,
+    /// on another thread, while this one is applied and committed: catching up and rebuilding
+    /// then read and write at the same time.
+    async fn next_batch(&self, after: u64) -> Result<Vec<DomainEvent>, StoreError> {
+        let prefetched = self.prefetched.lock().expect("prefetch poisoned").take();
+        let batch = match prefetched {
+            Some(prefetch) if prefetch.after == after => {
+                prefetch.batch.await.map_err(|e| StoreError::Unavailable(Box::new(e)))??
+            }
+            other => {
+                if let Some(stale) = other {
+                    stale.batch.abort();
+                }
+                self.events.read_all(after, self.batch_size).await?
+            }
+        };
+        if batch.len() == self.batch_size
+            && let Some(last) = batch.last()
+        {
+            let (events, after, limit) = (self.events.clone(), last.position, self.batch_size);
+            let batch = tokio::spawn(async move { events.read_all(after, limit).await });
+            *self.prefetched.lock().expect("prefetch poisoned") = Some(Prefetch { after, batch });
+        }
+        Ok(batch)
+    }
+
     /// Applies the next batch after `checkpoint` to `target` (the live resource, or a rebuild's
     /// shadow) and commits `target`'s checkpoint with it; `None` when there is nothing new.
     async fn step(&self, target: &str, checkpoint: u64, notify: bool) -> Result<Option<u64>, String> {
         let name = target;
-        let batch = self.events.read_all(checkpoint, self.batch_size).await.map_err(|e| e.to_string())?;
+        let batch = self.next_batch(checkpoint).await.map_err(|e| e.to_string())?;
         let Some(last) = batch.last() else { return Ok(None) };
         let last_position = last.position;
         let relevant: Vec<_> = batch.iter().filter(|e| self.projection.handles(&e.event_type)).collect();

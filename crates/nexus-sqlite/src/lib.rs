@@ -29,7 +29,9 @@ pub const STORE_OPERATIONS: &[(&str, &[&str])] = &[
     ("documents", &["INSERT", "UPDATE", "DELETE", "SELECT"]),
     ("checkpoints", &["INSERT", "UPDATE", "DELETE", "SELECT"]),
     ("search_keys", &["INSERT", "UPDATE", "DELETE", "SELECT"]),
-    // INSERT OR REPLACE: a document's index entry is replaced when the document changes.
+    // Where each resource's documents are stored: a rebuild's swap repoints it.
+    ("models", &["INSERT", "UPDATE", "SELECT"]),
+    // A changed document's index entry is deleted and inserted again.
     ("search_index", &["INSERT", "DELETE", "SELECT"]),
     ("schemas", &["INSERT", "SELECT"]),
     ("subject_versions", &["INSERT", "SELECT"]),
@@ -52,11 +54,18 @@ fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {error}"))
 }
 
+/// How much of a database file a connection maps into memory (address space, not RAM).
+const MMAP_SIZE: i64 = 1 << 30;
+
 /// Settings every connection gets.
 fn tune(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     // Query-planner stability: without it, SQLite re-prepares a statement whenever a bound range
     // or LIMIT value changes (measured: ~10% of a loaded server's CPU in `sqlite3Reprepare`).
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    // Reads map the file instead of copying each page into a private 2 MB cache: a search over
+    // 80,000 matches of a million documents touches most pages of `search_keys`, which then
+    // costs 0.4 µs a match instead of 0.7 (measured), and every connection shares the OS cache.
+    conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
 }
 

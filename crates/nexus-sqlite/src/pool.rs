@@ -37,8 +37,20 @@ impl ReaderPool {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.spawn(f).await
+    }
+
+    /// Starts `f` on a pooled connection on the blocking pool now, so several can run at once.
+    pub(crate) fn spawn<T, F>(
+        self: &Arc<Self>,
+        f: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let pool = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             // The lock guards a Vec push/pop only, never a query: a std mutex is right here.
             let conn = pool.idle.lock().expect("reader pool poisoned").pop();
             let conn = match conn {
@@ -48,8 +60,7 @@ impl ReaderPool {
             let result = f(&conn);
             pool.idle.lock().expect("reader pool poisoned").push(conn);
             result
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(Box::new(e)))?
+        });
+        async move { task.await.map_err(|e| StoreError::Unavailable(Box::new(e)))? }
     }
 }

@@ -1,17 +1,116 @@
 //! The embedded read store: JSON documents per resource type, and projection checkpoints.
 
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use nexus_core::{
-    ListQuery, Page, ReadDocument, ReadStore, SearchQuery, SearchResults, SortOrder, StoreError,
+    Filter, ListQuery, Page, ReadDocument, ReadStore, SearchQuery, SearchResults, SortOrder, StoreError,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use serde_json::Value;
 
 use crate::pool::ReaderPool;
 use crate::{corrupt, migrate, unavailable};
+
+/// Values longer than this many bytes get no key: a filter on one reads the documents instead.
+const MAX_KEYED_VALUE: usize = 64;
+
+/// Fields without keys: the words, and the envelope every document has, whose values are mostly
+/// unique (a key each would double the index for filters nobody runs; they read the JSON).
+const UNKEYED_FIELDS: [&str; 5] = ["searchableText", "id", "aggregateId", "version", "lastUpdated"];
+
+/// The `keys` column of `search_index` for a document: one token per (field, value) a filter can
+/// find through the index, space-separated. A token is the hex of `field` U+001F `value`, for
+/// every top-level field a filter can name (letters, digits, `_`; not [`UNKEYED_FIELDS`]): a
+/// string by itself, a boolean as `true`/`false`, an array by each member (booleans
+/// as `1`/`0`, as the filters compare members), a number by [`number_form`]; objects and values
+/// over [`MAX_KEYED_VALUE`] bytes get none. Strings and booleans are exact; numbers only find
+/// candidates, which the filters then check on the JSON (20 = 20.0).
+fn search_keys(doc: &serde_json::Map<String, Value>) -> String {
+    let mut tokens = String::new();
+    let mut push = |field: &str, form: &str| {
+        if form.len() <= MAX_KEYED_VALUE {
+            if !tokens.is_empty() {
+                tokens.push(' ');
+            }
+            push_key_token(&mut tokens, field, form);
+        }
+    };
+    for (field, value) in doc {
+        if UNKEYED_FIELDS.contains(&field.as_str()) || !is_field_name(field) {
+            continue;
+        }
+        match value {
+            Value::String(text) => push(field, text),
+            Value::Bool(flag) => push(field, if *flag { "true" } else { "false" }),
+            Value::Number(number) => {
+                if let Some(number) = number.as_f64() {
+                    push(field, &number_form(number));
+                }
+            }
+            Value::Array(members) => {
+                for member in members {
+                    match member {
+                        Value::String(text) => push(field, text),
+                        Value::Bool(flag) => push(field, if *flag { "1" } else { "0" }),
+                        Value::Number(number) => {
+                            if let Some(number) = number.as_f64() {
+                                push(field, &number_form(number));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Value::Null | Value::Object(_) => {}
+        }
+    }
+    tokens
+}
+
+/// The key form of a number: its shortest round-trip text (20 and 20.0 are both `20`).
+fn number_form(number: f64) -> String {
+    number.to_string()
+}
+
+fn is_field_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Appends the `search_index` token of `field` = `value`.
+fn push_key_token(tokens: &mut String, field: &str, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for byte in field.bytes().chain([0x1f]).chain(value.bytes()) {
+        tokens.push(char::from(HEX[usize::from(byte >> 4)]));
+        tokens.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+}
+
+fn key_token(field: &str, value: &str) -> String {
+    let mut token = String::with_capacity(2 * (field.len() + 1 + value.len()));
+    push_key_token(&mut token, field, value);
+    token
+}
+
+/// `nexus_search_keys(doc)`: [`search_keys`] of a document's JSON text, for the migration that
+/// indexes the documents already there.
+fn register_search_keys(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "nexus_search_keys",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let doc: serde_json::Map<String, Value> = serde_json::from_str(&ctx.get::<String>(0)?)
+                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
+            Ok(search_keys(&doc))
+        },
+    )
+}
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -41,6 +140,34 @@ INSERT INTO search_index (rowid, text)
     SELECT k.docid, COALESCE(json_extract(d.doc, '$.searchableText'), '')
     FROM search_keys k JOIN documents d ON d.resource = k.resource AND d.id = k.id;
 "#,
+    // Search without parsing documents: beside each search key, `status` and `tags` for facet
+    // counts and `lastUpdated` for ordering, in a table narrow enough that looking up 80,000
+    // matches stays cheap; and a second column of (field, value) keys in the index, so filters
+    // are answered by it. FTS5 cannot add a column: the index is built again. `models` says
+    // where a resource's documents are stored: under its own name unless a row there says
+    // otherwise. A rebuild's shadow is written under a fresh name and the swap points the live
+    // resource at it, so a swap deletes the old documents but rewrites none.
+    r#"
+ALTER TABLE search_keys ADD COLUMN last_updated TEXT;
+ALTER TABLE search_keys ADD COLUMN status TEXT;
+ALTER TABLE search_keys ADD COLUMN tags TEXT;
+INSERT INTO search_keys (resource, id) SELECT resource, id FROM documents d
+    WHERE NOT EXISTS (SELECT 1 FROM search_keys k WHERE k.resource = d.resource AND k.id = d.id);
+UPDATE search_keys SET (last_updated, status, tags) = (
+    SELECT json_extract(d.doc, '$.lastUpdated'), json_extract(d.doc, '$.status'),
+           NULLIF(json_extract(d.doc, '$.tags'), '[]')
+    FROM documents d WHERE d.resource = search_keys.resource AND d.id = search_keys.id);
+DROP TABLE search_index;
+CREATE VIRTUAL TABLE search_index USING fts5(text, keys, content = '', contentless_delete = 1);
+INSERT INTO search_index (rowid, text, keys)
+    SELECT k.docid, COALESCE(json_extract(d.doc, '$.searchableText'), ''), nexus_search_keys(d.doc)
+    FROM search_keys k JOIN documents d ON d.resource = k.resource AND d.id = k.id;
+CREATE TABLE models (
+    name       TEXT PRIMARY KEY,
+    stored     TEXT NOT NULL,
+    generation INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 /// SQLite read store. Written only by projection runners; one write connection, many readers.
@@ -48,6 +175,8 @@ pub struct SqliteReadStore {
     // Projections commit in turns; a std mutex, held only inside a blocking task.
     writer: Arc<Mutex<Connection>>,
     readers: Arc<ReaderPool>,
+    /// How many parts a search scans its matches in, in parallel: one per core, up to 4.
+    search_parts: usize,
 }
 
 impl SqliteReadStore {
@@ -60,8 +189,10 @@ impl SqliteReadStore {
         // after a power cut is replayed from the event store; WAL never corrupts.
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
         crate::tune(&conn).map_err(unavailable)?;
+        register_search_keys(&conn).map_err(unavailable)?;
         migrate(&mut conn, MIGRATIONS).map_err(unavailable)?;
-        Ok(Self { writer: Arc::new(Mutex::new(conn)), readers: ReaderPool::new(path) })
+        let search_parts = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        Ok(Self { writer: Arc::new(Mutex::new(conn)), readers: ReaderPool::new(path), search_parts })
     }
 }
 
@@ -100,28 +231,17 @@ fn json_path(field: &str) -> Result<String, StoreError> {
     }
 }
 
-/// Queries that carry field filters.
-trait HasFilters {
-    fn filters(&self) -> &[nexus_core::ports::Filter];
-}
-
-impl HasFilters for ListQuery {
-    fn filters(&self) -> &[nexus_core::ports::Filter] {
-        &self.filters
-    }
-}
-
-impl HasFilters for SearchQuery {
-    fn filters(&self) -> &[nexus_core::ports::Filter] {
-        &self.filters
-    }
-}
-
 /// `WHERE` clause and parameters for a list query (parameter 1 is the resource).
-fn where_clause(resource: &str, query: &impl HasFilters) -> Result<(String, Vec<SqlValue>), StoreError> {
-    let mut sql = String::from("resource = ?1");
+fn where_clause(resource: &str, filters: &[Filter]) -> Result<(String, Vec<SqlValue>), StoreError> {
     let mut values = vec![SqlValue::Text(resource.to_owned())];
-    for filter in query.filters() {
+    let predicates = filter_predicates(filters, &mut values)?;
+    Ok((format!("resource = ?1{predicates}"), values))
+}
+
+/// ` AND ...` for each filter, on the JSON column `doc`, numbering parameters after `values`.
+fn filter_predicates(filters: &[Filter], values: &mut Vec<SqlValue>) -> Result<String, StoreError> {
+    let mut sql = String::new();
+    for filter in filters {
         let path = values.len() + 1;
         let text = path + 1;
         let number = path + 2;
@@ -140,7 +260,330 @@ fn where_clause(resource: &str, query: &impl HasFilters) -> Result<(String, Vec<
         values.push(SqlValue::Text(filter.value.clone()));
         values.push(filter.value.parse::<f64>().map_or(SqlValue::Null, SqlValue::Real));
     }
-    Ok((sql, values))
+    Ok(sql)
+}
+
+/// How a search finds its documents: an FTS5 query over words and keys, the filters the keys
+/// cannot decide alone (checked on the documents' JSON), and how matches are ranked.
+struct SearchPlan {
+    /// `None` when there is nothing to look up in the index: every document of the resource.
+    matching: Option<String>,
+    checked: Vec<Filter>,
+    by_score: bool,
+}
+
+impl SearchPlan {
+    fn new(query: &SearchQuery) -> Result<Self, StoreError> {
+        // Every word must match; each is quoted, so FTS5 operators in user input are just text.
+        let words: Vec<String> =
+            query.text.split_whitespace().map(|word| format!("\"{}\"", word.replace('"', "\"\""))).collect();
+        let mut terms = Vec::new();
+        if !words.is_empty() {
+            terms.push(format!("text : ({})", words.join(" ")));
+        }
+        let mut checked = Vec::new();
+        for filter in &query.filters {
+            json_path(&filter.field)?;
+            let value = filter.value.as_str();
+            let number = value.parse::<f64>().ok().map(number_form);
+            // A filter on a nested field, an object or a long value has no key: the JSON decides.
+            let keyed = is_field_name(&filter.field)
+                && !UNKEYED_FIELDS.contains(&filter.field.as_str())
+                && value.len() <= MAX_KEYED_VALUE
+                && !value.starts_with(['{', '['])
+                && number.as_ref().is_none_or(|form| form.len() <= MAX_KEYED_VALUE);
+            if !keyed {
+                checked.push(filter.clone());
+                continue;
+            }
+            let mut tokens = vec![key_token(&filter.field, value)];
+            // A number matches by value, which the key form only approximates (20 = 20.0, and
+            // members compare as text): the keys find candidates, the JSON decides.
+            if let Some(form) = number {
+                tokens.push(key_token(&filter.field, &form));
+                checked.push(filter.clone());
+            }
+            tokens.sort();
+            tokens.dedup();
+            terms.push(format!("keys : ({})", tokens.join(" OR ")));
+        }
+        let matching = (!terms.is_empty()).then(|| terms.join(" AND "));
+        Ok(Self { matching, checked, by_score: !words.is_empty() })
+    }
+
+    /// The `FROM` and `WHERE` of the matches (`k` their search keys, `documents` joined when
+    /// asked or when filters need the JSON), and their parameters; only those whose docid is in
+    /// `docids` when given.
+    fn clauses(
+        &self,
+        resource: &str,
+        join_documents: bool,
+        docids: Option<std::ops::Range<i64>>,
+    ) -> Result<(String, String, Vec<SqlValue>), StoreError> {
+        let mut values = vec![SqlValue::Text(resource.to_owned())];
+        let mut from = match &self.matching {
+            Some(_) => "search_index JOIN search_keys k ON k.docid = search_index.rowid",
+            None => "search_keys k",
+        }
+        .to_owned();
+        if join_documents || !self.checked.is_empty() {
+            from.push_str(" JOIN documents ON documents.resource = k.resource AND documents.id = k.id");
+        }
+        let mut clause = "k.resource = ?1".to_owned();
+        if let Some(matching) = &self.matching {
+            values.push(SqlValue::Text(matching.clone()));
+            clause.push_str(" AND search_index MATCH ?2");
+        }
+        if let Some(docids) = docids {
+            // On the index's rowid when there is a match, so FTS5 reads only that part of it.
+            let docid = if self.matching.is_some() { "search_index.rowid" } else { "k.docid" };
+            values.extend([SqlValue::Integer(docids.start), SqlValue::Integer(docids.end)]);
+            clause.push_str(&format!(
+                " AND {docid} >= ?{} AND {docid} < ?{}",
+                values.len() - 1,
+                values.len()
+            ));
+        }
+        clause.push_str(&filter_predicates(&self.checked, &mut values)?);
+        Ok((from, clause, values))
+    }
+}
+
+/// Where a match ranks: by bm25 score (lower is better) when there are words, else newest first
+/// (documents without a time last, as SQLite orders NULL in `DESC`). Ties go to the lower id.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    Score(Score),
+    Newest(Reverse<Option<String>>),
+}
+
+/// A bm25 score, ordered like SQLite orders reals.
+#[derive(PartialEq)]
+struct Score(f64);
+
+impl Eq for Score {}
+
+impl PartialOrd for Score {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Score {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// The best `keep` matches seen so far, by rank then id.
+struct TopK {
+    keep: usize,
+    heap: BinaryHeap<(Rank, String)>,
+}
+
+impl TopK {
+    fn new(keep: usize) -> Self {
+        Self { keep, heap: BinaryHeap::with_capacity(keep.min(1024) + 1) }
+    }
+
+    fn offer(&mut self, rank: Rank, id: &str) {
+        if self.heap.len() < self.keep {
+            self.heap.push((rank, id.to_owned()));
+        } else if let Some(worst) = self.heap.peek()
+            && (&rank, id) < (&worst.0, worst.1.as_str())
+        {
+            self.heap.pop();
+            self.heap.push((rank, id.to_owned()));
+        }
+    }
+
+    /// Ids, best first.
+    fn into_ids(self) -> Vec<String> {
+        self.heap.into_sorted_vec().into_iter().map(|(_, id)| id).collect()
+    }
+}
+
+/// Counts of one keyword field's values.
+#[derive(Default)]
+struct Tally(HashMap<String, u64>);
+
+impl Tally {
+    fn add(&mut self, value: &str, count: u64) {
+        match self.0.get_mut(value) {
+            Some(n) => *n += count,
+            None => {
+                self.0.insert(value.to_owned(), count);
+            }
+        }
+    }
+
+    fn into_counts(self) -> BTreeMap<String, u64> {
+        self.0.into_iter().collect()
+    }
+}
+
+/// One pass over (part of) the matches: the total, the counts of `status` and `tags`, and the
+/// best `keep` matches, without reading a document.
+struct Pass {
+    total: u64,
+    status: Tally,
+    tags: Tally,
+    top: TopK,
+}
+
+impl Pass {
+    fn merge(mut self, other: Pass) -> Pass {
+        self.total += other.total;
+        other.status.0.iter().for_each(|(value, n)| self.status.add(value, *n));
+        other.tags.0.iter().for_each(|(value, n)| self.tags.add(value, *n));
+        other.top.heap.into_iter().for_each(|(rank, id)| self.top.offer(rank, &id));
+        self
+    }
+}
+
+/// The docids the matches lie between (first to last + 1), for splitting them into parts: read
+/// from the ends of the index's match, or of the search keys when there is no match to look up.
+fn docid_span(conn: &Connection, plan: &SearchPlan) -> Result<std::ops::Range<i64>, StoreError> {
+    let (first, last): (Option<i64>, Option<i64>) = match &plan.matching {
+        Some(matching) => {
+            let end = |direction: &str| -> Result<Option<i64>, StoreError> {
+                conn.prepare_cached(&format!(
+                    "SELECT rowid FROM search_index WHERE search_index MATCH ?1 ORDER BY rowid {direction} LIMIT 1"
+                ))
+                .and_then(|mut stmt| stmt.query_row([matching], |row| row.get(0)).optional())
+                .map_err(unavailable)
+            };
+            (end("ASC")?, end("DESC")?)
+        }
+        None => conn
+            .query_row("SELECT min(docid), max(docid) FROM search_keys", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .map_err(unavailable)?,
+    };
+    Ok(match (first, last) {
+        (Some(first), Some(last)) => first..last + 1,
+        _ => 0..0,
+    })
+}
+
+/// Column `column` of `row` as text, without a copy.
+fn text<'r>(row: &'r rusqlite::Row<'_>, column: usize) -> Result<Option<&'r str>, StoreError> {
+    row.get_ref(column).and_then(|value| Ok(value.as_str_or_null()?)).map_err(unavailable)
+}
+
+/// Scans the matches whose docid is in `docids`.
+fn scan(
+    conn: &Connection,
+    plan: &SearchPlan,
+    resource: &str,
+    docids: std::ops::Range<i64>,
+    keep: usize,
+) -> Result<Pass, StoreError> {
+    let (from, clause, values) = plan.clauses(resource, false, Some(docids))?;
+    let rank = if plan.by_score { "bm25(search_index, 1.0, 0.0)" } else { "k.last_updated" };
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT k.id, {rank}, k.status, k.tags FROM {from} WHERE {clause}"))
+        .map_err(unavailable)?;
+    let mut rows = stmt.query(params_from_iter(values.iter())).map_err(unavailable)?;
+    let mut pass = Pass { total: 0, status: Tally::default(), tags: Tally::default(), top: TopK::new(keep) };
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        pass.total += 1;
+        let rank = if plan.by_score {
+            Rank::Score(Score(row.get(1).map_err(unavailable)?))
+        } else {
+            Rank::Newest(Reverse(text(row, 1)?.map(str::to_owned)))
+        };
+        pass.top.offer(rank, text(row, 0)?.unwrap_or_default());
+        if let Some(value) = text(row, 2)? {
+            pass.status.add(value, 1);
+        }
+        if let Some(list) = text(row, 3)? {
+            let list: Vec<String> = serde_json::from_str(list).map_err(|e| corrupt("search key tags", e))?;
+            list.iter().for_each(|tag| pass.tags.add(tag, 1));
+        }
+    }
+    Ok(pass)
+}
+
+/// The documents of `ids` in that order (one missing since is left out).
+fn load_in_order(conn: &Connection, resource: &str, ids: &[String]) -> Result<Vec<ReadDocument>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = serde_json::to_string(ids).map_err(|e| corrupt("ids", e))?;
+    let mut found: HashMap<String, String> = conn
+        .prepare_cached(
+            "SELECT id, doc FROM documents WHERE resource = ?1 AND id IN (SELECT value FROM json_each(?2))",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![resource, list], |row| Ok((row.get(0)?, row.get(1)?)))?.collect()
+        })
+        .map_err(unavailable)?;
+    ids.iter().filter_map(|id| found.remove(id)).map(|text| parse_doc(&text)).collect()
+}
+
+/// Counts of a field other than `status` and `tags` among the matches, read from the JSON:
+/// `json_each` yields a scalar itself and each member of an array.
+fn facet_from_documents(
+    conn: &Connection,
+    plan: &SearchPlan,
+    resource: &str,
+    field: &str,
+) -> Result<BTreeMap<String, u64>, StoreError> {
+    let path = json_path(field)?;
+    let (from, clause, mut values) = plan.clauses(resource, true, None)?;
+    values.push(SqlValue::Text(path));
+    let sql = format!(
+        "SELECT CAST(j.value AS TEXT), COUNT(*) FROM {from}, json_each(documents.doc, ?{}) j \
+         WHERE {clause} GROUP BY 1",
+        values.len()
+    );
+    conn.prepare_cached(&sql)
+        .and_then(|mut stmt| {
+            stmt.query_map(params_from_iter(values.iter()), |row| Ok((row.get(0)?, row.get(1)?)))?.collect()
+        })
+        .map_err(unavailable)
+}
+
+/// The name `resource`'s documents are stored under (see the `models` table).
+fn stored_name(conn: &Connection, resource: &str) -> rusqlite::Result<String> {
+    let stored: Option<String> = conn
+        .prepare_cached("SELECT stored FROM models WHERE name = ?1")?
+        .query_row([resource], |row| row.get(0))
+        .optional()?;
+    Ok(stored.unwrap_or_else(|| resource.to_owned()))
+}
+
+/// Points `resource` at a fresh, empty storage name (`{resource}#{generation}`).
+fn new_generation(tx: &rusqlite::Transaction<'_>, resource: &str) -> rusqlite::Result<()> {
+    let generation: i64 =
+        tx.query_row("SELECT COALESCE(MAX(generation), 0) + 1 FROM models", [], |row| row.get(0))?;
+    tx.execute(
+        "INSERT INTO models (name, stored, generation) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (name) DO UPDATE SET stored = excluded.stored, generation = excluded.generation",
+        params![resource, format!("{resource}#{generation}"), generation],
+    )?;
+    Ok(())
+}
+
+/// Deletes the documents stored under `stored`, with their search keys and index entries, unless
+/// a resource other than `owner` is stored there.
+fn delete_stored(tx: &rusqlite::Transaction<'_>, stored: &str, owner: &str) -> rusqlite::Result<()> {
+    let shared: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM models WHERE stored = ?1 AND name <> ?2)",
+        [stored, owner],
+        |row| row.get(0),
+    )?;
+    if !shared {
+        tx.execute(
+            "DELETE FROM search_index WHERE rowid IN (SELECT docid FROM search_keys WHERE resource = ?1)",
+            [stored],
+        )?;
+        tx.execute("DELETE FROM search_keys WHERE resource = ?1", [stored])?;
+        tx.execute("DELETE FROM documents WHERE resource = ?1", [stored])?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -166,9 +609,11 @@ impl ReadStore for SqliteReadStore {
         let ids = ids.to_vec();
         self.readers
             .run(move |conn| {
+                let tx = conn.unchecked_transaction().map_err(unavailable)?;
+                let resource = stored_name(&tx, &resource).map_err(unavailable)?;
                 // One query for the whole batch: the ids travel as a JSON array.
                 let ids = serde_json::to_string(&ids).map_err(|e| corrupt("ids", e))?;
-                let mut stmt = conn
+                let mut stmt = tx
                     .prepare_cached(
                         "SELECT doc FROM documents WHERE resource = ?1 AND id IN (SELECT value FROM json_each(?2))",
                     )
@@ -196,6 +641,7 @@ impl ReadStore for SqliteReadStore {
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().expect("read store writer poisoned");
             let tx = conn.transaction().map_err(unavailable)?;
+            let resource = stored_name(&tx, &resource).map_err(unavailable)?;
             {
                 // The version guard lives in the database too: an older document never overwrites
                 // a newer one, whoever writes it.
@@ -206,24 +652,70 @@ impl ReadStore for SqliteReadStore {
                          WHERE excluded.version > documents.version",
                     )
                     .map_err(unavailable)?;
-                let mut key = tx
+                let mut find_key = tx
+                    .prepare_cached("SELECT docid FROM search_keys WHERE resource = ?1 AND id = ?2")
+                    .map_err(unavailable)?;
+                let mut update_key = tx
+                    .prepare_cached("UPDATE search_keys SET last_updated = ?2, status = ?3, tags = ?4 WHERE docid = ?1")
+                    .map_err(unavailable)?;
+                let mut insert_key = tx
                     .prepare_cached(
-                        "INSERT INTO search_keys (resource, id) VALUES (?1, ?2) \
-                         ON CONFLICT (resource, id) DO UPDATE SET id = excluded.id RETURNING docid",
+                        "INSERT INTO search_keys (resource, id, last_updated, status, tags) VALUES (?1, ?2, ?3, ?4, ?5)",
                     )
                     .map_err(unavailable)?;
-                let mut index = tx
-                    .prepare_cached("INSERT OR REPLACE INTO search_index (rowid, text) VALUES (?1, ?2)")
-                    .map_err(unavailable)?;
+                // The search key and the index follow the document in the same transaction. FTS5
+                // writes its pending terms to disk whenever a statement savepoint opens (an upsert
+                // opens one), when a rowid comes lower than the last one, and when a rowid is
+                // deleted and inserted again (`INSERT OR REPLACE`): written per document, that is
+                // most of a commit's time (measured). So the index comes last, old entries out
+                // first, then new ones by ascending docid: it flushes once.
+                let mut indexed: BTreeMap<i64, (bool, &str, String)> = BTreeMap::new();
                 for doc in &docs {
-                    let text = serde_json::to_string(doc).map_err(|e| corrupt("read-model document", e))?;
-                    let changed = upsert.execute(params![resource, doc.id, doc.version, text]).map_err(unavailable)?;
-                    if changed > 0 {
-                        // The index follows the document in the same transaction.
-                        let docid: i64 =
-                            key.query_row(params![resource, doc.id], |row| row.get(0)).map_err(unavailable)?;
-                        index.execute(params![docid, doc.searchable_text]).map_err(unavailable)?;
+                    let json = serde_json::to_value(doc).map_err(|e| corrupt("read-model document", e))?;
+                    let text = json.to_string();
+                    let changed =
+                        upsert.execute(params![resource, doc.id, doc.version, text]).map_err(unavailable)?;
+                    if changed == 0 {
+                        continue;
                     }
+                    let tags = if doc.tags.is_empty() {
+                        None
+                    } else {
+                        Some(serde_json::to_string(&doc.tags).map_err(|e| corrupt("tags", e))?)
+                    };
+                    let found: Option<i64> = find_key
+                        .query_row(params![resource, doc.id], |row| row.get(0))
+                        .optional()
+                        .map_err(unavailable)?;
+                    let docid = match found {
+                        Some(docid) => {
+                            update_key
+                                .execute(params![docid, doc.last_updated, doc.status, tags])
+                                .map_err(unavailable)?;
+                            docid
+                        }
+                        None => {
+                            insert_key
+                                .execute(params![resource, doc.id, doc.last_updated, doc.status, tags])
+                                .map_err(unavailable)?;
+                            tx.last_insert_rowid()
+                        }
+                    };
+                    let keys = json.as_object().map(search_keys).unwrap_or_default();
+                    // A document twice in one batch: its last version is indexed, once.
+                    let indexed_before = indexed.get(&docid).map_or(found.is_some(), |(before, ..)| *before);
+                    indexed.insert(docid, (indexed_before, &doc.searchable_text, keys));
+                }
+                let mut unindex =
+                    tx.prepare_cached("DELETE FROM search_index WHERE rowid = ?1").map_err(unavailable)?;
+                for (docid, _) in indexed.iter().filter(|(_, (before, ..))| *before) {
+                    unindex.execute([docid]).map_err(unavailable)?;
+                }
+                let mut index = tx
+                    .prepare_cached("INSERT INTO search_index (rowid, text, keys) VALUES (?1, ?2, ?3)")
+                    .map_err(unavailable)?;
+                for (docid, (_, text, keys)) in indexed {
+                    index.execute(params![docid, text, keys]).map_err(unavailable)?;
                 }
                 // Checkpoints only move forward: with several query processes running the same
                 // projection, a slower one never drags the shared checkpoint back.
@@ -245,7 +737,9 @@ impl ReadStore for SqliteReadStore {
         let (resource, id) = (resource.to_owned(), id.to_owned());
         self.readers
             .run(move |conn| {
-                let text: Option<String> = conn
+                let tx = conn.unchecked_transaction().map_err(unavailable)?;
+                let resource = stored_name(&tx, &resource).map_err(unavailable)?;
+                let text: Option<String> = tx
                     .prepare_cached("SELECT doc FROM documents WHERE resource = ?1 AND id = ?2")
                     .and_then(|mut stmt| stmt.query_row(params![resource, id], |row| row.get(0)).optional())
                     .map_err(unavailable)?;
@@ -255,7 +749,7 @@ impl ReadStore for SqliteReadStore {
     }
 
     async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError> {
-        let (clause, mut values) = where_clause(resource, query)?;
+        let (clause, mut values) = where_clause(resource, &query.filters)?;
         let order = match &query.sort {
             Some((field, order)) => {
                 values.push(SqlValue::Text(json_path(field)?));
@@ -267,8 +761,13 @@ impl ReadStore for SqliteReadStore {
         let count_values = values.len() - usize::from(query.sort.is_some());
         let limit = query.limit as i64;
         let offset = query.offset as i64;
+        let resource = resource.to_owned();
         self.readers
             .run(move |conn| {
+                let tx = conn.unchecked_transaction().map_err(unavailable)?;
+                let conn = &*tx;
+                let mut values = values;
+                values[0] = SqlValue::Text(stored_name(conn, &resource).map_err(unavailable)?);
                 let total: u64 = conn
                     .prepare_cached(&format!("SELECT COUNT(*) FROM documents WHERE {clause}"))
                     .and_then(|mut stmt| {
@@ -293,12 +792,9 @@ impl ReadStore for SqliteReadStore {
     async fn clear(&self, resource: &str, projection: &str) -> Result<(), StoreError> {
         let (resource, projection) = (resource.to_owned(), projection.to_owned());
         self.write(move |tx| {
-            tx.execute(
-                "DELETE FROM search_index WHERE rowid IN (SELECT docid FROM search_keys WHERE resource = ?1)",
-                [&resource],
-            )?;
-            tx.execute("DELETE FROM search_keys WHERE resource = ?1", [&resource])?;
-            tx.execute("DELETE FROM documents WHERE resource = ?1", [&resource])?;
+            let stored = stored_name(tx, &resource)?;
+            delete_stored(tx, &stored, &resource)?;
+            new_generation(tx, &resource)?;
             tx.execute("DELETE FROM checkpoints WHERE projection = ?1", [&projection])?;
             Ok(())
         })
@@ -308,14 +804,16 @@ impl ReadStore for SqliteReadStore {
     async fn swap(&self, live: &str, shadow: &str) -> Result<(), StoreError> {
         let (live, shadow) = (live.to_owned(), shadow.to_owned());
         self.write(move |tx| {
+            let (old, new) = (stored_name(tx, &live)?, stored_name(tx, &shadow)?);
+            if old != new {
+                delete_stored(tx, &old, &live)?;
+            }
+            // The shadow moves to a fresh storage, so the next rebuild cannot write into live.
+            new_generation(tx, &shadow)?;
             tx.execute(
-                "DELETE FROM search_index WHERE rowid IN (SELECT docid FROM search_keys WHERE resource = ?1)",
-                [&live],
+                "INSERT INTO models (name, stored, generation)                  VALUES (?1, ?2, (SELECT MAX(generation) FROM models))                  ON CONFLICT (name) DO UPDATE SET stored = excluded.stored",
+                [&live, &new],
             )?;
-            tx.execute("DELETE FROM search_keys WHERE resource = ?1", [&live])?;
-            tx.execute("DELETE FROM documents WHERE resource = ?1", [&live])?;
-            tx.execute("UPDATE documents SET resource = ?1 WHERE resource = ?2", [&live, &shadow])?;
-            tx.execute("UPDATE search_keys SET resource = ?1 WHERE resource = ?2", [&live, &shadow])?;
             // The one place a checkpoint moves back: the rebuilt model comes with its own.
             tx.execute(
                 "INSERT INTO checkpoints (projection, position) \
@@ -330,66 +828,124 @@ impl ReadStore for SqliteReadStore {
     }
 
     async fn search(&self, resource: &str, query: &SearchQuery) -> Result<SearchResults, StoreError> {
-        let (clause, mut values) = where_clause(resource, query)?;
-        // Every word must match; each is quoted, so FTS5 operators in user input are just text.
-        let words: Vec<String> =
-            query.text.split_whitespace().map(|word| format!("\"{}\"", word.replace('"', "\"\""))).collect();
-        let (from, order) = if words.is_empty() {
-            ("documents".to_owned(), "json_extract(doc, '$.lastUpdated') DESC, id".to_owned())
-        } else {
-            values.push(SqlValue::Text(words.join(" ")));
-            let hits = format!(
-                "documents JOIN (SELECT k.resource AS r, k.id AS i, bm25(search_index) AS score \
-                 FROM search_index JOIN search_keys k ON k.docid = search_index.rowid \
-                 WHERE search_index MATCH ?{}) hits ON hits.r = documents.resource AND hits.i = documents.id",
-                values.len()
-            );
-            (hits, "hits.score, id".to_owned())
+        let plan = Arc::new(SearchPlan::new(query)?);
+        let query = Arc::new(query.clone());
+        let resource = resource.to_owned();
+        let (resource, docids) = {
+            let plan = plan.clone();
+            self.readers
+                .run(move |conn| {
+                    let stored = stored_name(conn, &resource).map_err(unavailable)?;
+                    Ok((Arc::new(stored), docid_span(conn, &plan)?))
+                })
+                .await?
         };
-        let mut facets = Vec::new();
-        for field in &query.facets {
-            facets.push((field.clone(), json_path(field)?));
+        // The matches are scanned in parts by docid, in parallel: ranking and counting 80,000
+        // matches is CPU work (bm25 and a key lookup each, 0.8 µs a match). Each part reads its
+        // own snapshot, so a commit landing between their starts shows in one part and not the
+        // other; every document is still counted at most once.
+        let keep = query.offset.saturating_add(query.limit);
+        let width = (docids.end - docids.start) / self.search_parts as i64 + 1;
+        let parts: Vec<_> = (0..self.search_parts as i64)
+            .map(|part| {
+                let (plan, resource) = (plan.clone(), resource.clone());
+                let start = docids.start + part * width;
+                let docids = start..(start + width).min(docids.end);
+                self.readers.spawn(move |conn| scan(conn, &plan, &resource, docids, keep))
+            })
+            .collect();
+        let mut pass: Option<Pass> = None;
+        for part in parts {
+            let part = part.await?;
+            pass = Some(match pass {
+                Some(pass) => pass.merge(part),
+                None => part,
+            });
         }
-        let (limit, offset) = (query.limit as i64, query.offset as i64);
+        let pass = pass.expect("at least one part");
+        let total = pass.total;
         self.readers
             .run(move |conn| {
-                let params = || params_from_iter(values.iter());
-                let total: u64 = conn
-                    .prepare_cached(&format!("SELECT COUNT(*) FROM {from} WHERE {clause}"))
-                    .and_then(|mut stmt| stmt.query_row(params(), |row| row.get(0)))
-                    .map_err(unavailable)?;
-                let texts = conn
-                    .prepare_cached(&format!(
-                        "SELECT doc FROM {from} WHERE {clause} ORDER BY {order} LIMIT {limit} OFFSET {offset}"
-                    ))
-                    .and_then(|mut stmt| {
-                        stmt.query_map(params(), |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()
-                    })
-                    .map_err(unavailable)?;
-                let items = texts.iter().map(|t| parse_doc(t)).collect::<Result<Vec<_>, _>>()?;
-                let mut counts = std::collections::BTreeMap::new();
-                for (field, path) in facets {
-                    // json_each yields the element itself for a scalar and each member of an array,
-                    // so `status` and `tags` are counted the same way.
-                    let sql = format!(
-                        "SELECT CAST(j.value AS TEXT), COUNT(*) FROM {from}, json_each(documents.doc, '{path}') j \
-                         WHERE {clause} GROUP BY 1"
-                    );
-                    let rows = conn
-                        .prepare_cached(&sql)
-                        .and_then(|mut stmt| {
-                            stmt.query_map(params(), |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))?
-                                .collect::<Result<std::collections::BTreeMap<_, _>, _>>()
-                        })
-                        .map_err(unavailable)?;
-                    counts.insert(field, rows);
+                let page: Vec<String> = pass.top.into_ids().into_iter().skip(query.offset).collect();
+                let items = load_in_order(conn, &resource, &page)?;
+                let (mut status, mut tags) = (Some(pass.status), Some(pass.tags));
+                let mut facets = BTreeMap::new();
+                for field in &query.facets {
+                    let counts = match field.as_str() {
+                        "status" => status.take().map(Tally::into_counts),
+                        "tags" => tags.take().map(Tally::into_counts),
+                        _ => None,
+                    };
+                    let counts = match counts {
+                        Some(counts) => counts,
+                        None => facet_from_documents(conn, &plan, &resource, field)?,
+                    };
+                    facets.insert(field.clone(), counts);
                 }
-                Ok(SearchResults { items, total, facets: counts })
+                Ok(SearchResults { items, total, facets })
             })
             .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.readers.run(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_core::ReadStore;
+
+    /// A `read.db` written before the search keys existed still answers searches, filters and
+    /// facets once opened: migration 3 backfills them.
+    #[tokio::test]
+    async fn an_older_read_db_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut doc = ReadDocument::empty("o-1", "o-1");
+        doc.version = 1;
+        doc.last_updated = "2026-01-01T00:00:00.000Z".into();
+        doc.status = "PLACED".into();
+        doc.tags = vec!["gift".into()];
+        doc.searchable_text = "red widget".into();
+        doc.set("total", 20);
+        {
+            let mut conn = Connection::open(dir.path().join("read.db")).unwrap();
+            migrate(&mut conn, &MIGRATIONS[..2]).unwrap();
+            // What the commit of that version wrote.
+            conn.execute(
+                "INSERT INTO documents (resource, id, version, doc) VALUES ('orders', 'o-1', 1, ?1)",
+                [serde_json::to_string(&doc).unwrap()],
+            )
+            .unwrap();
+            conn.execute("INSERT INTO search_keys (resource, id) VALUES ('orders', 'o-1')", []).unwrap();
+            conn.execute("INSERT INTO search_index (rowid, text) VALUES (1, 'red widget')", []).unwrap();
+        }
+        let store = SqliteReadStore::open(dir.path()).unwrap();
+        let query = SearchQuery {
+            text: "widget".into(),
+            filters: vec![Filter { field: "total".into(), value: "20".into() }],
+            facets: vec!["status".into(), "tags".into()],
+            limit: 10,
+            offset: 0,
+        };
+        let found = store.search("orders", &query).await.unwrap();
+        assert_eq!(found.items, [doc]);
+        assert_eq!(found.facets["status"], [("PLACED".to_owned(), 1)].into());
+        assert_eq!(found.facets["tags"], [("gift".to_owned(), 1)].into());
+    }
+
+    #[test]
+    fn key_tokens_are_the_hex_of_field_and_value() {
+        assert_eq!(key_token("a", "b"), "611F62");
+        let doc = serde_json::json!({"a": "b", "n": 20.0, "t": true, "l": ["b", 2, false, {"x": 1}], "id": "x",
+            "o": {"a": "b"}, "searchableText": "words", "odd key": "v", "z": null, "long": "x".repeat(65)});
+        let keys = search_keys(doc.as_object().unwrap());
+        let expected = [("a", "b"), ("l", "b"), ("l", "2"), ("l", "0"), ("n", "20"), ("t", "true")];
+        let mut expected: Vec<String> = expected.iter().map(|(f, v)| key_token(f, v)).collect();
+        let mut found: Vec<&str> = keys.split(' ').collect();
+        expected.sort();
+        found.sort();
+        assert_eq!(found, expected);
     }
 }
