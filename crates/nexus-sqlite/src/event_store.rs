@@ -115,7 +115,7 @@ impl SqliteEventStore {
         let running = Arc::downgrade(&jobs_alive);
         std::thread::Builder::new()
             .name("nexus-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, running))
+            .spawn(move || crate::checkpoint_loop(checkpointer, running))
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         Ok(Self { jobs, _alive: jobs_alive, readers: ReaderPool::new(path), head: head_rx })
     }
@@ -168,7 +168,7 @@ fn open_writer(path: &PathBuf) -> rusqlite::Result<Connection> {
     // FULL: the WAL is synced at every commit, so "202 Accepted" means durable. Group commit is
     // what keeps that affordable.
     conn.pragma_update(None, "synchronous", "FULL")?;
-    // Checkpoints run on their own thread (see `checkpoint_loop`), not inside a commit that
+    // Checkpoints run on their own thread (see `crate::checkpoint_loop`), not inside a commit that
     // a client is waiting for.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     crate::tune(&conn)?;
@@ -210,17 +210,6 @@ fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Job>, head: watch::Sen
 /// Copies committed WAL frames into the database file in the background (PASSIVE: never blocks
 /// the writer or readers). SQLite restarts the WAL from its start once it is fully copied, so it
 /// stays small without commits paying for the copy and its fsync.
-fn checkpoint_loop(conn: Connection, running: std::sync::Weak<()>) {
-    while running.upgrade().is_some() {
-        std::thread::sleep(Duration::from_millis(200));
-        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(%error, "WAL checkpoint failed; will retry");
-        }
-    }
-    // A final full checkpoint on the way out keeps the next start fast.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-}
-
 type BatchResult = (Vec<Result<AppendOutcome, StoreError>>, Option<u64>);
 
 fn commit_batch(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<BatchResult> {
