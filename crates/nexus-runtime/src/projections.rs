@@ -101,6 +101,46 @@ pub struct ProjectionRunner {
     snapshots: Option<(Arc<dyn SnapshotStore>, u64)>,
     /// The batch after a full one, read while that one is applied and committed.
     prefetched: Mutex<Option<Prefetch>>,
+    /// Paces the live model's checkpoint-only commits.
+    pacer: CheckpointPacer,
+}
+
+/// Paces commits that would only move a checkpoint past events the consumer does not handle:
+/// at most one a second, and the one left over when the consumer goes idle or stops. Skipping
+/// them is safe because every commit that does write (documents, publishes) carries the
+/// checkpoint too, so a crash only re-reads at most a second of events the consumer ignores;
+/// under load they were a commit (and a WAL write) per batch per consumer.
+pub(crate) struct CheckpointPacer {
+    /// When the last commit was, and the position a skipped commit would have saved.
+    state: Mutex<(std::time::Instant, Option<u64>)>,
+}
+
+impl CheckpointPacer {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    pub(crate) fn new() -> Self {
+        Self { state: Mutex::new((std::time::Instant::now(), None)) }
+    }
+
+    /// Whether a checkpoint-only commit of `position` is due now; if not, it is remembered.
+    pub(crate) fn due(&self, position: u64) -> bool {
+        let mut state = self.state.lock().expect("pacer poisoned");
+        if state.0.elapsed() < Self::EVERY {
+            state.1 = Some(position);
+            return false;
+        }
+        true
+    }
+
+    /// A commit happened (with the checkpoint in it).
+    pub(crate) fn committed(&self) {
+        *self.state.lock().expect("pacer poisoned") = (std::time::Instant::now(), None);
+    }
+
+    /// The position a skipped commit left unsaved, if any.
+    pub(crate) fn unsaved(&self) -> Option<u64> {
+        self.state.lock().expect("pacer poisoned").1
+    }
 }
 
 /// A change-feed read started ahead of its turn.
@@ -126,6 +166,7 @@ impl ProjectionRunner {
             status: Arc::default(),
             snapshots: None,
             prefetched: Mutex::new(None),
+            pacer: CheckpointPacer::new(),
         }
     }
 
@@ -167,6 +208,7 @@ impl ProjectionRunner {
                     backoff = Duration::from_millis(100);
                 }
                 Ok(None) => {
+                    self.save_unsaved().await;
                     let position = checkpoint.unwrap_or(0);
                     tokio::select! {
                         _ = self.events.wait_past(position, Duration::from_secs(1)) => {}
@@ -185,7 +227,21 @@ impl ProjectionRunner {
                 }
             }
         }
+        self.save_unsaved().await;
         tracing::debug!(projection = name, "projection stopped");
+    }
+
+    /// Commits the checkpoint a paced commit left unsaved (when idle, and when stopping).
+    async fn save_unsaved(&self) {
+        let name = self.projection.name();
+        if let Some(position) = self.pacer.unsaved() {
+            match self.read.commit(name, name, Vec::new(), position).await {
+                Ok(()) => self.pacer.committed(),
+                Err(error) => {
+                    tracing::warn!(projection = name, %error, "checkpoint not saved; retrying later")
+                }
+            }
+        }
     }
 
     /// Rebuilds the read model from the first event into a shadow resource beside the live one
@@ -300,7 +356,12 @@ impl ProjectionRunner {
         } else {
             Vec::new()
         };
+        // The live model only: a rebuild's shadow is swapped in with its own checkpoint.
+        if touched.is_empty() && notify && !self.pacer.due(last_position) {
+            return Ok(Some(last_position));
+        }
         self.read.commit(name, name, touched, last_position).await.map_err(|e| e.to_string())?;
+        self.pacer.committed();
 
         if notify && let Ok(at) = DateTime::parse_from_rfc3339(&last.timestamp) {
             let lag = (Utc::now() - at.to_utc()).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;

@@ -115,6 +115,8 @@ pub struct EventRouter {
     core_events: BTreeSet<String>,
     batch_size: usize,
     status: Arc<RouterStatus>,
+    /// Paces commits of batches that published nothing.
+    pacer: crate::projections::CheckpointPacer,
 }
 
 impl EventRouter {
@@ -134,6 +136,7 @@ impl EventRouter {
             core_events: core_events.into_iter().collect(),
             batch_size,
             status: Arc::default(),
+            pacer: crate::projections::CheckpointPacer::new(),
         }
     }
 
@@ -179,6 +182,7 @@ impl EventRouter {
                     backoff = Duration::from_millis(100);
                 }
                 Ok(None) => {
+                    self.save_unsaved().await;
                     tokio::select! {
                         _ = self.events.wait_past(checkpoint.unwrap_or(0), Duration::from_secs(1)) => {}
                         _ = shutdown.changed() => {}
@@ -194,7 +198,18 @@ impl EventRouter {
                 }
             }
         }
+        self.save_unsaved().await;
         tracing::debug!("event router stopped");
+    }
+
+    /// Commits the checkpoint a paced commit left unsaved (when idle, and when stopping).
+    async fn save_unsaved(&self) {
+        if let Some(position) = self.pacer.unsaved() {
+            match self.read.commit(ROUTER_CHECKPOINT, ROUTER_CHECKPOINT, Vec::new(), position).await {
+                Ok(()) => self.pacer.committed(),
+                Err(error) => tracing::warn!(%error, "router checkpoint not saved; retrying later"),
+            }
+        }
     }
 
     /// Routes the next batch after `checkpoint`; `None` when there is nothing new.
@@ -223,10 +238,16 @@ impl EventRouter {
             stream.publish(&to_stream).await.map_err(|e| e.to_string())?;
         }
         self.queue.publish(&to_queue).await.map_err(|e| e.to_string())?;
-        self.read
-            .commit(ROUTER_CHECKPOINT, ROUTER_CHECKPOINT, Vec::new(), last)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Without a stream, core events stay on the change feed: a batch of them publishes
+        // nothing, and only its checkpoint would be committed.
+        let published = !to_queue.is_empty() || dead > 0 || (self.stream.is_some() && core > 0);
+        if published || self.pacer.due(last) {
+            self.read
+                .commit(ROUTER_CHECKPOINT, ROUTER_CHECKPOINT, Vec::new(), last)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.pacer.committed();
+        }
         for (path, count) in [(Path::Core, core), (Path::Queue, queued), (Path::DeadLetter, dead)] {
             metrics::counter!("nexus_events_routed_total", "path" => path.label()).increment(count);
         }

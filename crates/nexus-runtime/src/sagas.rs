@@ -316,10 +316,13 @@ impl SagaCoordinator {
         let mut active: BTreeMap<u64, String> = BTreeMap::new();
         let mut drivers: JoinSet<u64> = JoinSet::new();
         let mut backoff = Duration::from_millis(100);
+        let pacer = crate::projections::CheckpointPacer::new();
         while !*shutdown.borrow() {
             while let Some(done) = drivers.try_join_next() {
                 ended(&mut active, done);
             }
+            // Nothing new to read: a good time to save a paced checkpoint.
+            let mut idle = false;
             match shared.events.read_all(position, shared.settings.batch_size).await {
                 Ok(batch) if !batch.is_empty() => {
                     for event in &batch {
@@ -332,6 +335,7 @@ impl SagaCoordinator {
                     backoff = Duration::from_millis(100);
                 }
                 Ok(_) => {
+                    idle = true;
                     tokio::select! {
                         _ = shared.events.wait_past(position, Duration::from_secs(1)) => {}
                         Some(done) = drivers.join_next(), if !drivers.is_empty() => ended(&mut active, done),
@@ -348,9 +352,14 @@ impl SagaCoordinator {
                 }
             }
             let low = active.keys().next().map_or(position, |start| start - 1);
-            if low > committed {
+            // Paced: a low-water mark that lags is always safe (a restart re-reads ended sagas,
+            // which find nothing to do), and a commit per batch was a read-store write each.
+            if low > committed && (idle || pacer.due(low)) {
                 match shared.read.commit(COORDINATOR_CHECKPOINT, SAGAS_RESOURCE, Vec::new(), low).await {
-                    Ok(()) => committed = low,
+                    Ok(()) => {
+                        committed = low;
+                        pacer.committed();
+                    }
                     Err(error) => tracing::warn!(%error, "saga checkpoint not saved; retrying"),
                 }
             }
@@ -358,6 +367,13 @@ impl SagaCoordinator {
         }
         drivers.abort_all();
         while drivers.join_next().await.is_some() {}
+        let low = active.keys().next().map_or(position, |start| start - 1);
+        if low > committed
+            && let Err(error) =
+                shared.read.commit(COORDINATOR_CHECKPOINT, SAGAS_RESOURCE, Vec::new(), low).await
+        {
+            tracing::warn!(%error, "saga checkpoint not saved on the way out");
+        }
         tracing::debug!("saga coordinator stopped");
     }
 
