@@ -114,9 +114,11 @@ impl Authenticator {
         if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
             let value =
                 value.to_str().map_err(|_| unauthenticated("the Authorization header is not text"))?;
+            // The scheme name is case-insensitive (RFC 9110).
             let token = value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token)
                 .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer <JWT>`"))?;
             return self.jwt(token.trim());
         }
@@ -149,6 +151,7 @@ impl Authenticator {
         })?;
         let mut validation = Validation::new(header.alg);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
         match &self.audience {
             Some(audience) => validation.set_audience(&[audience]),
             None => validation.validate_aud = false,
@@ -176,11 +179,11 @@ fn access_token(request: &Request) -> Option<String> {
     if request.uri().path() != "/api/subscriptions" {
         return None;
     }
-    let query = request.uri().query()?;
-    query.split('&').find_map(|pair| {
-        let (name, value) = pair.split_once('=')?;
-        (name == "access_token").then(|| value.to_owned())
-    })
+    // Percent-decoded: a browser sends `encodeURIComponent(token)`.
+    let axum::extract::Query(mut query) =
+        axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(request.uri())
+            .ok()?;
+    query.remove("access_token")
 }
 
 /// The middleware on every endpoint but the public ones when auth is on: 401 without a valid
@@ -199,11 +202,19 @@ pub(crate) async fn require(
         Ok(principal) => principal,
         Err(error) => {
             metrics::counter!("nexus_auth_failures_total", "reason" => "unauthenticated").increment(1);
+            // The reason only: never the credential itself.
+            tracing::info!(reason = %error, path = request.uri().path(), "credential refused");
             return error.into_response();
         }
     };
     if !principal.scopes.iter().any(|s| s == scope.name()) {
         metrics::counter!("nexus_auth_failures_total", "reason" => "forbidden").increment(1);
+        tracing::info!(
+            subject = principal.subject,
+            scope = scope.name(),
+            path = request.uri().path(),
+            "scope missing"
+        );
         return ApiError::Forbidden(format!(
             "'{}' lacks the scope '{}' this endpoint needs (it has: {})",
             principal.subject,

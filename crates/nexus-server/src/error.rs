@@ -38,6 +38,8 @@ pub enum ApiError {
     TimeRangeExceeded { max_days: u64 },
     #[error("rate limit of {limit} requests reached; retry in {retry_after} s")]
     RateLimited { limit: u32, retry_after: u64 },
+    #[error("at most {limit} WebSocket connections per client are open; close one first")]
+    TooManyConnections { limit: u32 },
     #[error("a backend is unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -75,7 +77,9 @@ impl ApiError {
             Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::ProjectionTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "PROJECTION_TIMEOUT"),
-            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+            Self::RateLimited { .. } | Self::TooManyConnections { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
+            }
             Self::TimeRangeExceeded { .. } => (StatusCode::BAD_REQUEST, "TIME_RANGE_EXCEEDED"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
@@ -109,6 +113,9 @@ impl IntoResponse for ApiError {
             }
             Self::RateLimited { retry_after, .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Self::TooManyConnections { .. } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::Unauthenticated(_) => {
                 let challenge = HeaderValue::from_static("Bearer realm=\"nexus\"");

@@ -28,7 +28,8 @@ pub(crate) async fn upgrade(
     let client = client.map(|c| c.0).unwrap_or_else(|| Client(peer.ip().to_string()));
     let Some(slot) = state.subscriptions.connect(client.clone()) else {
         let limit = state.config.limits.ws_connections_per_client;
-        return ApiError::RateLimited { limit, retry_after: 1 }.into_response();
+        metrics::counter!("nexus_throttled_requests_total", "class" => "WebSocketConnections").increment(1);
+        return ApiError::TooManyConnections { limit }.into_response();
     };
     ws.on_upgrade(move |socket| serve(socket, state, client, slot))
 }
@@ -112,8 +113,9 @@ async fn serve(mut socket: WebSocket, state: AppState, client: Client, _slot: Sl
                 if state.subscriptions.notifications.check_key(&client).is_err() {
                     continue;
                 }
+                let rate = state.config.limits.ws_notifications_per_second;
                 json!({"type": "lagged", "missed": std::mem::take(&mut dropped),
-                       "message": "notifications over 100/s were dropped; re-read the documents you follow"})
+                       "message": format!("notifications over {rate}/s were dropped; re-read the documents you follow")})
             },
             update = updates.recv() => match update {
                 Ok(update) if subscribed.contains(&update.aggregate_id) => {

@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 use support::{Reply, TestServer};
 
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
-const ORDER_KEY: &str = "key-of-the-order-service";
+/// With the characters a base64 key has, which a browser percent-encodes in a URL.
+const ORDER_KEY: &str = "key+of/the=order.service";
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
@@ -100,6 +101,12 @@ async fn credentials_and_scopes() {
         vec![bearer(&hs256("svc", "commands", now() - 3600))],
         vec![bearer(&hs256("svc", "commands", now() + 600).replace('.', ".x"))],
         vec![("authorization", format!("Basic {}", "dXNlcjpwYXNz"))],
+        // Not valid yet (`nbf` an hour ahead).
+        vec![bearer(&{
+            let claims = json!({"sub": "svc", "scope": "commands", "exp": now() + 7200, "nbf": now() + 3600});
+            let key = EncodingKey::from_secret(SECRET.as_bytes());
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        })],
         vec![("x-api-key", "wrong-key".to_owned())],
     ] {
         let reply = send(&server, "POST", "/api/commands/PlaceOrder", &headers, Some(place())).await;
@@ -118,7 +125,9 @@ async fn credentials_and_scopes() {
 
     // A commands-only token sends commands but cannot read.
     let writer = hs256("writer", "commands", now() + 600);
-    let reply = send(&server, "POST", "/api/commands/PlaceOrder", &[bearer(&writer)], Some(place())).await;
+    // The scheme name is case-insensitive.
+    let shouted = [("authorization", format!("BEARER {writer}"))];
+    let reply = send(&server, "POST", "/api/commands/PlaceOrder", &shouted, Some(place())).await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     let reply = send(&server, "GET", "/api/queries/orders/order-1", &[bearer(&writer)], None).await;
     reply.assert_error(403, "FORBIDDEN");
@@ -169,9 +178,10 @@ async fn websocket_upgrades_take_an_access_token() {
     let reply = tokio::time::timeout(support::DEADLINE, socket.next()).await.unwrap().unwrap().unwrap();
     let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
     assert_eq!(reply["type"], "subscribed", "{reply}");
-    // An API key works the same way.
-    let (_socket, _) =
-        tokio_tungstenite::connect_async(format!("{url}?access_token={ORDER_KEY}")).await.unwrap();
+    // An API key works the same way, percent-encoded as a browser sends it.
+    let encoded = reqwest::Url::parse_with_params(&url, [("access_token", ORDER_KEY)]).unwrap();
+    assert!(encoded.as_str().contains("%2B"), "{encoded}");
+    let (_socket, _) = tokio_tungstenite::connect_async(encoded.as_str()).await.unwrap();
     server.stop().await;
 }
 

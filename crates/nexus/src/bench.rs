@@ -429,7 +429,13 @@ async fn lag_sampler(
 ) -> Vec<u32> {
     let ws_url = format!("{}/api/subscriptions", base.replacen("http", "ws", 1));
     let with_token = match access_token {
-        Some(token) => format!("{ws_url}?access_token={token}"),
+        Some(token) => match reqwest::Url::parse_with_params(&ws_url, [("access_token", token)]) {
+            Ok(url) => url.to_string(),
+            Err(error) => {
+                eprintln!("lag sampler: bad URL {ws_url}: {error}");
+                return Vec::new();
+            }
+        },
         None => ws_url.clone(),
     };
     let Ok((mut socket, _)) = tokio_tungstenite::connect_async(&with_token).await else {

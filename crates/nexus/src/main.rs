@@ -258,7 +258,8 @@ async fn schema(args: SchemaArgs, credentials: &Credentials) -> anyhow::Result<(
             Err(anyhow::anyhow!(
                 "{} (error {}, HTTP {status}){}",
                 body["message"].as_str().unwrap_or("?"),
-                body["error_code"],
+                // The registry's own errors carry `error_code`; auth refusals the contract's `code`.
+                if body["error_code"].is_null() { &body["code"] } else { &body["error_code"] },
                 auth_hint(status)
             ))
         }
@@ -370,7 +371,7 @@ async fn rebuild(name: &str, url: &str, credentials: &Credentials) -> anyhow::Re
 /// What to do about a refused credential.
 fn auth_hint(status: reqwest::StatusCode) -> &'static str {
     match status.as_u16() {
-        401 => "; the server wants a credential: set NEXUS_TOKEN (a JWT) or NEXUS_API_KEY",
+        401 => "; the credential is missing or invalid: set NEXUS_TOKEN (a JWT) or NEXUS_API_KEY",
         403 => "; the credential lacks the scope this needs (admin for the admin API)",
         _ => "",
     }
