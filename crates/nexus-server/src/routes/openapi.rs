@@ -617,6 +617,13 @@ fn queries_detail(state: &AppState, method: &str, path: &str) -> Option<Detail> 
                      \"eventId\", \"timestamp\"}`. Per client: a limited number of connections (429 beyond) \
                      and of notifications per second.",
                 )
+                .params([query_param(
+                    "access_token",
+                    "When auth is on: the JWT or API key, for clients that cannot set headers on a \
+                     WebSocket upgrade (browsers). Percent-encode it.",
+                    string(),
+                    false,
+                )])
                 .errors(&["RateLimited"])
                 .no_backend()
         }
