@@ -137,10 +137,30 @@ impl CheckpointPacer {
         *self.state.lock().expect("pacer poisoned") = (std::time::Instant::now(), None);
     }
 
-    /// The position a skipped commit left unsaved, if any.
-    pub(crate) fn unsaved(&self) -> Option<u64> {
-        self.state.lock().expect("pacer poisoned").1
+    /// Commits the checkpoint a skipped commit left unsaved, if any (when idle, and when
+    /// stopping); a failure is logged and the position stays unsaved for the next try.
+    pub(crate) async fn save_unsaved(&self, read: &dyn ReadStore, checkpoint: &str, resource: &str) {
+        let unsaved = self.state.lock().expect("pacer poisoned").1;
+        if let Some(position) = unsaved {
+            match read.commit(checkpoint, resource, Vec::new(), position).await {
+                Ok(()) => self.committed(),
+                Err(error) => tracing::warn!(checkpoint, %error, "checkpoint not saved; retrying later"),
+            }
+        }
     }
+}
+
+/// The documents `events` touch in `resource`, keyed by id (those not stored yet are absent).
+pub(crate) async fn load_documents(
+    read: &dyn ReadStore,
+    resource: &str,
+    events: &[&nexus_core::DomainEvent],
+) -> Result<HashMap<String, ReadDocument>, String> {
+    let mut ids: Vec<String> = events.iter().map(|e| e.aggregate_id.clone()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let docs = read.load(resource, &ids).await.map_err(|e| e.to_string())?;
+    Ok(docs.into_iter().map(|doc| (doc.id.clone(), doc)).collect())
 }
 
 /// A change-feed read started ahead of its turn.
@@ -208,7 +228,9 @@ impl ProjectionRunner {
                     backoff = Duration::from_millis(100);
                 }
                 Ok(None) => {
-                    self.save_unsaved().await;
+                    self.pacer
+                        .save_unsaved(self.read.as_ref(), self.projection.name(), self.projection.name())
+                        .await;
                     let position = checkpoint.unwrap_or(0);
                     tokio::select! {
                         _ = self.events.wait_past(position, Duration::from_secs(1)) => {}
@@ -227,21 +249,8 @@ impl ProjectionRunner {
                 }
             }
         }
-        self.save_unsaved().await;
+        self.pacer.save_unsaved(self.read.as_ref(), self.projection.name(), self.projection.name()).await;
         tracing::debug!(projection = name, "projection stopped");
-    }
-
-    /// Commits the checkpoint a paced commit left unsaved (when idle, and when stopping).
-    async fn save_unsaved(&self) {
-        let name = self.projection.name();
-        if let Some(position) = self.pacer.unsaved() {
-            match self.read.commit(name, name, Vec::new(), position).await {
-                Ok(()) => self.pacer.committed(),
-                Err(error) => {
-                    tracing::warn!(projection = name, %error, "checkpoint not saved; retrying later")
-                }
-            }
-        }
     }
 
     /// Rebuilds the read model from the first event into a shadow resource beside the live one
@@ -326,13 +335,8 @@ impl ProjectionRunner {
         let mut versions_before: HashMap<String, u64> = HashMap::new();
         let mut updates = Vec::new();
         if !relevant.is_empty() {
-            let mut ids: Vec<String> = relevant.iter().map(|e| e.aggregate_id.clone()).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            for doc in self.read.load(name, &ids).await.map_err(|e| e.to_string())? {
-                versions_before.insert(doc.id.clone(), doc.version);
-                docs.insert(doc.id.clone(), doc);
-            }
+            docs = load_documents(self.read.as_ref(), name, &relevant).await?;
+            versions_before = docs.iter().map(|(id, doc)| (id.clone(), doc.version)).collect();
             for event in relevant {
                 let doc = docs
                     .entry(event.aggregate_id.clone())
@@ -361,7 +365,9 @@ impl ProjectionRunner {
             return Ok(Some(last_position));
         }
         self.read.commit(name, name, touched, last_position).await.map_err(|e| e.to_string())?;
-        self.pacer.committed();
+        if notify {
+            self.pacer.committed();
+        }
 
         if notify && let Ok(at) = DateTime::parse_from_rfc3339(&last.timestamp) {
             let lag = (Utc::now() - at.to_utc()).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;

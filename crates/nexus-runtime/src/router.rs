@@ -182,7 +182,7 @@ impl EventRouter {
                     backoff = Duration::from_millis(100);
                 }
                 Ok(None) => {
-                    self.save_unsaved().await;
+                    self.pacer.save_unsaved(self.read.as_ref(), ROUTER_CHECKPOINT, ROUTER_CHECKPOINT).await;
                     tokio::select! {
                         _ = self.events.wait_past(checkpoint.unwrap_or(0), Duration::from_secs(1)) => {}
                         _ = shutdown.changed() => {}
@@ -198,18 +198,8 @@ impl EventRouter {
                 }
             }
         }
-        self.save_unsaved().await;
+        self.pacer.save_unsaved(self.read.as_ref(), ROUTER_CHECKPOINT, ROUTER_CHECKPOINT).await;
         tracing::debug!("event router stopped");
-    }
-
-    /// Commits the checkpoint a paced commit left unsaved (when idle, and when stopping).
-    async fn save_unsaved(&self) {
-        if let Some(position) = self.pacer.unsaved() {
-            match self.read.commit(ROUTER_CHECKPOINT, ROUTER_CHECKPOINT, Vec::new(), position).await {
-                Ok(()) => self.pacer.committed(),
-                Err(error) => tracing::warn!(%error, "router checkpoint not saved; retrying later"),
-            }
-        }
     }
 
     /// Routes the next batch after `checkpoint`; `None` when there is nothing new.

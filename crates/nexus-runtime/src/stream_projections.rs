@@ -109,12 +109,7 @@ impl StreamProjectionRunner {
         let mut docs: HashMap<String, ReadDocument> = HashMap::new();
         let mut updates = Vec::new();
         if !fresh.is_empty() {
-            let mut ids: Vec<String> = fresh.iter().map(|e| e.aggregate_id.clone()).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            for doc in self.read.load(name, &ids).await.map_err(|e| e.to_string())? {
-                docs.insert(doc.id.clone(), doc);
-            }
+            docs = crate::projections::load_documents(self.read.as_ref(), name, &fresh).await?;
             for event in fresh {
                 let doc = docs
                     .entry(event.aggregate_id.clone())

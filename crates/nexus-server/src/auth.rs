@@ -56,7 +56,12 @@ pub(crate) struct Client(pub(crate) String);
 impl Client {
     /// The authenticated subject from the request's extensions, else the peer address.
     pub(crate) fn of(extensions: &axum::http::Extensions, peer: SocketAddr) -> Self {
-        extensions.get::<Client>().cloned().unwrap_or_else(|| Client(peer.ip().to_string()))
+        extensions.get::<Client>().cloned().unwrap_or_else(|| Self::peer(peer))
+    }
+
+    /// An unauthenticated client: its peer address.
+    pub(crate) fn peer(peer: SocketAddr) -> Self {
+        Client(peer.ip().to_string())
     }
 }
 

@@ -25,7 +25,7 @@ pub(crate) async fn upgrade(
     client: Option<axum::Extension<Client>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let client = client.map(|c| c.0).unwrap_or_else(|| Client(peer.ip().to_string()));
+    let client = client.map_or_else(|| Client::peer(peer), |c| c.0);
     let Some(slot) = state.subscriptions.connect(client.clone()) else {
         let limit = state.config.limits.ws_connections_per_client;
         metrics::counter!("nexus_throttled_requests_total", "class" => "WebSocketConnections").increment(1);
