@@ -14,6 +14,10 @@ use nexus_core::{EventMetadata, EventStore, ReadStore, SearchQuery};
 use nexus_runtime::{Notifier, ProjectionRunner};
 use serde_json::json;
 
+/// The allocator `nexus` runs with, so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const WORDS: [&str; 12] = [
     "widget", "gadget", "gizmo", "sprocket", "lever", "bolt", "crate", "valve", "pulley", "gear", "cog",
     "spring",
@@ -31,11 +35,13 @@ async fn main() {
     let total: u64 = args.next().map(|n| n.parse().expect("N")).unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
     let schema = format!("scale_{}", std::process::id());
+    let mut embedded = None;
     let (events, read): (Arc<dyn EventStore>, Arc<dyn ReadStore>) = match backend.as_str() {
-        "sqlite" => (
-            Arc::new(nexus_sqlite::SqliteEventStore::open(dir.path()).unwrap()),
-            Arc::new(nexus_sqlite::SqliteReadStore::open(dir.path()).unwrap()),
-        ),
+        "sqlite" => {
+            let read = Arc::new(nexus_sqlite::SqliteReadStore::open(dir.path()).unwrap());
+            embedded = Some(read.clone());
+            (Arc::new(nexus_sqlite::SqliteEventStore::open(dir.path()).unwrap()), read)
+        }
         "postgres" => {
             let url = std::env::var("NEXUS_TEST_POSTGRES_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
@@ -111,14 +117,29 @@ async fn main() {
     // A rebuild: every event again, into a shadow beside the live model, then the swap.
     let started = Instant::now();
     status.request_rebuild();
+    let mut loaded = None;
     while status.rebuilds_completed() < 1 {
         assert_eq!(status.last_error(), None);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if loaded.is_none() && status.rebuild().is_some_and(|r| r.target > 0 && r.position >= r.target) {
+            loaded = Some(started.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let rebuilt = started.elapsed().as_secs_f64();
+    if let Some(loaded) = loaded {
+        println!("  shadow loaded in {loaded:.1} s, swapped in {:.1} s more", rebuilt - loaded);
+    }
     stop.send(true).unwrap();
     task.await.unwrap();
     println!("rebuilt from {head} events in {rebuilt:.1} s ({:.0} events/s)", head as f64 / rebuilt);
+    if let Some(store) = embedded {
+        // The swapped-out model is deleted in the background; searches wait for that.
+        let started = Instant::now();
+        while store.retired_models().await.unwrap() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("  old model swept in {:.1} s after the swap", started.elapsed().as_secs_f64());
+    }
 
     // Search: one word, two words, a word with a filter; facets on status and tags.
     let mut latencies = Vec::new();

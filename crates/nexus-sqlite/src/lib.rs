@@ -31,6 +31,8 @@ pub const STORE_OPERATIONS: &[(&str, &[&str])] = &[
     ("search_keys", &["INSERT", "UPDATE", "DELETE", "SELECT"]),
     // Where each resource's documents are stored: a rebuild's swap repoints it.
     ("models", &["INSERT", "UPDATE", "SELECT"]),
+    // Storage names a swap let go of, until the sweeper has deleted their documents.
+    ("retired", &["INSERT", "DELETE", "SELECT"]),
     // A changed document's index entry is deleted and inserted again.
     ("search_index", &["INSERT", "DELETE", "SELECT"]),
     ("schemas", &["INSERT", "SELECT"]),

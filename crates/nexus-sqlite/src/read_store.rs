@@ -16,6 +16,9 @@ use serde_json::Value;
 use crate::pool::ReaderPool;
 use crate::{corrupt, migrate, unavailable};
 
+/// The writer connection's page cache, in KiB (as `PRAGMA cache_size` takes a negative number).
+const WRITER_CACHE_KIB: i64 = -64 * 1024;
+
 /// Values longer than this many bytes get no key: a filter on one reads the documents instead.
 const MAX_KEYED_VALUE: usize = 64;
 
@@ -168,6 +171,13 @@ CREATE TABLE models (
     generation INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // Storage names a swap or a clear let go of. Their documents are deleted in the background,
+    // a chunk at a time (see `sweep_loop`): deleting a million documents with their index
+    // entries in the swap held the writer, and every projection, for six seconds. Generations
+    // get full-text indexes of their own (see `Storage`), made when the store opens.
+    r#"
+CREATE TABLE retired (stored TEXT PRIMARY KEY, retired_at INTEGER NOT NULL) WITHOUT ROWID;
+"#,
 ];
 
 /// SQLite read store. Written only by projection runners; one write connection, many readers.
@@ -194,8 +204,13 @@ impl SqliteReadStore {
         // projection crossed the threshold, they were a tenth of the server's CPU under load.
         conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
         crate::tune(&conn).map_err(unavailable)?;
+        // The writer's page cache holds a commit's dirty pages and the index pages it walks:
+        // with SQLite's default 2 MB, a batch of 5,000 documents into a million spilled pages
+        // to the WAL mid-transaction and read the B-tree interiors again per document.
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB).map_err(unavailable)?;
         register_search_keys(&conn).map_err(unavailable)?;
         migrate(&mut conn, MIGRATIONS).map_err(unavailable)?;
+        split_shared_index(&mut conn).map_err(unavailable)?;
         let checkpointer = Connection::open(&path).map_err(unavailable)?;
         let alive = Arc::new(());
         let running = Arc::downgrade(&alive);
@@ -204,16 +219,27 @@ impl SqliteReadStore {
             .spawn(move || crate::checkpoint_loop(checkpointer, running))
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let search_parts = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        Ok(Self {
-            writer: Arc::new(Mutex::new(conn)),
-            readers: ReaderPool::new(path),
-            search_parts,
-            _alive: alive,
-        })
+        let writer = Arc::new(Mutex::new(conn));
+        let sweeper = Arc::downgrade(&writer);
+        std::thread::Builder::new()
+            .name("nexus-read-sweep".into())
+            .spawn(move || sweep_loop(sweeper))
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        Ok(Self { writer, readers: ReaderPool::new(path), search_parts, _alive: alive })
     }
 }
 
 impl SqliteReadStore {
+    /// How many swapped-out models are still being deleted in the background. Searches are
+    /// slower until they are gone: their entries are still in the full-text index.
+    pub async fn retired_models(&self) -> Result<u64, StoreError> {
+        self.readers
+            .run(|conn| {
+                conn.query_row("SELECT COUNT(*) FROM retired", [], |row| row.get(0)).map_err(unavailable)
+            })
+            .await
+    }
+
     /// Runs `f` in one write transaction on the blocking pool.
     async fn write<F>(&self, f: F) -> Result<(), StoreError>
     where
@@ -333,27 +359,28 @@ impl SearchPlan {
     /// `docids` when given.
     fn clauses(
         &self,
-        resource: &str,
+        storage: &Storage,
         join_documents: bool,
         docids: Option<std::ops::Range<i64>>,
     ) -> Result<(String, String, Vec<SqlValue>), StoreError> {
-        let mut values = vec![SqlValue::Text(resource.to_owned())];
+        let search_index = &storage.index;
+        let mut values = vec![SqlValue::Text(storage.name.clone())];
         let mut from = match &self.matching {
-            Some(_) => "search_index JOIN search_keys k ON k.docid = search_index.rowid",
-            None => "search_keys k",
-        }
-        .to_owned();
+            Some(_) => format!("{search_index} JOIN search_keys k ON k.docid = {search_index}.rowid"),
+            None => "search_keys k".to_owned(),
+        };
         if join_documents || !self.checked.is_empty() {
             from.push_str(" JOIN documents ON documents.resource = k.resource AND documents.id = k.id");
         }
         let mut clause = "k.resource = ?1".to_owned();
         if let Some(matching) = &self.matching {
             values.push(SqlValue::Text(matching.clone()));
-            clause.push_str(" AND search_index MATCH ?2");
+            clause.push_str(&format!(" AND {search_index} MATCH ?2"));
         }
         if let Some(docids) = docids {
             // On the index's rowid when there is a match, so FTS5 reads only that part of it.
-            let docid = if self.matching.is_some() { "search_index.rowid" } else { "k.docid" };
+            let docid =
+                if self.matching.is_some() { format!("{search_index}.rowid") } else { "k.docid".to_owned() };
             values.extend([SqlValue::Integer(docids.start), SqlValue::Integer(docids.end)]);
             clause.push_str(&format!(
                 " AND {docid} >= ?{} AND {docid} < ?{}",
@@ -460,12 +487,17 @@ impl Pass {
 
 /// The docids the matches lie between (first to last + 1), for splitting them into parts: read
 /// from the ends of the index's match, or of the search keys when there is no match to look up.
-fn docid_span(conn: &Connection, plan: &SearchPlan) -> Result<std::ops::Range<i64>, StoreError> {
+fn docid_span(
+    conn: &Connection,
+    plan: &SearchPlan,
+    storage: &Storage,
+) -> Result<std::ops::Range<i64>, StoreError> {
+    let search_index = &storage.index;
     let (first, last): (Option<i64>, Option<i64>) = match &plan.matching {
         Some(matching) => {
             let end = |direction: &str| -> Result<Option<i64>, StoreError> {
                 conn.prepare_cached(&format!(
-                    "SELECT rowid FROM search_index WHERE search_index MATCH ?1 ORDER BY rowid {direction} LIMIT 1"
+                    "SELECT rowid FROM {search_index} WHERE {search_index} MATCH ?1 ORDER BY rowid {direction} LIMIT 1"
                 ))
                 .and_then(|mut stmt| stmt.query_row([matching], |row| row.get(0)).optional())
                 .map_err(unavailable)
@@ -493,12 +525,16 @@ fn text<'r>(row: &'r rusqlite::Row<'_>, column: usize) -> Result<Option<&'r str>
 fn scan(
     conn: &Connection,
     plan: &SearchPlan,
-    resource: &str,
+    storage: &Storage,
     docids: std::ops::Range<i64>,
     keep: usize,
 ) -> Result<Pass, StoreError> {
-    let (from, clause, values) = plan.clauses(resource, false, Some(docids))?;
-    let rank = if plan.by_score { "bm25(search_index, 1.0, 0.0)" } else { "k.last_updated" };
+    let (from, clause, values) = plan.clauses(storage, false, Some(docids))?;
+    let rank = if plan.by_score {
+        format!("bm25({}, 1.0, 0.0)", storage.index)
+    } else {
+        "k.last_updated".to_owned()
+    };
     let mut stmt = conn
         .prepare_cached(&format!("SELECT k.id, {rank}, k.status, k.tags FROM {from} WHERE {clause}"))
         .map_err(unavailable)?;
@@ -545,11 +581,11 @@ fn load_in_order(conn: &Connection, resource: &str, ids: &[String]) -> Result<Ve
 fn facet_from_documents(
     conn: &Connection,
     plan: &SearchPlan,
-    resource: &str,
+    storage: &Storage,
     field: &str,
 ) -> Result<BTreeMap<String, u64>, StoreError> {
     let path = json_path(field)?;
-    let (from, clause, mut values) = plan.clauses(resource, true, None)?;
+    let (from, clause, mut values) = plan.clauses(storage, true, None)?;
     values.push(SqlValue::Text(path));
     let sql = format!(
         "SELECT CAST(j.value AS TEXT), COUNT(*) FROM {from}, json_each(documents.doc, ?{}) j \
@@ -563,16 +599,63 @@ fn facet_from_documents(
         .map_err(unavailable)
 }
 
-/// The name `resource`'s documents are stored under (see the `models` table).
-fn stored_name(conn: &Connection, resource: &str) -> rusqlite::Result<String> {
+/// Where a resource's documents are: the name they are stored under (see the `models` table)
+/// and the full-text index of that storage.
+struct Storage {
+    name: String,
+    /// A generation's own FTS5 table (`search_<n>`): a search reads only its resource's entries,
+    /// and retiring the generation drops the table. Storage from before generations (documents
+    /// under the resource's own name) shares `search_index`.
+    index: String,
+}
+
+impl Storage {
+    fn named(name: String) -> Self {
+        let index = generation_of(&name).map_or_else(|| "search_index".to_owned(), |n| format!("search_{n}"));
+        Self { name, index }
+    }
+}
+
+/// The generation of a storage name `{resource}#{n}`.
+fn generation_of(stored: &str) -> Option<i64> {
+    stored.rsplit_once('#').and_then(|(_, n)| n.parse().ok())
+}
+
+/// Where `resource`'s documents are stored.
+fn storage(conn: &Connection, resource: &str) -> rusqlite::Result<Storage> {
     let stored: Option<String> = conn
         .prepare_cached("SELECT stored FROM models WHERE name = ?1")?
         .query_row([resource], |row| row.get(0))
         .optional()?;
-    Ok(stored.unwrap_or_else(|| resource.to_owned()))
+    Ok(Storage::named(stored.unwrap_or_else(|| resource.to_owned())))
 }
 
-/// Points `resource` at a fresh, empty storage name (`{resource}#{generation}`).
+/// Where a commit writes `resource`: a resource written for the first time gets a generation of
+/// its own (and so its own index); one stored under its own name, from before generations,
+/// stays there until a rebuild moves it.
+fn storage_for_commit(tx: &rusqlite::Transaction<'_>, resource: &str) -> rusqlite::Result<Storage> {
+    let found = storage(tx, resource)?;
+    if found.index != "search_index" {
+        return Ok(found);
+    }
+    let legacy: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM documents WHERE resource = ?1)")?
+        .query_row([resource], |row| row.get(0))?;
+    if legacy {
+        return Ok(found);
+    }
+    new_generation(tx, resource)?;
+    storage(tx, resource)
+}
+
+/// The FTS5 table of one generation's documents.
+fn create_index(conn: &Connection, index: &str) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS {index} USING fts5(text, keys, content = '', contentless_delete = 1)"
+    ))
+}
+
+/// Points `resource` at a fresh, empty storage name (`{resource}#{generation}`) with its index.
 fn new_generation(tx: &rusqlite::Transaction<'_>, resource: &str) -> rusqlite::Result<()> {
     let generation: i64 =
         tx.query_row("SELECT COALESCE(MAX(generation), 0) + 1 FROM models", [], |row| row.get(0))?;
@@ -581,26 +664,134 @@ fn new_generation(tx: &rusqlite::Transaction<'_>, resource: &str) -> rusqlite::R
          ON CONFLICT (name) DO UPDATE SET stored = excluded.stored, generation = excluded.generation",
         params![resource, format!("{resource}#{generation}"), generation],
     )?;
-    Ok(())
+    create_index(tx, &format!("search_{generation}"))
 }
 
-/// Deletes the documents stored under `stored`, with their search keys and index entries, unless
-/// a resource other than `owner` is stored there.
-fn delete_stored(tx: &rusqlite::Transaction<'_>, stored: &str, owner: &str) -> rusqlite::Result<()> {
+/// Gives every generation written before generations had indexes of their own its index: built
+/// from its documents, its entries taken out of the shared one. Runs when the store opens.
+fn split_shared_index(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let stored: Vec<String> = tx
+        .prepare("SELECT stored FROM models UNION SELECT stored FROM retired")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for stored in stored {
+        let Storage { name, index: search_index } = Storage::named(stored);
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = ?1)",
+            [&search_index],
+            |row| row.get(0),
+        )?;
+        if search_index == "search_index" || exists {
+            continue;
+        }
+        create_index(&tx, &search_index)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {search_index} (rowid, text, keys) \
+                 SELECT k.docid, COALESCE(json_extract(d.doc, '$.searchableText'), ''), nexus_search_keys(d.doc) \
+                 FROM search_keys k JOIN documents d ON d.resource = k.resource AND d.id = k.id \
+                 WHERE k.resource = ?1 ORDER BY k.docid"
+            ),
+            [&name],
+        )?;
+        tx.execute(
+            "DELETE FROM search_index WHERE rowid IN (SELECT docid FROM search_keys WHERE resource = ?1)",
+            [&name],
+        )?;
+    }
+    tx.commit()
+}
+
+/// Retires the storage `stored` (its documents, search keys and index entries are deleted in the
+/// background) unless a resource other than `owner` is stored there. The caller points `owner`
+/// elsewhere in the same transaction, so nothing reads or writes a retired name again.
+fn retire_stored(tx: &rusqlite::Transaction<'_>, stored: &str, owner: &str) -> rusqlite::Result<()> {
     let shared: bool = tx.query_row(
         "SELECT EXISTS (SELECT 1 FROM models WHERE stored = ?1 AND name <> ?2)",
         [stored, owner],
         |row| row.get(0),
     )?;
-    if !shared {
-        tx.execute(
-            "DELETE FROM search_index WHERE rowid IN (SELECT docid FROM search_keys WHERE resource = ?1)",
-            [stored],
-        )?;
-        tx.execute("DELETE FROM search_keys WHERE resource = ?1", [stored])?;
-        tx.execute("DELETE FROM documents WHERE resource = ?1", [stored])?;
+    // A name never written (a first rebuild's shadow) has nothing to delete.
+    let written: bool = generation_of(stored).is_some()
+        || tx.query_row("SELECT EXISTS (SELECT 1 FROM documents WHERE resource = ?1)", [stored], |row| {
+            row.get(0)
+        })?;
+    if !shared && written {
+        tx.execute("INSERT OR IGNORE INTO retired (stored, retired_at) VALUES (?1, unixepoch())", [stored])?;
     }
     Ok(())
+}
+
+/// How long a retired storage is kept before the sweep starts on it.
+const SWEEP_GRACE_SECONDS: i64 = 5;
+
+/// Documents a sweep deletes per transaction, so projection commits wait little behind it.
+const SWEEP_CHUNK: i64 = 2000;
+
+/// Deletes retired storage (see [`retire_stored`]) one chunk per transaction, between projection
+/// commits, until the store is dropped.
+fn sweep_loop(writer: std::sync::Weak<Mutex<Connection>>) {
+    loop {
+        let swept = match writer.upgrade() {
+            Some(writer) => sweep_chunk(&mut writer.lock().expect("read store writer poisoned")),
+            None => return,
+        };
+        let pause = match swept {
+            Ok(true) => std::time::Duration::from_millis(2),
+            Ok(false) => std::time::Duration::from_millis(250),
+            Err(error) => {
+                tracing::warn!(%error, "sweeping a retired read model failed; will retry");
+                std::time::Duration::from_secs(1)
+            }
+        };
+        std::thread::sleep(pause);
+    }
+}
+
+/// Deletes up to [`SWEEP_CHUNK`] documents of one retired storage; `false` when none is left.
+fn sweep_chunk(conn: &mut Connection) -> rusqlite::Result<bool> {
+    let tx = conn.transaction()?;
+    // Queries that looked the storage up before it was retired get a few seconds to finish.
+    let stored: Option<String> = tx
+        .query_row(
+            "SELECT stored FROM retired WHERE retired_at <= unixepoch() - ?1 LIMIT 1",
+            [SWEEP_GRACE_SECONDS],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(stored) = stored else { return Ok(false) };
+    let Storage { name: stored, index } = Storage::named(stored);
+    let keys: Vec<(i64, String)> = tx
+        .prepare_cached("SELECT docid, id FROM search_keys WHERE resource = ?1 ORDER BY docid LIMIT ?2")?
+        .query_map(params![stored, SWEEP_CHUNK], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    if keys.is_empty() {
+        // Every document has a search key; any left without one go with the name, and a
+        // generation's index last (a search that looked the storage up before the swap may
+        // still be reading it).
+        tx.execute("DELETE FROM documents WHERE resource = ?1", [&stored])?;
+        if index != "search_index" {
+            tx.execute_batch(&format!("DROP TABLE IF EXISTS {index}"))?;
+        }
+        tx.execute("DELETE FROM retired WHERE stored = ?1", [&stored])?;
+    } else {
+        if index == "search_index" {
+            // The shared index, by ascending docid, so FTS5 flushes its deletions once.
+            let mut unindex = tx.prepare_cached("DELETE FROM search_index WHERE rowid = ?1")?;
+            for (docid, _) in &keys {
+                unindex.execute([docid])?;
+            }
+        }
+        let mut delete_doc = tx.prepare_cached("DELETE FROM documents WHERE resource = ?1 AND id = ?2")?;
+        let mut delete_key = tx.prepare_cached("DELETE FROM search_keys WHERE docid = ?1")?;
+        for (docid, id) in &keys {
+            delete_doc.execute(params![stored, id])?;
+            delete_key.execute([docid])?;
+        }
+    }
+    tx.commit()?;
+    Ok(true)
 }
 
 #[async_trait]
@@ -627,7 +818,7 @@ impl ReadStore for SqliteReadStore {
         self.readers
             .run(move |conn| {
                 let tx = conn.unchecked_transaction().map_err(unavailable)?;
-                let resource = stored_name(&tx, &resource).map_err(unavailable)?;
+                let resource = storage(&tx, &resource).map_err(unavailable)?.name;
                 // One query for the whole batch: the ids travel as a JSON array.
                 let ids = serde_json::to_string(&ids).map_err(|e| corrupt("ids", e))?;
                 let mut stmt = tx
@@ -658,7 +849,7 @@ impl ReadStore for SqliteReadStore {
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().expect("read store writer poisoned");
             let tx = conn.transaction().map_err(unavailable)?;
-            let resource = stored_name(&tx, &resource).map_err(unavailable)?;
+            let Storage { name: resource, index } = storage_for_commit(&tx, &resource).map_err(unavailable)?;
             {
                 // The version guard lives in the database too: an older document never overwrites
                 // a newer one, whoever writes it.
@@ -723,13 +914,15 @@ impl ReadStore for SqliteReadStore {
                     let indexed_before = indexed.get(&docid).map_or(found.is_some(), |(before, ..)| *before);
                     indexed.insert(docid, (indexed_before, &doc.searchable_text, keys));
                 }
-                let mut unindex =
-                    tx.prepare_cached("DELETE FROM search_index WHERE rowid = ?1").map_err(unavailable)?;
+                let search_index = &index;
+                let mut unindex = tx
+                    .prepare_cached(&format!("DELETE FROM {search_index} WHERE rowid = ?1"))
+                    .map_err(unavailable)?;
                 for (docid, _) in indexed.iter().filter(|(_, (before, ..))| *before) {
                     unindex.execute([docid]).map_err(unavailable)?;
                 }
                 let mut index = tx
-                    .prepare_cached("INSERT INTO search_index (rowid, text, keys) VALUES (?1, ?2, ?3)")
+                    .prepare_cached(&format!("INSERT INTO {search_index} (rowid, text, keys) VALUES (?1, ?2, ?3)"))
                     .map_err(unavailable)?;
                 for (docid, (_, text, keys)) in indexed {
                     index.execute(params![docid, text, keys]).map_err(unavailable)?;
@@ -755,7 +948,7 @@ impl ReadStore for SqliteReadStore {
         self.readers
             .run(move |conn| {
                 let tx = conn.unchecked_transaction().map_err(unavailable)?;
-                let resource = stored_name(&tx, &resource).map_err(unavailable)?;
+                let resource = storage(&tx, &resource).map_err(unavailable)?.name;
                 let text: Option<String> = tx
                     .prepare_cached("SELECT doc FROM documents WHERE resource = ?1 AND id = ?2")
                     .and_then(|mut stmt| stmt.query_row(params![resource, id], |row| row.get(0)).optional())
@@ -784,7 +977,7 @@ impl ReadStore for SqliteReadStore {
                 let tx = conn.unchecked_transaction().map_err(unavailable)?;
                 let conn = &*tx;
                 let mut values = values;
-                values[0] = SqlValue::Text(stored_name(conn, &resource).map_err(unavailable)?);
+                values[0] = SqlValue::Text(storage(conn, &resource).map_err(unavailable)?.name);
                 let total: u64 = conn
                     .prepare_cached(&format!("SELECT COUNT(*) FROM documents WHERE {clause}"))
                     .and_then(|mut stmt| {
@@ -809,8 +1002,8 @@ impl ReadStore for SqliteReadStore {
     async fn clear(&self, resource: &str, projection: &str) -> Result<(), StoreError> {
         let (resource, projection) = (resource.to_owned(), projection.to_owned());
         self.write(move |tx| {
-            let stored = stored_name(tx, &resource)?;
-            delete_stored(tx, &stored, &resource)?;
+            let stored = storage(tx, &resource)?.name;
+            retire_stored(tx, &stored, &resource)?;
             new_generation(tx, &resource)?;
             tx.execute("DELETE FROM checkpoints WHERE projection = ?1", [&projection])?;
             Ok(())
@@ -821,9 +1014,9 @@ impl ReadStore for SqliteReadStore {
     async fn swap(&self, live: &str, shadow: &str) -> Result<(), StoreError> {
         let (live, shadow) = (live.to_owned(), shadow.to_owned());
         self.write(move |tx| {
-            let (old, new) = (stored_name(tx, &live)?, stored_name(tx, &shadow)?);
+            let (old, new) = (storage(tx, &live)?.name, storage(tx, &shadow)?.name);
             if old != new {
-                delete_stored(tx, &old, &live)?;
+                retire_stored(tx, &old, &live)?;
             }
             // The shadow moves to a fresh storage, so the next rebuild cannot write into live.
             new_generation(tx, &shadow)?;
@@ -848,12 +1041,14 @@ impl ReadStore for SqliteReadStore {
         let plan = Arc::new(SearchPlan::new(query)?);
         let query = Arc::new(query.clone());
         let resource = resource.to_owned();
-        let (resource, docids) = {
+        let (storage, docids) = {
             let plan = plan.clone();
             self.readers
                 .run(move |conn| {
-                    let stored = stored_name(conn, &resource).map_err(unavailable)?;
-                    Ok((Arc::new(stored), docid_span(conn, &plan)?))
+                    let tx = conn.unchecked_transaction().map_err(unavailable)?;
+                    let storage = storage(&tx, &resource).map_err(unavailable)?;
+                    let docids = docid_span(&tx, &plan, &storage)?;
+                    Ok((Arc::new(storage), docids))
                 })
                 .await?
         };
@@ -865,10 +1060,10 @@ impl ReadStore for SqliteReadStore {
         let width = (docids.end - docids.start) / self.search_parts as i64 + 1;
         let parts: Vec<_> = (0..self.search_parts as i64)
             .map(|part| {
-                let (plan, resource) = (plan.clone(), resource.clone());
+                let (plan, storage) = (plan.clone(), storage.clone());
                 let start = docids.start + part * width;
                 let docids = start..(start + width).min(docids.end);
-                self.readers.spawn(move |conn| scan(conn, &plan, &resource, docids, keep))
+                self.readers.spawn(move |conn| scan(conn, &plan, &storage, docids, keep))
             })
             .collect();
         let mut pass: Option<Pass> = None;
@@ -884,7 +1079,7 @@ impl ReadStore for SqliteReadStore {
         self.readers
             .run(move |conn| {
                 let page: Vec<String> = pass.top.into_ids().into_iter().skip(query.offset).collect();
-                let items = load_in_order(conn, &resource, &page)?;
+                let items = load_in_order(conn, &storage.name, &page)?;
                 let (mut status, mut tags) = (Some(pass.status), Some(pass.tags));
                 let mut facets = BTreeMap::new();
                 for field in &query.facets {
@@ -895,7 +1090,7 @@ impl ReadStore for SqliteReadStore {
                     };
                     let counts = match counts {
                         Some(counts) => counts,
-                        None => facet_from_documents(conn, &plan, &resource, field)?,
+                        None => facet_from_documents(conn, &plan, &storage, field)?,
                     };
                     facets.insert(field.clone(), counts);
                 }
@@ -950,6 +1145,99 @@ mod tests {
         assert_eq!(found.items, [doc]);
         assert_eq!(found.facets["status"], [("PLACED".to_owned(), 1)].into());
         assert_eq!(found.facets["tags"], [("gift".to_owned(), 1)].into());
+    }
+
+    /// A swap answers from the rebuilt model at once and leaves the old one retired; the sweeper
+    /// then deletes it, with its search keys and index entries, over several chunks, while the
+    /// live model keeps answering.
+    #[tokio::test]
+    async fn a_swapped_out_model_is_swept_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteReadStore::open(dir.path()).unwrap();
+        let docs = |word: &str| -> Vec<ReadDocument> {
+            (0..2 * SWEEP_CHUNK + 5)
+                .map(|n| {
+                    let mut doc = ReadDocument::empty(format!("o-{n}"), format!("o-{n}"));
+                    doc.version = 1;
+                    doc.searchable_text = format!("{word} o-{n}");
+                    doc
+                })
+                .collect()
+        };
+        store.commit("orders", "orders", docs("old"), 10).await.unwrap();
+        store.clear("orders~rebuild", "orders~rebuild").await.unwrap();
+        store.commit("orders~rebuild", "orders~rebuild", docs("new"), 10).await.unwrap();
+        store.swap("orders", "orders~rebuild").await.unwrap();
+        let search = |text: &str| SearchQuery {
+            text: text.into(),
+            filters: vec![],
+            facets: vec![],
+            limit: 1,
+            offset: 0,
+        };
+        assert_eq!(store.search("orders", &search("new")).await.unwrap().total, 2 * SWEEP_CHUNK as u64 + 5);
+        assert_eq!(store.search("orders", &search("old")).await.unwrap().total, 0);
+        let reader = Connection::open(dir.path().join("read.db")).unwrap();
+        let count = |sql: &str| -> i64 { reader.query_row(sql, [], |row| row.get(0)).unwrap() };
+        assert_eq!(count("SELECT COUNT(*) FROM retired"), 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while count("SELECT COUNT(*) FROM retired") > 0 {
+            assert!(std::time::Instant::now() < deadline, "the retired model was not swept");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let live = 2 * SWEEP_CHUNK + 5;
+        assert_eq!(count("SELECT COUNT(*) FROM documents"), live);
+        assert_eq!(count("SELECT COUNT(*) FROM search_keys"), live);
+        // Generation 1 (the first commit) is gone with its index; 2 is live, 3 the next shadow.
+        let exists =
+            |table: &str| count(&format!("SELECT COUNT(*) FROM sqlite_schema WHERE name = '{table}'")) == 1;
+        assert!(!exists("search_1") && exists("search_2") && exists("search_3"));
+        assert_eq!(count("SELECT COUNT(*) FROM search_2 WHERE search_2 MATCH 'new'"), live);
+        assert_eq!(count("SELECT COUNT(*) FROM search_index"), 0);
+        assert_eq!(store.get("orders", "o-3").await.unwrap().unwrap().searchable_text, "new o-3");
+    }
+
+    /// A generation written when all generations shared `search_index` gets an index of its own
+    /// when the store opens, and its entries leave the shared one.
+    #[tokio::test]
+    async fn a_shared_index_is_split_by_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut doc = ReadDocument::empty("o-1", "o-1");
+        doc.version = 1;
+        doc.status = "PLACED".into();
+        doc.searchable_text = "red widget".into();
+        {
+            let mut conn = Connection::open(dir.path().join("read.db")).unwrap();
+            register_search_keys(&conn).unwrap();
+            migrate(&mut conn, &MIGRATIONS[..3]).unwrap();
+            // What a commit after a rebuild's swap wrote before this version.
+            conn.execute_batch(
+                "INSERT INTO models (name, stored, generation) VALUES ('orders', 'orders~rebuild#1', 1);
+                 INSERT INTO search_keys (docid, resource, id, status) VALUES (7, 'orders~rebuild#1', 'o-1', 'PLACED');
+                 INSERT INTO search_index (rowid, text, keys) VALUES (7, 'red widget', '');",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO documents (resource, id, version, doc) VALUES ('orders~rebuild#1', 'o-1', 1, ?1)",
+                [serde_json::to_string(&doc).unwrap()],
+            )
+            .unwrap();
+        }
+        let store = SqliteReadStore::open(dir.path()).unwrap();
+        let query = SearchQuery {
+            text: "widget".into(),
+            filters: vec![],
+            facets: vec!["status".into()],
+            limit: 10,
+            offset: 0,
+        };
+        let found = store.search("orders", &query).await.unwrap();
+        assert_eq!(found.items, [doc]);
+        assert_eq!(found.facets["status"], [("PLACED".to_owned(), 1)].into());
+        let conn = Connection::open(dir.path().join("read.db")).unwrap();
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |row| row.get(0)).unwrap() };
+        assert_eq!(count("SELECT COUNT(*) FROM search_index"), 0);
+        assert_eq!(count("SELECT COUNT(*) FROM search_1 WHERE search_1 MATCH 'widget'"), 1);
     }
 
     #[test]
