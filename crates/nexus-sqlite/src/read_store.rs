@@ -35,19 +35,42 @@ const UNKEYED_FIELDS: [&str; 5] = ["searchableText", "id", "aggregateId", "versi
 /// candidates, which the filters then check on the JSON (20 = 20.0).
 fn search_keys(doc: &serde_json::Map<String, Value>) -> String {
     let mut tokens = String::new();
-    let mut push = |field: &str, form: &str| {
-        if form.len() <= MAX_KEYED_VALUE {
-            if !tokens.is_empty() {
-                tokens.push(' ');
-            }
-            push_key_token(&mut tokens, field, form);
-        }
-    };
     for (field, value) in doc {
-        if UNKEYED_FIELDS.contains(&field.as_str()) || !is_field_name(field) {
-            continue;
+        push_value_keys(&mut tokens, field, value);
+    }
+    tokens
+}
+
+/// [`search_keys`] of a document as its JSON would have them, without building the JSON.
+fn document_keys(doc: &ReadDocument) -> String {
+    let mut tokens = String::new();
+    push_key(&mut tokens, "status", &doc.status);
+    for tag in &doc.tags {
+        push_key(&mut tokens, "tags", tag);
+    }
+    // `metadata` is an object: no keys.
+    for (field, value) in &doc.fields {
+        push_value_keys(&mut tokens, field, value);
+    }
+    tokens
+}
+
+fn push_key(tokens: &mut String, field: &str, form: &str) {
+    if form.len() <= MAX_KEYED_VALUE {
+        if !tokens.is_empty() {
+            tokens.push(' ');
         }
-        match value {
+        push_key_token(tokens, field, form);
+    }
+}
+
+/// The keys of one top-level field of a document (see [`search_keys`]).
+fn push_value_keys(tokens: &mut String, field: &str, value: &Value) {
+    if UNKEYED_FIELDS.contains(&field) || !is_field_name(field) {
+        return;
+    }
+    let mut push = |field: &str, form: &str| push_key(tokens, field, form);
+    match value {
             Value::String(text) => push(field, text),
             Value::Bool(flag) => push(field, if *flag { "true" } else { "false" }),
             Value::Number(number) => {
@@ -70,9 +93,7 @@ fn search_keys(doc: &serde_json::Map<String, Value>) -> String {
                 }
             }
             Value::Null | Value::Object(_) => {}
-        }
     }
-    tokens
 }
 
 /// The key form of a number: its shortest round-trip text (20 and 20.0 are both `20`).
@@ -860,16 +881,17 @@ impl ReadStore for SqliteReadStore {
                          WHERE excluded.version > documents.version",
                     )
                     .map_err(unavailable)?;
-                let mut find_key = tx
-                    .prepare_cached("SELECT docid FROM search_keys WHERE resource = ?1 AND id = ?2")
-                    .map_err(unavailable)?;
-                let mut update_key = tx
-                    .prepare_cached("UPDATE search_keys SET last_updated = ?2, status = ?3, tags = ?4 WHERE docid = ?1")
-                    .map_err(unavailable)?;
-                let mut insert_key = tx
+                // One statement per search key, new or not: a docid above the highest before this
+                // commit is new (docids count up), so it has no index entry to take out.
+                let mut upsert_key = tx
                     .prepare_cached(
-                        "INSERT INTO search_keys (resource, id, last_updated, status, tags) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        "INSERT INTO search_keys (resource, id, last_updated, status, tags) VALUES (?1, ?2, ?3, ?4, ?5) \
+                         ON CONFLICT (resource, id) DO UPDATE SET last_updated = excluded.last_updated, \
+                         status = excluded.status, tags = excluded.tags RETURNING docid",
                     )
+                    .map_err(unavailable)?;
+                let highest: i64 = tx
+                    .query_row("SELECT COALESCE(MAX(docid), 0) FROM search_keys", [], |row| row.get(0))
                     .map_err(unavailable)?;
                 // The search key and the index follow the document in the same transaction. FTS5
                 // writes its pending terms to disk whenever a statement savepoint opens (an upsert
@@ -879,8 +901,7 @@ impl ReadStore for SqliteReadStore {
                 // first, then new ones by ascending docid: it flushes once.
                 let mut indexed: BTreeMap<i64, (bool, &str, String)> = BTreeMap::new();
                 for doc in &docs {
-                    let json = serde_json::to_value(doc).map_err(|e| corrupt("read-model document", e))?;
-                    let text = json.to_string();
+                    let text = serde_json::to_string(doc).map_err(|e| corrupt("read-model document", e))?;
                     let changed =
                         upsert.execute(params![resource, doc.id, doc.version, text]).map_err(unavailable)?;
                     if changed == 0 {
@@ -891,27 +912,12 @@ impl ReadStore for SqliteReadStore {
                     } else {
                         Some(serde_json::to_string(&doc.tags).map_err(|e| corrupt("tags", e))?)
                     };
-                    let found: Option<i64> = find_key
-                        .query_row(params![resource, doc.id], |row| row.get(0))
-                        .optional()
+                    let docid: i64 = upsert_key
+                        .query_row(params![resource, doc.id, doc.last_updated, doc.status, tags], |row| row.get(0))
                         .map_err(unavailable)?;
-                    let docid = match found {
-                        Some(docid) => {
-                            update_key
-                                .execute(params![docid, doc.last_updated, doc.status, tags])
-                                .map_err(unavailable)?;
-                            docid
-                        }
-                        None => {
-                            insert_key
-                                .execute(params![resource, doc.id, doc.last_updated, doc.status, tags])
-                                .map_err(unavailable)?;
-                            tx.last_insert_rowid()
-                        }
-                    };
-                    let keys = json.as_object().map(search_keys).unwrap_or_default();
+                    let keys = document_keys(doc);
                     // A document twice in one batch: its last version is indexed, once.
-                    let indexed_before = indexed.get(&docid).map_or(found.is_some(), |(before, ..)| *before);
+                    let indexed_before = indexed.get(&docid).map_or(docid <= highest, |(before, ..)| *before);
                     indexed.insert(docid, (indexed_before, &doc.searchable_text, keys));
                 }
                 let search_index = &index;
@@ -1238,6 +1244,28 @@ mod tests {
         let count = |sql: &str| -> i64 { conn.query_row(sql, [], |row| row.get(0)).unwrap() };
         assert_eq!(count("SELECT COUNT(*) FROM search_index"), 0);
         assert_eq!(count("SELECT COUNT(*) FROM search_1 WHERE search_1 MATCH 'widget'"), 1);
+    }
+
+    /// The keys a commit writes from the document are those of its JSON.
+    #[test]
+    fn document_keys_are_the_keys_of_its_json() {
+        let mut doc = ReadDocument::empty("o-1", "o-1");
+        doc.version = 3;
+        doc.status = "PLACED".into();
+        doc.tags = vec!["gift".into(), "x".repeat(65)];
+        doc.searchable_text = "red widget".into();
+        doc.metadata.insert("by".into(), "u-1".into());
+        doc.set("total", 20.0);
+        doc.set("customerId", "c-9");
+        doc.set("items", serde_json::json!([{"sku": "a"}, "loose", 2]));
+        let json = serde_json::to_value(&doc).unwrap();
+        let sorted = |keys: String| {
+            let mut tokens: Vec<String> = keys.split(' ').map(str::to_owned).collect();
+            tokens.sort();
+            tokens
+        };
+        assert_eq!(sorted(document_keys(&doc)), sorted(search_keys(json.as_object().unwrap())));
+        assert_eq!(sorted(document_keys(&doc)).len(), 6);
     }
 
     #[test]
