@@ -71,28 +71,28 @@ fn push_value_keys(tokens: &mut String, field: &str, value: &Value) {
     }
     let mut push = |field: &str, form: &str| push_key(tokens, field, form);
     match value {
-            Value::String(text) => push(field, text),
-            Value::Bool(flag) => push(field, if *flag { "true" } else { "false" }),
-            Value::Number(number) => {
-                if let Some(number) = number.as_f64() {
-                    push(field, &number_form(number));
-                }
+        Value::String(text) => push(field, text),
+        Value::Bool(flag) => push(field, if *flag { "true" } else { "false" }),
+        Value::Number(number) => {
+            if let Some(number) = number.as_f64() {
+                push(field, &number_form(number));
             }
-            Value::Array(members) => {
-                for member in members {
-                    match member {
-                        Value::String(text) => push(field, text),
-                        Value::Bool(flag) => push(field, if *flag { "1" } else { "0" }),
-                        Value::Number(number) => {
-                            if let Some(number) = number.as_f64() {
-                                push(field, &number_form(number));
-                            }
+        }
+        Value::Array(members) => {
+            for member in members {
+                match member {
+                    Value::String(text) => push(field, text),
+                    Value::Bool(flag) => push(field, if *flag { "1" } else { "0" }),
+                    Value::Number(number) => {
+                        if let Some(number) = number.as_f64() {
+                            push(field, &number_form(number));
                         }
-                        _ => {}
                     }
+                    _ => {}
                 }
             }
-            Value::Null | Value::Object(_) => {}
+        }
+        Value::Null | Value::Object(_) => {}
     }
 }
 
@@ -620,6 +620,29 @@ fn facet_from_documents(
         .map_err(unavailable)
 }
 
+/// A document as a commit writes it.
+struct Row {
+    doc: ReadDocument,
+    json: String,
+    /// `tags` as a JSON array, `None` when there are none.
+    tags: Option<String>,
+    /// The document's keys in the index (see [`search_keys`]).
+    keys: String,
+}
+
+impl Row {
+    fn of(doc: ReadDocument) -> Result<Self, StoreError> {
+        let json = serde_json::to_string(&doc).map_err(|e| corrupt("read-model document", e))?;
+        let tags = if doc.tags.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&doc.tags).map_err(|e| corrupt("tags", e))?)
+        };
+        let keys = document_keys(&doc);
+        Ok(Self { doc, json, tags, keys })
+    }
+}
+
 /// Where a resource's documents are: the name they are stored under (see the `models` table)
 /// and the full-text index of that storage.
 struct Storage {
@@ -867,6 +890,11 @@ impl ReadStore for SqliteReadStore {
     ) -> Result<(), StoreError> {
         let (projection, resource) = (projection.to_owned(), resource.to_owned());
         let writer = self.writer.clone();
+        // Everything but the SQL is done here, before the writer's turn: the writer is the one
+        // thread a rebuild cannot add to.
+        let mut rows = docs.into_iter().map(Row::of).collect::<Result<Vec<_>, _>>()?;
+        // In key order, B-tree inserts fill pages instead of splitting them all over.
+        rows.sort_by(|a, b| a.doc.id.cmp(&b.doc.id));
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().expect("read store writer poisoned");
             let tx = conn.transaction().map_err(unavailable)?;
@@ -899,26 +927,20 @@ impl ReadStore for SqliteReadStore {
                 // deleted and inserted again (`INSERT OR REPLACE`): written per document, that is
                 // most of a commit's time (measured). So the index comes last, old entries out
                 // first, then new ones by ascending docid: it flushes once.
-                let mut indexed: BTreeMap<i64, (bool, &str, String)> = BTreeMap::new();
-                for doc in &docs {
-                    let text = serde_json::to_string(doc).map_err(|e| corrupt("read-model document", e))?;
+                let mut indexed: BTreeMap<i64, (bool, &str, &str)> = BTreeMap::new();
+                for row in &rows {
+                    let doc = &row.doc;
                     let changed =
-                        upsert.execute(params![resource, doc.id, doc.version, text]).map_err(unavailable)?;
+                        upsert.execute(params![resource, doc.id, doc.version, row.json]).map_err(unavailable)?;
                     if changed == 0 {
                         continue;
                     }
-                    let tags = if doc.tags.is_empty() {
-                        None
-                    } else {
-                        Some(serde_json::to_string(&doc.tags).map_err(|e| corrupt("tags", e))?)
-                    };
                     let docid: i64 = upsert_key
-                        .query_row(params![resource, doc.id, doc.last_updated, doc.status, tags], |row| row.get(0))
+                        .query_row(params![resource, doc.id, doc.last_updated, doc.status, row.tags], |r| r.get(0))
                         .map_err(unavailable)?;
-                    let keys = document_keys(doc);
                     // A document twice in one batch: its last version is indexed, once.
                     let indexed_before = indexed.get(&docid).map_or(docid <= highest, |(before, ..)| *before);
-                    indexed.insert(docid, (indexed_before, &doc.searchable_text, keys));
+                    indexed.insert(docid, (indexed_before, &doc.searchable_text, &row.keys));
                 }
                 let search_index = &index;
                 let mut unindex = tx
