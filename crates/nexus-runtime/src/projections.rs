@@ -321,6 +321,12 @@ impl ProjectionRunner {
         // Oldest first.
         let mut in_flight: std::collections::VecDeque<(Commit, HashMap<String, ReadDocument>)> =
             Default::default();
+        // The shadow started empty, so only a document this rebuild wrote can be in it: the
+        // hashes of their ids (8 bytes a document; a collision only costs a lookup) spare the
+        // store a lookup per new document.
+        use std::hash::BuildHasher;
+        let hasher = std::hash::RandomState::new();
+        let mut written: HashSet<u64> = HashSet::new();
         loop {
             if *shutdown.borrow() {
                 for (commit, _) in in_flight {
@@ -335,8 +341,13 @@ impl ProjectionRunner {
             let relevant: Vec<_> = batch.iter().filter(|e| self.projection.handles(&e.event_type)).collect();
             // The newest copy of a document still being committed.
             let pending = |id: &str| in_flight.iter().rev().find_map(|(_, docs)| docs.get(id));
-            let stored: Vec<_> =
-                relevant.iter().filter(|e| pending(&e.aggregate_id).is_none()).copied().collect();
+            let stored: Vec<_> = relevant
+                .iter()
+                .filter(|e| {
+                    written.contains(&hasher.hash_one(&e.aggregate_id)) && pending(&e.aggregate_id).is_none()
+                })
+                .copied()
+                .collect();
             let mut docs = load_documents(self.read.as_ref(), shadow, &stored).await?;
             for event in &relevant {
                 if let Some(doc) = pending(&event.aggregate_id) {
@@ -369,6 +380,7 @@ impl ProjectionRunner {
             let (read, name, batch) =
                 (self.read.clone(), shadow.to_owned(), touched.values().cloned().collect());
             let commit = tokio::spawn(async move { read.commit(&name, &name, batch, last_position).await });
+            written.extend(touched.keys().map(|id| hasher.hash_one(id)));
             in_flight.push_back((commit, touched));
             // What has certainly landed: everything before the commits still in flight.
             self.status.rebuild_position.store(position, Ordering::Release);
