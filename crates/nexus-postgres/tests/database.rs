@@ -154,3 +154,54 @@ async fn a_bad_append_in_a_batch_is_refused_alone() {
     assert_eq!(all.len(), 19);
     assert!(all.windows(2).all(|w| w[1].position == w[0].position + 1), "no gap left by the refused ones");
 }
+
+/// Search reads `search_entries`, which the database keeps in step with `documents` for any
+/// writer: hand-written inserts, updates, renames and deletes show in the next search.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_entries_follow_documents_whoever_writes() {
+    use nexus_core::{ReadStore, SearchQuery};
+    let (backend, guard) = common::backend().await;
+    let read = backend.read_store();
+    let raw = common::raw_client(&guard).await;
+    let search = |text: &str| SearchQuery {
+        text: text.into(),
+        filters: vec![],
+        facets: vec!["status".into(), "tags".into()],
+        limit: 10,
+        offset: 0,
+    };
+    let doc = |id: &str, status: &str, words: &str, tags: &str| {
+        format!(
+            "('orders', '{id}', 1, '{{\"id\": \"{id}\", \"aggregateId\": \"{id}\", \"version\": 1, \
+             \"lastUpdated\": \"2026-01-01T00:00:00.000Z\", \"status\": \"{status}\", \
+             \"searchableText\": \"{words}\", \"tags\": {tags}}}')"
+        )
+    };
+    raw.batch_execute(&format!(
+        "INSERT INTO documents (resource, id, version, doc) VALUES {}, {}",
+        doc("o1", "PLACED", "red widget", "[\"gift\"]"),
+        doc("o2", "SHIPPED", "blue widget", "[]")
+    ))
+    .await
+    .unwrap();
+    let found = read.search("orders", &search("widget")).await.unwrap();
+    assert_eq!(found.total, 2);
+    assert_eq!(found.facets["status"], [("PLACED".to_owned(), 1), ("SHIPPED".to_owned(), 1)].into());
+    assert_eq!(found.facets["tags"], [("gift".to_owned(), 1)].into());
+
+    raw.batch_execute(
+        "UPDATE documents SET doc = jsonb_set(doc, '{searchableText}', '\"green gadget\"') WHERE id = 'o1'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.search("orders", &search("widget")).await.unwrap().total, 1);
+    assert_eq!(read.search("orders", &search("gadget")).await.unwrap().items[0].id, "o1");
+
+    raw.batch_execute("UPDATE documents SET resource = 'archive' WHERE id = 'o2'").await.unwrap();
+    assert_eq!(read.search("orders", &search("widget")).await.unwrap().total, 0, "moved away");
+    assert_eq!(read.search("archive", &search("widget")).await.unwrap().total, 1, "moved here");
+
+    raw.batch_execute("DELETE FROM documents").await.unwrap();
+    assert_eq!(read.search("orders", &search("gadget")).await.unwrap().total, 0);
+    assert_eq!(read.search("archive", &search("")).await.unwrap().total, 0);
+}
