@@ -220,38 +220,30 @@ CREATE FUNCTION nexus_search_facets(doc jsonb) RETURNS TEXT[] LANGUAGE sql IMMUT
     WHERE e.v IS NOT NULL AND e.v <> 'null'::jsonb
 $$;
 
-CREATE FUNCTION nexus_search_entries_added() RETURNS trigger LANGUAGE plpgsql AS $$
+-- One function for the three statement triggers: old entries out (a row may have moved: a
+-- rebuild's swap renames the resource), new ones in. Each branch names only the transition
+-- table its statements have; PL/pgSQL plans a statement when it first runs it. (No anti-join
+-- between the two tables: they have no statistics, and the planner's nested loop over them
+-- took minutes at a million rows.)
+CREATE FUNCTION nexus_follow_documents() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO search_entries (resource, id, terms, facets, last_updated)
-    SELECT resource, id, search, nexus_search_facets(doc), doc ->> 'lastUpdated' FROM added
-    ON CONFLICT (resource, id) DO UPDATE
-        SET terms = excluded.terms, facets = excluded.facets, last_updated = excluded.last_updated;
-    RETURN NULL;
-END $$;
-CREATE FUNCTION nexus_search_entries_removed() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    DELETE FROM search_entries s USING removed r WHERE s.resource = r.resource AND s.id = r.id;
-    RETURN NULL;
-END $$;
-CREATE FUNCTION nexus_search_entries_changed() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    -- Old entries out, new ones in: a row may have moved (a rebuild's swap renames the
-    -- resource). No anti-join against `added`: transition tables have no statistics, and the
-    -- planner's nested loop over two of them took minutes at a million rows.
-    DELETE FROM search_entries s USING removed r WHERE s.resource = r.resource AND s.id = r.id;
-    INSERT INTO search_entries (resource, id, terms, facets, last_updated)
-    SELECT resource, id, search, nexus_search_facets(doc), doc ->> 'lastUpdated' FROM added
-    ON CONFLICT (resource, id) DO UPDATE
-        SET terms = excluded.terms, facets = excluded.facets, last_updated = excluded.last_updated;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        DELETE FROM search_entries s USING removed r WHERE s.resource = r.resource AND s.id = r.id;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO search_entries (resource, id, terms, facets, last_updated)
+        SELECT resource, id, search, nexus_search_facets(doc), doc ->> 'lastUpdated' FROM added
+        ON CONFLICT (resource, id) DO UPDATE
+            SET terms = excluded.terms, facets = excluded.facets, last_updated = excluded.last_updated;
+    END IF;
     RETURN NULL;
 END $$;
 CREATE TRIGGER documents_search_entries_insert AFTER INSERT ON documents
-    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION nexus_search_entries_added();
+    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION nexus_follow_documents();
 CREATE TRIGGER documents_search_entries_update AFTER UPDATE ON documents
-    REFERENCING OLD TABLE AS removed NEW TABLE AS added
-    FOR EACH STATEMENT EXECUTE FUNCTION nexus_search_entries_changed();
+    REFERENCING OLD TABLE AS removed NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION nexus_follow_documents();
 CREATE TRIGGER documents_search_entries_delete AFTER DELETE ON documents
-    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION nexus_search_entries_removed();
+    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION nexus_follow_documents();
 
 INSERT INTO search_entries (resource, id, terms, facets, last_updated)
     SELECT resource, id, search, nexus_search_facets(doc), doc ->> 'lastUpdated' FROM documents;

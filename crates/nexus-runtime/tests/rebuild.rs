@@ -2,38 +2,18 @@
 //! applies every event to its document exactly once and in order, and ends equal to the live
 //! model it replaces.
 
+mod common;
+
+use common::Ledger;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::{
-    AppendRequest, DomainEvent, EventMetadata, EventStore, NewEvent, Projection, ProjectionError,
-    ReadDocument, ReadStore,
-};
+use nexus_core::{AppendRequest, EventMetadata, EventStore, NewEvent, ReadDocument, ReadStore};
 use nexus_runtime::{Notifier, ProjectionRunner};
 use nexus_sqlite::{SqliteEventStore, SqliteReadStore};
 use serde_json::{Value, json};
 use tokio::sync::watch;
-
-/// Records every version it applies, so a lost, doubled or reordered application shows.
-struct Ledger;
-
-impl Projection for Ledger {
-    fn name(&self) -> &'static str {
-        "ledger"
-    }
-
-    fn handles(&self, event_type: &str) -> bool {
-        event_type == "Tick"
-    }
-
-    fn apply(&self, doc: &mut ReadDocument, event: &DomainEvent) -> Result<(), ProjectionError> {
-        let mut seen = doc.fields.get("seen").cloned().unwrap_or(json!([]));
-        seen.as_array_mut().unwrap().push(json!(event.aggregate_version));
-        doc.set("seen", seen);
-        doc.searchable_text = format!("tick {}", event.aggregate_version);
-        Ok(())
-    }
-}
 
 const AGGREGATES: u64 = 40;
 const VERSIONS: u64 = 25;

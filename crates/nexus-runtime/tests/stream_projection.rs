@@ -2,38 +2,19 @@
 //! through a lost stream message (filled from the event store) and a full redelivery (a replaying
 //! router, a reader restarted before its acks), over the embedded stores.
 
+mod common;
+
+use common::Ledger;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_core::ports::EventStream;
-use nexus_core::{
-    AppendRequest, DomainEvent, EventMetadata, EventStore, NewEvent, Projection, ProjectionError,
-    ReadDocument, ReadStore,
-};
+use nexus_core::{AppendRequest, DomainEvent, EventMetadata, EventStore, NewEvent, ReadStore};
 use nexus_runtime::{MemoryEventStream, Notifier, StreamProjectionRunner};
 use nexus_sqlite::{SqliteEventStore, SqliteReadStore};
 use serde_json::{Value, json};
 use tokio::sync::watch;
-
-/// Records every version it applies, so a double application or a reordering shows.
-struct Ledger;
-
-impl Projection for Ledger {
-    fn name(&self) -> &'static str {
-        "ledger"
-    }
-
-    fn handles(&self, event_type: &str) -> bool {
-        event_type == "Tick"
-    }
-
-    fn apply(&self, doc: &mut ReadDocument, event: &DomainEvent) -> Result<(), ProjectionError> {
-        let mut seen = doc.fields.get("seen").cloned().unwrap_or(json!([]));
-        seen.as_array_mut().unwrap().push(json!(event.aggregate_version));
-        doc.set("seen", seen);
-        Ok(())
-    }
-}
 
 const AGGREGATES: [&str; 5] = ["a", "b", "c", "d", "e"];
 
