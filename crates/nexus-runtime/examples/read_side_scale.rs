@@ -133,7 +133,8 @@ async fn main() {
     task.await.unwrap();
     println!("rebuilt from {head} events in {rebuilt:.1} s ({:.0} events/s)", head as f64 / rebuilt);
     if let Some(store) = embedded {
-        // The swapped-out model is deleted in the background; searches wait for that.
+        // The swapped-out model is deleted in the background; searches wait for that, so they
+        // are not timed against the sweep.
         let started = Instant::now();
         while store.retired_models().await.unwrap() > 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -251,8 +251,8 @@ impl SqliteReadStore {
 }
 
 impl SqliteReadStore {
-    /// How many swapped-out models are still being deleted in the background. Searches are
-    /// slower until they are gone: their entries are still in the full-text index.
+    /// How many swapped-out models are still to be deleted in the background (each is kept 5 s,
+    /// then deleted a chunk at a time, taking turns with projection commits).
     pub async fn retired_models(&self) -> Result<u64, StoreError> {
         self.readers
             .run(|conn| {
