@@ -205,3 +205,39 @@ async fn search_entries_follow_documents_whoever_writes() {
     assert_eq!(read.search("orders", &search("gadget")).await.unwrap().total, 0);
     assert_eq!(read.search("archive", &search("")).await.unwrap().total, 0);
 }
+
+/// A schema from before `search_entries` (migration 7) keeps answering searches after the
+/// upgrade: the migration fills the entries from the documents already there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_schema_gets_its_search_entries() {
+    use nexus_core::{ReadStore, SearchQuery};
+    let (backend, guard) = common::backend().await;
+    drop(backend);
+    let raw = common::raw_client(&guard).await;
+    // Back to the schema as migration 6 left it, with a document written then.
+    raw.batch_execute(
+        "DROP TABLE search_entries;
+         DROP FUNCTION nexus_follow_documents() CASCADE;
+         DROP FUNCTION nexus_search_facets(jsonb);
+         CREATE INDEX documents_search ON documents USING GIN (search);
+         DELETE FROM nexus_migrations WHERE version >= 7;
+         INSERT INTO documents (resource, id, version, doc) VALUES ('orders', 'o1', 1,
+           '{\"id\": \"o1\", \"aggregateId\": \"o1\", \"version\": 1, \"lastUpdated\": \"2026-01-01T00:00:00.000Z\",
+             \"status\": \"PLACED\", \"searchableText\": \"red widget\", \"tags\": [\"gift\"]}');",
+    )
+    .await
+    .unwrap();
+    let upgraded = PostgresBackend::connect(&guard.url, &guard.schema).await.unwrap();
+    let query = SearchQuery {
+        text: "widget".into(),
+        filters: vec![],
+        facets: vec!["status".into(), "tags".into()],
+        limit: 10,
+        offset: 0,
+    };
+    let found = upgraded.read_store().search("orders", &query).await.unwrap();
+    assert_eq!(found.total, 1);
+    assert_eq!(found.items[0].id, "o1");
+    assert_eq!(found.facets["status"], [("PLACED".to_owned(), 1)].into());
+    assert_eq!(found.facets["tags"], [("gift".to_owned(), 1)].into());
+}
