@@ -1,6 +1,7 @@
 //! The projection runner: change feed → read model, exactly once in effect.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -324,7 +325,6 @@ impl ProjectionRunner {
         // The shadow started empty, so only a document this rebuild wrote can be in it: the
         // hashes of their ids (8 bytes a document; a collision only costs a lookup) spare the
         // store a lookup per new document.
-        use std::hash::BuildHasher;
         let hasher = std::hash::RandomState::new();
         let mut written: HashSet<u64> = HashSet::new();
         loop {
@@ -354,22 +354,8 @@ impl ProjectionRunner {
                     docs.entry(event.aggregate_id.clone()).or_insert_with(|| doc.clone());
                 }
             }
-            let mut changed = HashSet::new();
-            let mut applied = 0;
-            for event in relevant {
-                let doc = docs
-                    .entry(event.aggregate_id.clone())
-                    .or_insert_with(|| ReadDocument::empty(&event.aggregate_id, &event.aggregate_id));
-                if event.aggregate_version <= doc.version {
-                    continue;
-                }
-                fold(self.projection.as_ref(), shadow, doc, event)
-                    .map_err(|e| format!("event {} at position {}: {e}", event.event_id, event.position))?;
-                changed.insert(event.aggregate_id.as_str());
-                applied += 1;
-            }
-            metrics::counter!("nexus_projection_events_total", "projection" => self.projection.name())
-                .increment(applied);
+            let updates = self.apply(shadow, &mut docs, relevant)?;
+            let changed: HashSet<&str> = updates.iter().map(|u| u.aggregate_id.as_str()).collect();
             let touched: HashMap<String, ReadDocument> =
                 docs.into_iter().filter(|(id, _)| changed.contains(id.as_str())).collect();
             if in_flight.len() == REBUILD_COMMITS_IN_FLIGHT
@@ -391,6 +377,31 @@ impl ProjectionRunner {
         }
         self.status.rebuild_position.store(position, Ordering::Release);
         Ok(Some(position))
+    }
+
+    /// Applies `events` to their documents in `docs` (a document not there starts empty), skipping
+    /// any its document has already seen, and counts them; the updates to announce, in order.
+    fn apply(
+        &self,
+        resource: &str,
+        docs: &mut HashMap<String, ReadDocument>,
+        events: Vec<&DomainEvent>,
+    ) -> Result<Vec<ProjectionUpdate>, String> {
+        let mut updates = Vec::new();
+        for event in events {
+            let doc = docs
+                .entry(event.aggregate_id.clone())
+                .or_insert_with(|| ReadDocument::empty(&event.aggregate_id, &event.aggregate_id));
+            if event.aggregate_version <= doc.version {
+                continue; // already applied: the version guard makes replays harmless
+            }
+            let update = fold(self.projection.as_ref(), resource, doc, event)
+                .map_err(|e| format!("event {} at position {}: {e}", event.event_id, event.position))?;
+            updates.push(update);
+        }
+        metrics::counter!("nexus_projection_events_total", "projection" => self.projection.name())
+            .increment(updates.len() as u64);
+        Ok(updates)
     }
 
     /// The change feed after `after`, one batch. After a full batch the next one is read at once,
@@ -433,17 +444,7 @@ impl ProjectionRunner {
         if !relevant.is_empty() {
             docs = load_documents(self.read.as_ref(), name, &relevant).await?;
             versions_before = docs.iter().map(|(id, doc)| (id.clone(), doc.version)).collect();
-            for event in relevant {
-                let doc = docs
-                    .entry(event.aggregate_id.clone())
-                    .or_insert_with(|| ReadDocument::empty(&event.aggregate_id, &event.aggregate_id));
-                if event.aggregate_version <= doc.version {
-                    continue; // already applied: the version guard makes replays harmless
-                }
-                let update = fold(self.projection.as_ref(), name, doc, event)
-                    .map_err(|e| format!("event {} at position {}: {e}", event.event_id, event.position))?;
-                updates.push(update);
-            }
+            updates = self.apply(name, &mut docs, relevant)?;
         }
         let changed: HashSet<&str> = updates.iter().map(|u| u.aggregate_id.as_str()).collect();
         let touched: Vec<ReadDocument> =
@@ -467,8 +468,6 @@ impl ProjectionRunner {
             metrics::histogram!("nexus_projection_lag_seconds", "projection" => self.projection.name())
                 .record(lag);
         }
-        metrics::counter!("nexus_projection_events_total", "projection" => self.projection.name())
-            .increment(updates.len() as u64);
         for update in updates {
             self.notifier.publish(update);
         }
