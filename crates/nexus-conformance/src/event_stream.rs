@@ -112,3 +112,41 @@ pub async fn readers_are_independent_and_resume_after_their_acks(stream: Arc<dyn
     assert_eq!(woken.iter().map(|e| e.event.aggregate_version).collect::<Vec<_>>(), [5]);
     assert!(started.elapsed() < Duration::from_secs(2), "woken promptly ({:?})", started.elapsed());
 }
+
+/// Waits until `reader`'s backlog on `partition` is `expected` (an acknowledgement may reach the
+/// backend a moment after `ack` returns), and fails naming the last value seen.
+async fn backlog_becomes(stream: &Arc<dyn EventStream>, reader: &str, partition: u32, expected: u64) {
+    let started = Instant::now();
+    loop {
+        let backlog = stream.backlog(reader, partition).await.unwrap();
+        if backlog == expected {
+            return;
+        }
+        assert!(started.elapsed() < PATIENCE, "{reader}'s backlog is {backlog}, expected {expected}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn the_backlog_is_what_a_reader_has_not_acknowledged(stream: Arc<dyn EventStream>, prefix: &str) {
+    let aggregate = format!("{prefix}-x");
+    let partition = partition_of(&aggregate, stream.partitions());
+    let (a, b) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    backlog_becomes(&stream, &a, partition, 0).await;
+    stream.publish(&(1..=5).map(|v| event(&aggregate, v)).collect::<Vec<_>>()).await.unwrap();
+    backlog_becomes(&stream, &a, partition, 5).await;
+    // Fetched is not done: only an acknowledgement takes an event off the backlog.
+    let first = stream.fetch(&a, partition, 2, PATIENCE).await.unwrap();
+    assert_eq!(first.len(), 2);
+    backlog_becomes(&stream, &a, partition, 5).await;
+    stream.ack(&a, partition, first[1].sequence).await.unwrap();
+    backlog_becomes(&stream, &a, partition, 3).await;
+    backlog_becomes(&stream, &b, partition, 5).await;
+    let rest = stream.fetch(&a, partition, 10, PATIENCE).await.unwrap();
+    assert_eq!(rest.len(), 3);
+    stream.ack(&a, partition, rest[2].sequence).await.unwrap();
+    backlog_becomes(&stream, &a, partition, 0).await;
+    // Other partitions hold none of this aggregate's events.
+    for other in (0..stream.partitions()).filter(|p| *p != partition) {
+        backlog_becomes(&stream, &a, other, 0).await;
+    }
+}

@@ -170,6 +170,7 @@ macro_rules! event_stream_suite {
             an_aggregate_keeps_its_order_in_its_partition,
             a_republished_event_id_is_not_appended_again,
             readers_are_independent_and_resume_after_their_acks,
+            the_backlog_is_what_a_reader_has_not_acknowledged,
         );
     };
     (@cases $factory:ident; $($case:ident),* $(,)?) => {

@@ -417,6 +417,10 @@ pub trait EventStream: Send + Sync + 'static {
 
     /// Acknowledges every event of `partition` up to `sequence` for `reader`.
     async fn ack(&self, reader: &str, partition: u32, sequence: u64) -> Result<(), StoreError>;
+
+    /// How many events of `partition` `reader` has not acknowledged yet (fetched or not): how far
+    /// behind the stream it is.
+    async fn backlog(&self, reader: &str, partition: u32) -> Result<u64, StoreError>;
 }
 
 /// A claim on a named piece of work, held until dropped, or until its holder's process (or its

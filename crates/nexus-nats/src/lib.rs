@@ -205,4 +205,10 @@ impl EventStream for NatsEventStream {
             None => Ok(()),
         }
     }
+
+    async fn backlog(&self, reader: &str, partition: u32) -> Result<u64, StoreError> {
+        let info = self.consumer(reader, partition).await?.get_info().await.map_err(unavailable)?;
+        // Not yet delivered, plus delivered and not acknowledged.
+        Ok(info.num_pending + info.num_ack_pending as u64)
+    }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use nexus_core::ports::EventStream;
 use nexus_core::{DomainEvent, EventStore, Projection, ReadDocument, ReadStore, SnapshotStore, StoreError};
 use tokio::sync::watch;
 
@@ -44,6 +45,8 @@ pub struct ProjectionStatus {
     rebuilds_completed: AtomicU64,
     /// Wakes the runner when it waits for events, so a rebuild request starts at once.
     wake: tokio::sync::Notify,
+    /// The stream feeding the projection when the core path does (see `StreamProjectionRunner`).
+    stream: std::sync::OnceLock<Arc<dyn EventStream>>,
 }
 
 /// Where a rebuild stands.
@@ -75,15 +78,69 @@ impl ProjectionStatus {
         })
     }
 
+    /// The store position the projection has applied up to. Fed by the core path, its
+    /// partitions move independently: the highest position any of them has applied.
     pub fn checkpoint(&self) -> u64 {
         self.checkpoint.load(Ordering::Acquire)
+    }
+
+    /// `"changeFeed"` when the projection tails the store, `"stream"` when the core path feeds it.
+    pub fn feed(&self) -> &'static str {
+        if self.stream.get().is_some() { "stream" } else { "changeFeed" }
+    }
+
+    /// Per partition of the core path, the events `projection` has not applied yet (empty when
+    /// the projection tails the change feed).
+    pub async fn stream_backlog(&self, projection: &str) -> Result<Vec<u64>, StoreError> {
+        let Some(stream) = self.stream.get() else { return Ok(Vec::new()) };
+        let mut backlog = Vec::new();
+        for partition in 0..stream.partitions() {
+            backlog.push(stream.backlog(projection, partition).await?);
+        }
+        Ok(backlog)
+    }
+
+    /// Events `projection` has yet to apply: the store's `head` minus the checkpoint on the
+    /// change feed; on the core path, what its readers have not acknowledged on the stream.
+    pub async fn lag(&self, projection: &str, head: u64) -> Result<u64, StoreError> {
+        if self.stream.get().is_some() {
+            return Ok(self.stream_backlog(projection).await?.iter().sum());
+        }
+        Ok(head.saturating_sub(self.checkpoint()))
+    }
+
+    pub(crate) fn fed_by(&self, stream: Arc<dyn EventStream>) {
+        let _ = self.stream.set(stream);
+    }
+
+    /// Records that the projection has applied events up to `position` (never moves back).
+    pub(crate) fn applied_up_to(&self, position: u64) {
+        self.checkpoint.fetch_max(position, Ordering::AcqRel);
+    }
+
+    /// Takes a pending rebuild request, if any.
+    pub(crate) fn take_rebuild_request(&self) -> bool {
+        self.rebuild_requested.swap(false, Ordering::AcqRel)
+    }
+
+    /// Resolves when a rebuild is requested (or was, before the call).
+    pub(crate) async fn wait_for_rebuild_request(&self) {
+        self.wake.notified().await
     }
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().expect("status poisoned").clone()
     }
 
-    fn set_error(&self, error: Option<String>) {
+    /// Clears the last error if it starts with `origin`.
+    pub(crate) fn clear_error_from(&self, origin: &str) {
+        let mut error = self.last_error.lock().expect("status poisoned");
+        if error.as_deref().is_some_and(|e| e.starts_with(origin)) {
+            *error = None;
+        }
+    }
+
+    pub(crate) fn set_error(&self, error: Option<String>) {
         *self.last_error.lock().expect("status poisoned") = error;
     }
 }
@@ -225,6 +282,12 @@ impl ProjectionRunner {
         self.status.clone()
     }
 
+    /// Reports to `status` instead of a status of its own.
+    pub(crate) fn with_status(mut self, status: Arc<ProjectionStatus>) -> Self {
+        self.status = status;
+        self
+    }
+
     /// Runs until `shutdown` turns true. Every committed batch is a saved checkpoint, so stopping
     /// between batches loses nothing.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -234,9 +297,7 @@ impl ProjectionRunner {
         while !*shutdown.borrow() {
             let step = match checkpoint {
                 None => self.read.checkpoint(name).await.map(Some).map_err(|e| e.to_string()),
-                Some(_) if self.status.rebuild_requested.swap(false, Ordering::AcqRel) => {
-                    self.rebuild(&shutdown).await
-                }
+                Some(_) if self.status.take_rebuild_request() => self.rebuild(&shutdown).await,
                 Some(position) => self.step(name, position).await,
             };
             match step {
@@ -275,7 +336,7 @@ impl ProjectionRunner {
     /// Rebuilds the read model from the first event into a shadow resource beside the live one
     /// (which keeps answering queries), then swaps it in atomically. Returns the new checkpoint;
     /// `None` when stopped before finishing (the live model is untouched).
-    async fn rebuild(&self, shutdown: &watch::Receiver<bool>) -> Result<Option<u64>, String> {
+    pub(crate) async fn rebuild(&self, shutdown: &watch::Receiver<bool>) -> Result<Option<u64>, String> {
         let name = self.projection.name();
         let shadow = format!("{name}~rebuild");
         let started = std::time::Instant::now();

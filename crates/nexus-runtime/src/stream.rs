@@ -109,4 +109,14 @@ impl EventStream for MemoryEventStream {
         position.1 = position.1.max(sequence);
         Ok(())
     }
+
+    async fn backlog(&self, reader: &str, partition: u32) -> Result<u64, StoreError> {
+        if partition >= self.partitions {
+            return Err(StoreError::InvalidRequest(format!("no partition {partition}")));
+        }
+        let state = self.state.lock().expect("stream state poisoned");
+        let acked = state.positions.get(&(reader.to_owned(), partition)).map_or(0, |p| p.0);
+        let log = &state.logs[partition as usize];
+        Ok((log.len() - log.partition_point(|e| e.sequence <= acked)) as u64)
+    }
 }

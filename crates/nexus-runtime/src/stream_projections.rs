@@ -8,6 +8,12 @@
 //! partition, so partitions touch disjoint documents and run independently. The stream is a
 //! transport, not the truth (JetStream acks before it syncs): when an event's version jumps past
 //! the document's next one, the missing events are read from the event store first.
+//!
+//! A rebuild (requested through [`status`](StreamProjectionRunner::status), as for the change
+//! feed) pauses the partitions between batches, loads a shadow model from the event store to its
+//! head and swaps it in, then lets them go on from their own checkpoints: what the stream brings
+//! again of the events the shadow has, the version guard skips. The live model keeps answering
+//! queries meanwhile, and falls behind by what arrives during the rebuild.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +24,7 @@ use nexus_core::{DomainEvent, EventStore, Projection, ReadDocument, ReadStore};
 use tokio::sync::watch;
 
 use crate::notify::Notifier;
+use crate::projections::{ProjectionRunner, ProjectionStatus};
 
 pub struct StreamProjectionRunner {
     projection: Arc<dyn Projection>,
@@ -26,6 +33,9 @@ pub struct StreamProjectionRunner {
     read: Arc<dyn ReadStore>,
     notifier: Notifier,
     batch_size: usize,
+    status: Arc<ProjectionStatus>,
+    /// Held shared by a partition applying a batch, exclusively by a rebuild.
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl StreamProjectionRunner {
@@ -37,7 +47,23 @@ impl StreamProjectionRunner {
         notifier: Notifier,
         batch_size: usize,
     ) -> Self {
-        Self { projection, stream, events, read, notifier, batch_size }
+        let status = Arc::new(ProjectionStatus::default());
+        status.fed_by(stream.clone());
+        Self {
+            projection,
+            stream,
+            events,
+            read,
+            notifier,
+            batch_size,
+            status,
+            gate: tokio::sync::RwLock::new(()),
+        }
+    }
+
+    /// What the admin API sees: checkpoint, backlog on the stream, errors, rebuilds.
+    pub fn status(&self) -> Arc<ProjectionStatus> {
+        self.status.clone()
     }
 
     /// The read-store checkpoint of `projection` on `partition`.
@@ -45,38 +71,86 @@ impl StreamProjectionRunner {
         format!("{projection}@p{partition}")
     }
 
-    /// Runs one task per partition until `shutdown`.
+    /// Runs one task per partition, and rebuilds when asked, until `shutdown`.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
+        // The checkpoint the last rebuild left, until a partition applies something newer.
+        if let Ok(position) = this.read.checkpoint(this.projection.name()).await {
+            this.status.applied_up_to(position);
+        }
         let tasks: Vec<_> = (0..this.stream.partitions())
             .map(|partition| tokio::spawn(this.clone().run_partition(partition, shutdown.clone())))
             .collect();
+        this.rebuild_when_asked(shutdown).await;
         for task in tasks {
             let _ = task.await;
+        }
+    }
+
+    /// Rebuilds whenever the status asks, with every partition paused, until `shutdown`.
+    async fn rebuild_when_asked(&self, mut shutdown: watch::Receiver<bool>) {
+        let name = self.projection.name();
+        let rebuilder = ProjectionRunner::new(
+            self.projection.clone(),
+            self.events.clone(),
+            self.read.clone(),
+            self.notifier.clone(),
+            self.batch_size,
+        )
+        .with_status(self.status.clone());
+        while !*shutdown.borrow() {
+            if !self.status.take_rebuild_request() {
+                tokio::select! {
+                    _ = self.status.wait_for_rebuild_request() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            // Waits for the batches under way to commit; no partition starts another until the
+            // swap is done.
+            let _paused = self.gate.write().await;
+            match rebuilder.rebuild(&shutdown).await {
+                Ok(Some(position)) => {
+                    self.status.applied_up_to(position);
+                    self.status.set_error(None);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(projection = name, %error, "rebuild failed; the live model stays");
+                    self.status.set_error(Some(format!("rebuild failed: {error}")));
+                }
+            }
         }
     }
 
     async fn run_partition(self: Arc<Self>, partition: u32, mut shutdown: watch::Receiver<bool>) {
         let name = self.projection.name();
         let checkpoint_name = Self::checkpoint_name(name, partition);
+        // How this partition's errors start, so that only its own success clears them.
+        let origin = format!("partition {partition}: ");
         let mut backoff = Duration::from_millis(100);
         let mut checkpoint = None;
         while !*shutdown.borrow() {
             let step = match checkpoint {
                 None => self.read.checkpoint(&checkpoint_name).await.map(Some).map_err(|e| e.to_string()),
                 Some(at) => tokio::select! {
-                    step = self.step(partition, &checkpoint_name, at) => step,
+                    step = async {
+                        let _open = self.gate.read().await;
+                        self.step(partition, &checkpoint_name, at).await
+                    } => step,
                     _ = shutdown.changed() => continue,
                 },
             };
             match step {
                 Ok(Some(at)) => {
+                    self.status.clear_error_from(&origin);
                     checkpoint = Some(at);
                     backoff = Duration::from_millis(100);
                 }
                 Ok(None) => {}
                 Err(error) => {
                     tracing::error!(projection = name, partition, %error, "stream projection stalled; retrying");
+                    self.status.set_error(Some(format!("{origin}{error}")));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => {}
@@ -144,6 +218,11 @@ impl StreamProjectionRunner {
         let position = last.max(checkpoint);
         self.read.commit(checkpoint_name, name, touched, position).await.map_err(|e| e.to_string())?;
         self.stream.ack(name, partition, last).await.map_err(|e| e.to_string())?;
+        if let Some(applied) =
+            batch.iter().filter(|e| e.sequence > checkpoint).map(|e| e.event.position).max()
+        {
+            self.status.applied_up_to(applied);
+        }
         metrics::counter!("nexus_projection_events_total", "projection" => name)
             .increment(updates.len() as u64);
         for update in updates {

@@ -88,3 +88,136 @@ async fn each_event_applied_once_in_order_through_loss_and_redelivery() {
         assert_eq!(doc.version, 10);
     }
 }
+
+/// While set, applying an event waits for the test to clear it (at most 5 s, so a projection
+/// that should not be applying anything makes the test fail rather than hang): a rebuild can be
+/// stopped in the middle.
+static HOLDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The ledger, held while `HOLDING`.
+struct HeldLedger;
+
+impl nexus_core::Projection for HeldLedger {
+    fn name(&self) -> &'static str {
+        "ledger"
+    }
+
+    fn handles(&self, event_type: &str) -> bool {
+        Ledger.handles(event_type)
+    }
+
+    fn apply(
+        &self,
+        doc: &mut nexus_core::ReadDocument,
+        event: &DomainEvent,
+    ) -> Result<(), nexus_core::ProjectionError> {
+        let started = std::time::Instant::now();
+        while HOLDING.load(std::sync::atomic::Ordering::Acquire) && started.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ledger.apply(doc, event)
+    }
+}
+
+/// Appends versions `versions` of every aggregate and publishes them; returns the store's head.
+async fn tick(
+    events: &SqliteEventStore,
+    stream: &MemoryEventStream,
+    versions: std::ops::RangeInclusive<u64>,
+) -> u64 {
+    let head = events.head().await.unwrap();
+    for version in versions {
+        for aggregate in AGGREGATES {
+            let event = NewEvent {
+                event_id: format!("{aggregate}-{version}"),
+                event_type: "Tick".into(),
+                timestamp: "2026-01-01T00:00:00.000Z".into(),
+                payload: json!({}),
+                metadata: EventMetadata::default(),
+            };
+            let request = AppendRequest {
+                aggregate_id: aggregate.into(),
+                aggregate_type: "Clock".into(),
+                expected_version: version - 1,
+                events: vec![event],
+                command: None,
+            };
+            events.append(request).await.unwrap();
+        }
+    }
+    stream.publish(&events.read_all(head, 10_000).await.unwrap()).await.unwrap();
+    events.head().await.unwrap()
+}
+
+/// Waits until `check` holds, for at most 10 s.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A stream-fed projection reports its backlog and rebuilds: its partitions pause while the
+/// shadow loads (the live model stays as it was, the backlog grows), the shadow replaces the
+/// live model (a document no event made is gone), and the partitions then go on, so what was
+/// published during the rebuild is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_fed_projection_rebuilds_with_its_partitions_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = Arc::new(SqliteEventStore::open(dir.path()).unwrap());
+    let read = Arc::new(SqliteReadStore::open(dir.path()).unwrap());
+    let stream = Arc::new(MemoryEventStream::new(3));
+    let head = tick(&events, &stream, 1..=10).await;
+    let runner = StreamProjectionRunner::new(
+        Arc::new(HeldLedger),
+        stream.clone(),
+        events.clone(),
+        read.clone(),
+        Notifier::new(1024),
+        7,
+    );
+    let status = runner.status();
+    assert_eq!(status.feed(), "stream");
+    assert_eq!(status.lag("ledger", head).await.unwrap(), 50, "nothing applied yet");
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(runner.run(stopped));
+    eventually("the backlog drains", || async { status.lag("ledger", head).await.unwrap() == 0 }).await;
+    assert_eq!(status.checkpoint(), head);
+    assert_eq!(status.stream_backlog("ledger").await.unwrap(), [0, 0, 0]);
+    // A document no event made, as a hand edit would leave.
+    read.commit("hand-edit", "ledger", vec![nexus_core::ReadDocument::empty("stray", "stray")], 0)
+        .await
+        .unwrap();
+
+    HOLDING.store(true, std::sync::atomic::Ordering::Release);
+    status.request_rebuild();
+    eventually("the rebuild starts", || async { status.rebuild().is_some_and(|r| r.target > 0) }).await;
+    let new_head = tick(&events, &stream, 11..=12).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status.lag("ledger", new_head).await.unwrap(), 10, "the partitions wait for the rebuild");
+    for id in AGGREGATES {
+        assert_eq!(
+            read.get("ledger", id).await.unwrap().unwrap().version,
+            10,
+            "{id}: the live model as it was"
+        );
+    }
+    assert!(read.get("ledger", "stray").await.unwrap().is_some());
+    HOLDING.store(false, std::sync::atomic::Ordering::Release);
+
+    eventually("the rebuild is swapped in", || async { status.rebuilds_completed() == 1 }).await;
+    eventually("the backlog drains again", || async { status.lag("ledger", new_head).await.unwrap() == 0 })
+        .await;
+    assert_eq!(status.last_error(), None);
+    assert_eq!(status.checkpoint(), new_head);
+    assert!(read.get("ledger", "stray").await.unwrap().is_none(), "the rebuilt model is the events' only");
+    let expected: Vec<Value> = (1..=12).map(|v| json!(v)).collect();
+    for id in AGGREGATES {
+        let doc = read.get("ledger", id).await.unwrap().unwrap();
+        assert_eq!(doc.fields["seen"], Value::Array(expected.clone()), "{id}: once each, in order");
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}

@@ -177,6 +177,7 @@ pub async fn run(
                 notifier.clone(),
                 config.projection_batch_size,
             );
+            projections.push((projection.name(), runner.status()));
             runners.push(tokio::spawn(runner.run(stopped.clone())));
             continue;
         }
@@ -287,8 +288,10 @@ pub async fn run(
                 // the store moves on), which a latency histogram cannot show.
                 if let Ok(head) = upkeep_state.events.head().await {
                     for (name, status) in &upkeep_state.projections {
-                        metrics::gauge!("nexus_projection_lag_events", "projection" => *name)
-                            .set(head.saturating_sub(status.checkpoint()) as f64);
+                        if let Ok(lag) = status.lag(name, head).await {
+                            metrics::gauge!("nexus_projection_lag_events", "projection" => *name)
+                                .set(lag as f64);
+                        }
                     }
                 }
                 upkeep_state.rate_limits.retain_recent();

@@ -50,6 +50,48 @@ async fn orders_reach_the_read_model_through_nats() {
     );
     let metrics = server.get("/metrics").await.body.as_str().unwrap_or_default().to_owned();
     assert!(metrics.contains("nexus_events_routed_total{path=\"core\"} 90"), "90 core events routed");
+
+    // The stream-fed projection is managed like the others: listed with its backlog on each
+    // partition, and rebuilt on request, after which the stream goes on feeding it.
+    let orders = |listing: &serde_json::Value| {
+        listing["items"].as_array().unwrap().iter().find(|p| p["name"] == "orders").cloned().unwrap()
+    };
+    let started = Instant::now();
+    let listed = loop {
+        let listed = orders(&server.get("/api/admin/projections").await.body);
+        if listed["lag"] == 0 {
+            break listed;
+        }
+        assert!(started.elapsed().as_secs() < 10, "the stream backlog did not drain: {listed}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(listed["feed"], "stream", "{listed}");
+    assert_eq!(listed["state"], "RUNNING", "{listed}");
+    assert_eq!(listed["partitions"].as_array().map(Vec::len), Some(3), "{listed}");
+    let head = listed["head"].as_u64().unwrap();
+    assert!(listed["checkpoint"].as_u64().unwrap() <= head && head >= 90, "{listed}");
+    let requested =
+        server.http.post(server.url("/api/admin/projections/orders/rebuild")).send().await.unwrap();
+    assert_eq!(requested.status(), 202);
+    let started = Instant::now();
+    let rebuilt = loop {
+        let listed = orders(&server.get("/api/admin/projections").await.body);
+        if listed["rebuildsCompleted"] == 1 && listed["state"] == "RUNNING" {
+            break listed;
+        }
+        assert!(listed["lastError"].is_null(), "{listed}");
+        assert!(started.elapsed().as_secs() < 30, "the rebuild did not finish: {listed}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(rebuilt["checkpoint"], head, "the rebuild applied up to the head: {rebuilt}");
+    assert_eq!(server.document_at("orders", "order-7", 3).await["status"], "SHIPPED");
+    let body = json!({"aggregateId": "order-after", "customerId": "c-1", "items": [{"productId": "p-1", "quantity": 1, "unitPrice": 5.0}]});
+    server.accepted("PlaceOrder", body).await;
+    assert_eq!(
+        server.document_at("orders", "order-after", 1).await["version"],
+        1,
+        "the stream feeds the rebuilt model"
+    );
     server.stop().await;
     let stream = nexus_nats::NatsEventStream::connect(&url, &name, 3).await.unwrap();
     stream.destroy().await.unwrap();

@@ -24,33 +24,42 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
-/// `GET /api/admin/projections`: each projection's checkpoint and lag behind the store's head.
+/// `GET /api/admin/projections`: each projection's checkpoint and lag. A projection tailing the
+/// change feed lags the store's head by `head - checkpoint`; one the core path feeds lags by the
+/// events its partitions have not applied (`partitions[].backlog`), and its checkpoint is the
+/// highest position any partition has applied.
 pub(crate) async fn projections(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let head = state.events.head().await?;
-    let items: Vec<Value> = state
-        .projections
-        .iter()
-        .map(|(name, status)| {
-            let checkpoint = status.checkpoint();
-            let error = status.last_error();
-            let rebuild = status.rebuild();
-            let state = match (&rebuild, &error) {
-                (Some(_), _) => "REBUILDING",
-                (None, Some(_)) => "STALLED",
-                (None, None) => "RUNNING",
-            };
-            json!({
-                "name": name,
-                "checkpoint": checkpoint,
-                "head": head,
-                "lag": head.saturating_sub(checkpoint),
-                "state": state,
-                "lastError": error,
-                "rebuild": rebuild.map(|r| json!({"position": r.position, "target": r.target})),
-                "rebuildsCompleted": status.rebuilds_completed(),
-            })
-        })
-        .collect();
+    let mut items = Vec::new();
+    for (name, status) in &state.projections {
+        let error = status.last_error();
+        let rebuild = status.rebuild();
+        let state = match (&rebuild, &error) {
+            (Some(_), _) => "REBUILDING",
+            (None, Some(_)) => "STALLED",
+            (None, None) => "RUNNING",
+        };
+        let mut item = json!({
+            "name": name,
+            "feed": status.feed(),
+            "checkpoint": status.checkpoint(),
+            "head": head,
+            "lag": status.lag(name, head).await?,
+            "state": state,
+            "lastError": error,
+            "rebuild": rebuild.map(|r| json!({"position": r.position, "target": r.target})),
+            "rebuildsCompleted": status.rebuilds_completed(),
+        });
+        let backlog = status.stream_backlog(name).await?;
+        if !backlog.is_empty() {
+            item["partitions"] = backlog
+                .iter()
+                .enumerate()
+                .map(|(partition, backlog)| json!({"partition": partition, "backlog": backlog}))
+                .collect();
+        }
+        items.push(item);
+    }
     Ok(Json(json!({"items": items})))
 }
 
