@@ -220,8 +220,8 @@ CREATE FUNCTION nexus_search_facets(doc jsonb) RETURNS TEXT[] LANGUAGE sql IMMUT
     WHERE e.v IS NOT NULL AND e.v <> 'null'::jsonb
 $$;
 
--- One function for the three statement triggers: old entries out (a row may have moved: a
--- rebuild's swap renames the resource), new ones in. Each branch names only the transition
+-- One function for the three statement triggers: old entries out (an update may have moved a
+-- row to another resource), new ones in. Each branch names only the transition
 -- table its statements have; PL/pgSQL plans a statement when it first runs it. (No anti-join
 -- between the two tables: they have no statistics, and the planner's nested loop over them
 -- took minutes at a million rows.)
@@ -249,6 +249,29 @@ INSERT INTO search_entries (resource, id, terms, facets, last_updated)
     SELECT resource, id, search, nexus_search_facets(doc), doc ->> 'lastUpdated' FROM documents;
 -- Searches no longer match on the documents.
 DROP INDEX documents_search;
+"#,
+    },
+    Migration {
+        version: 8,
+        name: "read models by generation",
+        sql: r#"
+-- A read model's documents are stored under a storage name: the model's own name until it is
+-- first cleared, then a generation `{name}#{n}`. Clearing a model or swapping a rebuilt one in
+-- repoints the name and retires the old generation, which is deleted in the background: a swap
+-- no longer rewrites every row (67 s a million, with the vacuum it needed).
+CREATE TABLE models (
+    name    TEXT COLLATE "C" PRIMARY KEY,
+    storage TEXT COLLATE "C" NOT NULL
+);
+CREATE TABLE retired_models (
+    storage    TEXT COLLATE "C" PRIMARY KEY,
+    retired_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE SEQUENCE model_generations;
+-- Where a model's documents are, as of the statement that asks.
+CREATE FUNCTION nexus_storage(model TEXT) RETURNS TEXT LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce((SELECT m.storage FROM models m WHERE m.name = model), model)
+$$;
 "#,
     },
 ];

@@ -6,6 +6,7 @@
 //! booleans (as 0/1), then text compared bytewise, with `id` breaking ties.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -20,13 +21,49 @@ use tokio_postgres::types::{Json, ToSql};
 use crate::{bigint, corrupt, pool_unavailable, unavailable, unsigned};
 
 /// PostgreSQL read store. Written only by projection runners, any number of processes.
+///
+/// A model's documents live under a storage name (`nexus_storage(name)`, migration 8; called as
+/// `(SELECT nexus_storage($1))`, so a statement looks it up once, not once a row): clearing
+/// a model or swapping a rebuilt one in repoints the name, and the generation it pointed to is
+/// retired, then deleted in the background by [`sweep`] once no statement can still be reading
+/// it.
 pub struct PostgresReadStore {
     pool: Pool,
+    /// Held by the sweep under way in this process.
+    sweeping: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// How long a retired generation stays before the sweep deletes it: statements that resolved
+/// the model's name before it was repointed finish reading (and a late commit lands) meanwhile.
+const SWEEP_GRACE_SECS: f64 = 5.0;
+
+/// Documents deleted per sweep transaction.
+const SWEEP_CHUNK: i64 = 5_000;
+
 impl PostgresReadStore {
+    /// The store on `pool`; sweeps what an earlier process retired and did not delete.
     pub(crate) fn new(pool: Pool) -> Self {
-        Self { pool }
+        let store = Self { pool, sweeping: Arc::default() };
+        store.sweep_later(std::time::Duration::ZERO);
+        store
+    }
+
+    /// Generations retired and not yet deleted.
+    pub async fn retired_models(&self) -> Result<u64, StoreError> {
+        let rows = self.query("SELECT COUNT(*) FROM retired_models", &[]).await?;
+        unsigned(rows[0].try_get(0).map_err(|e| corrupt("count", e))?, "count")
+    }
+
+    /// Sweeps retired generations after `delay` (past their grace), one sweep at a time.
+    fn sweep_later(&self, delay: std::time::Duration) {
+        let (pool, sweeping) = (self.pool.clone(), self.sweeping.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _sweeping = sweeping.lock().await;
+            if let Err(error) = sweep(&pool).await {
+                tracing::warn!(%error, "retired read models not swept yet; the next clear, swap or start retries");
+            }
+        });
     }
 
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
@@ -58,7 +95,7 @@ type Param = Box<dyn ToSql + Sync + Send>;
 
 /// `WHERE` clause and parameters for a list query (parameter 1 is the resource).
 fn where_clause(resource: &str, filters: &[Filter]) -> Result<(String, Vec<Param>), StoreError> {
-    let mut sql = String::from("resource = $1");
+    let mut sql = String::from("resource = (SELECT nexus_storage($1))");
     let mut values: Vec<Param> = vec![Box::new(resource.to_owned())];
     for filter in filters {
         let path = values.len() + 1;
@@ -120,6 +157,77 @@ fn containment(filter: &Filter) -> Vec<Value> {
     forms.into_iter().flat_map(|form| [json!({ field: form.clone() }), json!({ field: [form] })]).collect()
 }
 
+/// Deletes every retired generation past its grace, a chunk of documents per transaction (their
+/// search entries follow by trigger), then vacuums what it deleted. Several processes may sweep
+/// at once: they delete the same rows at worst.
+async fn sweep(pool: &Pool) -> Result<(), StoreError> {
+    let client = pool.get().await.map_err(pool_unavailable)?;
+    loop {
+        // A generation a name points to again is never deleted.
+        let due = client
+            .query_opt(
+                "SELECT storage FROM retired_models r                  WHERE retired_at < now() - make_interval(secs => $1)                    AND NOT EXISTS (SELECT 1 FROM models m WHERE m.storage = r.storage)                  ORDER BY retired_at LIMIT 1",
+                &[&SWEEP_GRACE_SECS],
+            )
+            .await
+            .map_err(unavailable)?;
+        let Some(due) = due else { return Ok(()) };
+        let storage: String = due.try_get(0).map_err(|e| corrupt("retired model", e))?;
+        let started = std::time::Instant::now();
+        let mut deleted = 0;
+        loop {
+            let chunk = client
+                .execute(
+                    "DELETE FROM documents WHERE resource = $1 AND id IN                      (SELECT id FROM documents WHERE resource = $1 LIMIT $2)",
+                    &[&storage, &SWEEP_CHUNK],
+                )
+                .await
+                .map_err(unavailable)?;
+            if chunk == 0 {
+                break;
+            }
+            deleted += chunk;
+        }
+        if deleted > 0 {
+            // Dead rows a search would still visit, and statistics without them.
+            client.batch_execute("VACUUM (ANALYZE) documents, search_entries").await.map_err(unavailable)?;
+        }
+        client
+            .execute("DELETE FROM retired_models WHERE storage = $1", &[&storage])
+            .await
+            .map_err(unavailable)?;
+        tracing::info!(
+            storage,
+            deleted,
+            seconds = started.elapsed().as_secs_f64(),
+            "retired read model swept"
+        );
+    }
+}
+
+/// Retires the generation `name` points to (its documents are deleted once no name points to it).
+async fn retire(tx: &tokio_postgres::Transaction<'_>, name: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO retired_models (storage) VALUES (nexus_storage($1)) ON CONFLICT DO NOTHING",
+        &[&name],
+    )
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Points `name` at a new, empty generation.
+async fn point_to_new_generation(tx: &tokio_postgres::Transaction<'_>, name: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO models (name, storage) VALUES ($1, $1 || '#' || nextval('model_generations')) \
+         ON CONFLICT (name) DO UPDATE SET storage = excluded.storage",
+        &[&name],
+    )
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
 #[async_trait]
 impl ReadStore for PostgresReadStore {
     async fn checkpoint(&self, projection: &str) -> Result<u64, StoreError> {
@@ -133,7 +241,10 @@ impl ReadStore for PostgresReadStore {
 
     async fn load(&self, resource: &str, ids: &[String]) -> Result<Vec<ReadDocument>, StoreError> {
         let rows = self
-            .query("SELECT doc FROM documents WHERE resource = $1 AND id = ANY ($2)", &[&resource, &ids])
+            .query(
+                "SELECT doc FROM documents WHERE resource = (SELECT nexus_storage($1)) AND id = ANY ($2)",
+                &[&resource, &ids],
+            )
             .await?;
         rows.iter().map(decode_doc).collect()
     }
@@ -171,7 +282,7 @@ impl ReadStore for PostgresReadStore {
         self.query(
             "WITH upserted AS ( \
                 INSERT INTO documents (resource, id, version, doc) \
-                SELECT $1, u.id, u.version, u.doc::jsonb \
+                SELECT (SELECT nexus_storage($1)), u.id, u.version, u.doc::jsonb \
                 FROM unnest($2::text[], $3::bigint[], $4::text[]) AS u(id, version, doc) \
                 ON CONFLICT (resource, id) DO UPDATE SET version = excluded.version, doc = excluded.doc \
                 WHERE excluded.version > documents.version) \
@@ -186,7 +297,10 @@ impl ReadStore for PostgresReadStore {
 
     async fn get(&self, resource: &str, id: &str) -> Result<Option<ReadDocument>, StoreError> {
         let rows = self
-            .query("SELECT doc FROM documents WHERE resource = $1 AND id = $2", &[&resource, &id])
+            .query(
+                "SELECT doc FROM documents WHERE resource = (SELECT nexus_storage($1)) AND id = $2",
+                &[&resource, &id],
+            )
             .await?;
         rows.first().map(decode_doc).transpose()
     }
@@ -222,20 +336,29 @@ impl ReadStore for PostgresReadStore {
     async fn clear(&self, resource: &str, projection: &str) -> Result<(), StoreError> {
         let mut client = self.pool.get().await.map_err(pool_unavailable)?;
         let tx = client.transaction().await.map_err(unavailable)?;
-        tx.execute("DELETE FROM documents WHERE resource = $1", &[&resource]).await.map_err(unavailable)?;
+        retire(&tx, resource).await?;
+        point_to_new_generation(&tx, resource).await?;
         tx.execute("DELETE FROM checkpoints WHERE projection = $1", &[&projection])
             .await
             .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
+        tx.commit().await.map_err(unavailable)?;
+        self.sweep_later(std::time::Duration::from_secs_f64(SWEEP_GRACE_SECS));
+        Ok(())
     }
 
     async fn swap(&self, live: &str, shadow: &str) -> Result<(), StoreError> {
         let mut client = self.pool.get().await.map_err(pool_unavailable)?;
         let tx = client.transaction().await.map_err(unavailable)?;
-        tx.execute("DELETE FROM documents WHERE resource = $1", &[&live]).await.map_err(unavailable)?;
-        tx.execute("UPDATE documents SET resource = $1 WHERE resource = $2", &[&live, &shadow])
-            .await
-            .map_err(unavailable)?;
+        // The live name takes the shadow's generation; the shadow's name a new, empty one.
+        retire(&tx, live).await?;
+        tx.execute(
+            "INSERT INTO models (name, storage) VALUES ($1, nexus_storage($2)) \
+             ON CONFLICT (name) DO UPDATE SET storage = excluded.storage",
+            &[&live, &shadow],
+        )
+        .await
+        .map_err(unavailable)?;
+        point_to_new_generation(&tx, shadow).await?;
         // The one place a checkpoint moves back: the rebuilt model comes with its own.
         tx.execute(
             "INSERT INTO checkpoints (projection, position) SELECT $1, position FROM checkpoints WHERE projection = $2 \
@@ -246,11 +369,8 @@ impl ReadStore for PostgresReadStore {
         .map_err(unavailable)?;
         tx.execute("DELETE FROM checkpoints WHERE projection = $1", &[&shadow]).await.map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
-        // Every row of the live model and its search entries was just rewritten: reclaim the
-        // dead versions (a search would visit them: three times the heap) and plan on fresh
-        // statistics (whether a filter's documents or the words' entries come first) now rather
-        // than when autovacuum gets to it: before it, a search with a filter took 610 ms, not 2.
-        client.batch_execute("VACUUM (ANALYZE) documents, search_entries").await.map_err(unavailable)
+        self.sweep_later(std::time::Duration::from_secs_f64(SWEEP_GRACE_SECS));
+        Ok(())
     }
 
     async fn search(&self, resource: &str, query: &SearchQuery) -> Result<SearchResults, StoreError> {
@@ -298,7 +418,7 @@ impl ReadStore for PostgresReadStore {
             "SELECT d.doc FROM ( \
                SELECT id, {score} AS score FROM {from} WHERE {clause} \
                ORDER BY score DESC NULLS LAST, id ASC LIMIT ${} OFFSET ${}) AS page \
-             JOIN documents d ON d.resource = $1 AND d.id = page.id \
+             JOIN documents d ON d.resource = (SELECT nexus_storage($1)) AND d.id = page.id \
              ORDER BY page.score DESC NULLS LAST, page.id ASC",
             params.len() + 1,
             params.len() + 2

@@ -36,6 +36,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let schema = format!("scale_{}", std::process::id());
     let mut embedded = None;
+    let mut postgres = None;
     let (events, read): (Arc<dyn EventStore>, Arc<dyn ReadStore>) = match backend.as_str() {
         "sqlite" => {
             let read = Arc::new(nexus_sqlite::SqliteReadStore::open(dir.path()).unwrap());
@@ -46,6 +47,7 @@ async fn main() {
             let url = std::env::var("NEXUS_TEST_POSTGRES_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
             let backend = nexus_postgres::PostgresBackend::connect(&url, &schema).await.unwrap();
+            postgres = Some(backend.read_store());
             (backend.event_store(), backend.read_store())
         }
         other => panic!("unknown backend {other}"),
@@ -140,6 +142,16 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         println!("  old model swept in {:.1} s after the swap", started.elapsed().as_secs_f64());
+    }
+    if let Some(store) = postgres {
+        let started = Instant::now();
+        while store.retired_models().await.unwrap() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "  old model swept (and vacuumed) in {:.1} s after the swap",
+            started.elapsed().as_secs_f64()
+        );
     }
 
     // Search: one word, two words, a word with a filter; facets on status and tags.

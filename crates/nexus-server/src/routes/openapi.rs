@@ -740,16 +740,21 @@ fn admin_detail(method: &str, path: &str) -> Option<Detail> {
     Some(match (method, path) {
         ("GET", "/api/admin/projections") => {
             let rebuild = object().property("position", integer()).property("target", integer());
+            let partition = object().property("partition", integer()).property("backlog", integer());
             let projection = object()
                 .property("name", string())
+                .property("feed", string().enum_values(Some(["changeFeed", "stream"])))
                 .property("checkpoint", integer())
                 .property("head", integer())
                 .property("lag", integer())
                 .property("state", string().enum_values(Some(["RUNNING", "STALLED", "REBUILDING"])))
                 .property("lastError", nullable_string())
                 .property("rebuild", rebuild)
-                .property("rebuildsCompleted", integer());
-            let description = "Each projection's checkpoint and lag behind the store's head.";
+                .property("rebuildsCompleted", integer())
+                .property("partitions", array(partition));
+            let description = "Each projection's checkpoint and lag: behind the store's head on the change feed; \
+                               on the core path (`feed: stream`), the events its partitions have not applied, \
+                               per partition in `partitions`.";
             Detail::new("listProjections", ok(description, items_of(projection)))
         }
         ("POST", "/api/admin/projections/{name}/rebuild") => {
