@@ -166,7 +166,10 @@ async fn sweep(pool: &Pool) -> Result<(), StoreError> {
         // A generation a name points to again is never deleted.
         let due = client
             .query_opt(
-                "SELECT storage FROM retired_models r                  WHERE retired_at < now() - make_interval(secs => $1)                    AND NOT EXISTS (SELECT 1 FROM models m WHERE m.storage = r.storage)                  ORDER BY retired_at LIMIT 1",
+                "SELECT storage FROM retired_models r \
+                 WHERE retired_at < now() - make_interval(secs => $1) \
+                   AND NOT EXISTS (SELECT 1 FROM models m WHERE m.storage = r.storage) \
+                 ORDER BY retired_at LIMIT 1",
                 &[&SWEEP_GRACE_SECS],
             )
             .await
@@ -178,7 +181,8 @@ async fn sweep(pool: &Pool) -> Result<(), StoreError> {
         loop {
             let chunk = client
                 .execute(
-                    "DELETE FROM documents WHERE resource = $1 AND id IN                      (SELECT id FROM documents WHERE resource = $1 LIMIT $2)",
+                    "DELETE FROM documents WHERE resource = $1 AND id IN \
+                     (SELECT id FROM documents WHERE resource = $1 LIMIT $2)",
                     &[&storage, &SWEEP_CHUNK],
                 )
                 .await

@@ -47,25 +47,7 @@ async fn each_event_applied_once_in_order_through_loss_and_redelivery() {
     let dir = tempfile::tempdir().unwrap();
     let events = Arc::new(SqliteEventStore::open(dir.path()).unwrap());
     let read = Arc::new(SqliteReadStore::open(dir.path()).unwrap());
-    for version in 1..=10u64 {
-        for aggregate in AGGREGATES {
-            let event = NewEvent {
-                event_id: format!("{aggregate}-{version}"),
-                event_type: "Tick".into(),
-                timestamp: "2026-01-01T00:00:00.000Z".into(),
-                payload: json!({}),
-                metadata: EventMetadata::default(),
-            };
-            let request = AppendRequest {
-                aggregate_id: aggregate.into(),
-                aggregate_type: "Clock".into(),
-                expected_version: version - 1,
-                events: vec![event],
-                command: None,
-            };
-            events.append(request).await.unwrap();
-        }
-    }
+    append_ticks(&events, 1..=10).await;
     let all = events.read_all(0, 1000).await.unwrap();
     assert_eq!(all.len(), 50);
 
@@ -120,13 +102,8 @@ impl nexus_core::Projection for HeldLedger {
     }
 }
 
-/// Appends versions `versions` of every aggregate and publishes them; returns the store's head.
-async fn tick(
-    events: &SqliteEventStore,
-    stream: &MemoryEventStream,
-    versions: std::ops::RangeInclusive<u64>,
-) -> u64 {
-    let head = events.head().await.unwrap();
+/// Appends versions `versions` of every aggregate, version by version.
+async fn append_ticks(events: &SqliteEventStore, versions: std::ops::RangeInclusive<u64>) {
     for version in versions {
         for aggregate in AGGREGATES {
             let event = NewEvent {
@@ -146,6 +123,16 @@ async fn tick(
             events.append(request).await.unwrap();
         }
     }
+}
+
+/// Appends versions `versions` of every aggregate and publishes them; returns the store's head.
+async fn tick(
+    events: &SqliteEventStore,
+    stream: &MemoryEventStream,
+    versions: std::ops::RangeInclusive<u64>,
+) -> u64 {
+    let head = events.head().await.unwrap();
+    append_ticks(events, versions).await;
     stream.publish(&events.read_all(head, 10_000).await.unwrap()).await.unwrap();
     events.head().await.unwrap()
 }
