@@ -493,7 +493,7 @@ impl ProjectionRunner {
 
     /// Applies the next batch after `checkpoint` to the live model `name` and commits its
     /// checkpoint with it, then notifies and snapshots; `None` when there is nothing new.
-    async fn step(&self, name: &str, checkpoint: u64) -> Result<Option<u64>, String> {
+    pub(crate) async fn step(&self, name: &str, checkpoint: u64) -> Result<Option<u64>, String> {
         let batch = self.next_batch(checkpoint, self.batch_size).await.map_err(|e| e.to_string())?;
         let Some(last) = batch.last() else { return Ok(None) };
         let last_position = last.position;

@@ -11,9 +11,11 @@
 //!
 //! A rebuild (requested through [`status`](StreamProjectionRunner::status), as for the change
 //! feed) pauses the partitions between batches, loads a shadow model from the event store to its
-//! head and swaps it in, then lets them go on from their own checkpoints: what the stream brings
-//! again of the events the shadow has, the version guard skips. The live model keeps answering
-//! queries meanwhile, and falls behind by what arrives during the rebuild.
+//! head and swaps it in, replays the change feed from there to the head into the new model (for
+//! what another process applied to the old one meanwhile), then lets them go on from their own
+//! checkpoints: what the stream brings again of the events the model has, the version guard
+//! skips. The live model keeps answering queries meanwhile, and falls behind by what arrives
+//! during the rebuild.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,7 +111,11 @@ impl StreamProjectionRunner {
             // Waits for the batches under way to commit; no partition starts another until the
             // swap is done.
             let _paused = self.gate.write().await;
-            match rebuilder.rebuild(&shutdown).await {
+            let rebuilt = match rebuilder.rebuild(&shutdown).await {
+                Ok(Some(position)) => self.catch_up(&rebuilder, position).await,
+                other => other,
+            };
+            match rebuilt {
                 Ok(Some(position)) => {
                     self.status.applied_up_to(position);
                     self.status.set_error(None);
@@ -121,6 +127,24 @@ impl StreamProjectionRunner {
                 }
             }
         }
+    }
+
+    /// After a swap, replays the change feed from the shadow's last position to the head into the
+    /// new live model. Another process feeding this projection does not pause for this rebuild:
+    /// an event it applied between the shadow's last read and the swap went to the retired model,
+    /// and its stream acknowledgement means no partition brings it again. The version guard skips
+    /// everything the new model has.
+    async fn catch_up(&self, rebuilder: &ProjectionRunner, from: u64) -> Result<Option<u64>, String> {
+        let name = self.projection.name();
+        let head = self.events.head().await.map_err(|e| e.to_string())?;
+        let mut position = from;
+        while position < head {
+            match rebuilder.step(name, position).await? {
+                Some(next) => position = next,
+                None => break,
+            }
+        }
+        Ok(Some(position))
     }
 
     async fn run_partition(self: Arc<Self>, partition: u32, mut shutdown: watch::Receiver<bool>) {
