@@ -220,6 +220,19 @@ pub trait ReadStore: Send + Sync + 'static {
         position: u64,
     ) -> Result<(), StoreError>;
 
+    /// [`commit`](Self::commit) for documents the caller keeps using (a rebuild's documents in
+    /// flight stand in for their stored copies). The default copies them; a store that only
+    /// reads them need not.
+    async fn commit_shared(
+        &self,
+        projection: &str,
+        resource: &str,
+        docs: std::sync::Arc<[ReadDocument]>,
+        position: u64,
+    ) -> Result<(), StoreError> {
+        self.commit(projection, resource, docs.to_vec(), position).await
+    }
+
     async fn get(&self, resource: &str, id: &str) -> Result<Option<ReadDocument>, StoreError>;
 
     async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError>;

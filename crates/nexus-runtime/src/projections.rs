@@ -380,9 +380,8 @@ impl ProjectionRunner {
         }
         let limit = self.rebuild_batch_size;
         let mut position = 0;
-        // Oldest first.
-        let mut in_flight: std::collections::VecDeque<(Commit, HashMap<String, ReadDocument>)> =
-            Default::default();
+        // Oldest first, each commit's documents sorted by id.
+        let mut in_flight: std::collections::VecDeque<(Commit, Arc<[ReadDocument]>)> = Default::default();
         // The shadow started empty, so only a document this rebuild wrote can be in it: the
         // hashes of their ids (8 bytes a document; a collision only costs a lookup) spare the
         // store a lookup per new document.
@@ -401,7 +400,11 @@ impl ProjectionRunner {
             let Some(last_position) = batch.last().map(|e| e.position) else { break };
             let relevant: Vec<_> = batch.iter().filter(|e| self.projection.handles(&e.event_type)).collect();
             // The newest copy of a document still being committed.
-            let pending = |id: &str| in_flight.iter().rev().find_map(|(_, docs)| docs.get(id));
+            let pending = |id: &str| {
+                in_flight.iter().rev().find_map(|(_, docs)| {
+                    docs.binary_search_by(|doc| doc.id.as_str().cmp(id)).ok().map(|at| &docs[at])
+                })
+            };
             let stored: Vec<_> = relevant
                 .iter()
                 .filter(|e| {
@@ -417,17 +420,20 @@ impl ProjectionRunner {
             }
             let updates = self.apply(shadow, &mut docs, relevant)?;
             let changed: HashSet<&str> = updates.iter().map(|u| u.aggregate_id.as_str()).collect();
-            let touched: HashMap<String, ReadDocument> =
-                docs.into_iter().filter(|(id, _)| changed.contains(id.as_str())).collect();
+            let mut touched: Vec<ReadDocument> =
+                docs.into_values().filter(|doc| changed.contains(doc.id.as_str())).collect();
+            touched.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            // Shared with the commit, not copied: the store only reads them.
+            let touched: Arc<[ReadDocument]> = touched.into();
             if in_flight.len() == REBUILD_COMMITS_IN_FLIGHT
                 && let Some((commit, _)) = in_flight.pop_front()
             {
                 finish(commit).await?;
             }
-            let (read, name, batch) =
-                (self.read.clone(), shadow.to_owned(), touched.values().cloned().collect());
-            let commit = tokio::spawn(async move { read.commit(&name, &name, batch, last_position).await });
-            written.extend(touched.keys().map(|id| hasher.hash_one(id)));
+            let (read, name, batch) = (self.read.clone(), shadow.to_owned(), touched.clone());
+            let commit =
+                tokio::spawn(async move { read.commit_shared(&name, &name, batch, last_position).await });
+            written.extend(touched.iter().map(|doc| hasher.hash_one(&doc.id)));
             in_flight.push_back((commit, touched));
             // What has certainly landed: everything before the commits still in flight.
             self.status.rebuild_position.store(position, Ordering::Release);
