@@ -118,6 +118,12 @@ impl ProjectionStatus {
         self.checkpoint.fetch_max(position, Ordering::AcqRel);
     }
 
+    /// Marks a rebuild as under way (or not) beyond the runner's own swap: a stream-fed
+    /// projection's replay after the swap is part of its rebuild.
+    pub(crate) fn set_rebuilding(&self, rebuilding: bool) {
+        self.rebuilding.store(rebuilding, Ordering::Release);
+    }
+
     /// Takes a pending rebuild request, if any.
     pub(crate) fn take_rebuild_request(&self) -> bool {
         self.rebuild_requested.swap(false, Ordering::AcqRel)

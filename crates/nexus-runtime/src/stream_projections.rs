@@ -135,16 +135,22 @@ impl StreamProjectionRunner {
     /// and its stream acknowledgement means no partition brings it again. The version guard skips
     /// everything the new model has.
     async fn catch_up(&self, rebuilder: &ProjectionRunner, from: u64) -> Result<Option<u64>, String> {
-        let name = self.projection.name();
-        let head = self.events.head().await.map_err(|e| e.to_string())?;
-        let mut position = from;
-        while position < head {
-            match rebuilder.step(name, position).await? {
-                Some(next) => position = next,
-                None => break,
+        self.status.set_rebuilding(true);
+        let replayed = async {
+            let name = self.projection.name();
+            let head = self.events.head().await.map_err(|e| e.to_string())?;
+            let mut position = from;
+            while position < head {
+                match rebuilder.step(name, position).await? {
+                    Some(next) => position = next,
+                    None => break,
+                }
             }
+            Ok(Some(position))
         }
-        Ok(Some(position))
+        .await;
+        self.status.set_rebuilding(false);
+        replayed
     }
 
     async fn run_partition(self: Arc<Self>, partition: u32, mut shutdown: watch::Receiver<bool>) {

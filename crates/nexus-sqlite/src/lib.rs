@@ -83,6 +83,20 @@ fn migrate(conn: &mut rusqlite::Connection, migrations: &[&str]) -> rusqlite::Re
     Ok(())
 }
 
+/// Checkpoints a WAL database in the background every 200 ms (PASSIVE: it never waits for a
+/// reader) while `running` is alive, then once fully on the way out. Each database that runs
+/// it turns `wal_autocheckpoint` off, so no commit a client waits for ever does a checkpoint.
+fn checkpoint_loop(conn: rusqlite::Connection, running: std::sync::Weak<()>) {
+    while running.upgrade().is_some() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(%error, "WAL checkpoint failed; will retry");
+        }
+    }
+    // A final full checkpoint on the way out keeps the next start fast.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::STORE_OPERATIONS;
@@ -132,18 +146,4 @@ mod tests {
         let events = STORE_OPERATIONS.iter().find(|(t, _)| *t == "events").unwrap().1;
         assert!(!events.contains(&"UPDATE") && !events.contains(&"DELETE"), "events are append-only");
     }
-}
-
-/// Checkpoints a WAL database in the background every 200 ms (PASSIVE: it never waits for a
-/// reader) while `running` is alive, then once fully on the way out. Each database that runs
-/// it turns `wal_autocheckpoint` off, so no commit a client waits for ever does a checkpoint.
-fn checkpoint_loop(conn: rusqlite::Connection, running: std::sync::Weak<()>) {
-    while running.upgrade().is_some() {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(%error, "WAL checkpoint failed; will retry");
-        }
-    }
-    // A final full checkpoint on the way out keeps the next start fast.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
