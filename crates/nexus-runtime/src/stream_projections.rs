@@ -26,7 +26,7 @@ use nexus_core::{DomainEvent, EventStore, Projection, ReadDocument, ReadStore};
 use tokio::sync::watch;
 
 use crate::notify::Notifier;
-use crate::projections::{ProjectionRunner, ProjectionStatus};
+use crate::projections::{DocumentSnapshots, ProjectionRunner, ProjectionStatus};
 
 pub struct StreamProjectionRunner {
     projection: Arc<dyn Projection>,
@@ -36,6 +36,7 @@ pub struct StreamProjectionRunner {
     notifier: Notifier,
     batch_size: usize,
     status: Arc<ProjectionStatus>,
+    snapshots: Option<DocumentSnapshots>,
     /// Held shared by a partition applying a batch, exclusively by a rebuild.
     gate: tokio::sync::RwLock<()>,
 }
@@ -59,8 +60,16 @@ impl StreamProjectionRunner {
             notifier,
             batch_size,
             status,
+            snapshots: None,
             gate: tokio::sync::RwLock::new(()),
         }
+    }
+
+    /// Saves a snapshot of a document every `every` versions, as the change-feed runner does, so
+    /// temporal queries start from the nearest one instead of the first event.
+    pub fn with_snapshots(mut self, store: Arc<dyn nexus_core::SnapshotStore>, every: u64) -> Self {
+        self.snapshots = Some(DocumentSnapshots::new(store, every));
+        self
     }
 
     /// What the admin API sees: checkpoint, backlog on the stream, errors, rebuilds.
@@ -211,9 +220,13 @@ impl StreamProjectionRunner {
             .map(|e| &e.event)
             .collect();
         let mut docs: HashMap<String, ReadDocument> = HashMap::new();
+        let mut versions_before: HashMap<String, u64> = HashMap::new();
         let mut updates = Vec::new();
         if !fresh.is_empty() {
             docs = crate::projections::load_documents(self.read.as_ref(), name, &fresh).await?;
+            if self.snapshots.is_some() {
+                versions_before = docs.iter().map(|(id, doc)| (id.clone(), doc.version)).collect();
+            }
             for event in fresh {
                 let doc = docs
                     .entry(event.aggregate_id.clone())
@@ -245,6 +258,10 @@ impl StreamProjectionRunner {
             updates.iter().map(|u| u.aggregate_id.as_str()).collect();
         let touched: Vec<ReadDocument> =
             docs.into_values().filter(|d| changed.contains(d.id.as_str())).collect();
+        let snapshots = match &self.snapshots {
+            Some(snapshots) => snapshots.due(name, &touched, &versions_before)?,
+            None => Vec::new(),
+        };
         let position = last.max(checkpoint);
         self.read.commit(checkpoint_name, name, touched, position).await.map_err(|e| e.to_string())?;
         self.stream.ack(name, partition, last).await.map_err(|e| e.to_string())?;
@@ -257,6 +274,9 @@ impl StreamProjectionRunner {
             .increment(updates.len() as u64);
         for update in updates {
             self.notifier.publish(update);
+        }
+        if let Some(store) = &self.snapshots {
+            store.save(snapshots).await;
         }
         Ok(Some(position))
     }

@@ -334,3 +334,31 @@ async fn a_stream_fed_rebuild_keeps_what_another_process_applied_before_the_swap
     stop.send(true).unwrap();
     task.await.unwrap();
 }
+
+/// A stream-fed projection saves read-model snapshots as the change-feed runner does, each the
+/// document as it was at its version, so temporal queries start from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_fed_projection_takes_snapshots() {
+    use nexus_core::SnapshotStore;
+    let dir = tempfile::tempdir().unwrap();
+    let events = Arc::new(SqliteEventStore::open(dir.path()).unwrap());
+    let read = Arc::new(SqliteReadStore::open(dir.path()).unwrap());
+    let stream = Arc::new(MemoryEventStream::new(3));
+    let head = tick(&events, &stream, 1..=10).await;
+    let runner =
+        StreamProjectionRunner::new(Arc::new(Ledger), stream, events.clone(), read, Notifier::new(1024), 7)
+            .with_snapshots(events.clone(), 4);
+    let status = runner.status();
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(runner.run(stopped));
+    eventually("the backlog drains", || async { status.lag("ledger", head).await.unwrap() == 0 }).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    for id in AGGREGATES {
+        let key = nexus_runtime::ProjectionRunner::snapshot_key("ledger", id);
+        let snapshot = events.latest(&key).await.unwrap().unwrap_or_else(|| panic!("{id} has no snapshot"));
+        assert!(snapshot.version >= 8, "{id}: the version 8 was passed ({})", snapshot.version);
+        let seen: Vec<Value> = (1..=snapshot.version).map(|v| json!(v)).collect();
+        assert_eq!(snapshot.state["seen"], Value::Array(seen), "{id}: the document at its version");
+    }
+}

@@ -176,7 +176,8 @@ pub async fn run(
                 read.clone(),
                 notifier.clone(),
                 config.projection_batch_size,
-            );
+            )
+            .with_snapshots(snapshots.clone(), config.snapshots.every_events);
             projections.push((projection.name(), runner.status()));
             runners.push(tokio::spawn(runner.run(stopped.clone())));
             continue;
