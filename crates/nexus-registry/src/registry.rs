@@ -94,12 +94,12 @@ impl Registry {
 
     /// Parses and checks a schema; returns it with its canonical text (keys sorted, no spaces).
     fn parse(schema: &str, schema_type: Option<&str>) -> Result<(Value, String), RegistryError> {
-        if let Some(kind) = schema_type {
-            if !kind.eq_ignore_ascii_case("JSON") {
-                return Err(RegistryError::InvalidSchema(format!(
-                    "schemaType {kind} is not supported; this registry holds JSON schemas"
-                )));
-            }
+        if let Some(kind) = schema_type
+            && !kind.eq_ignore_ascii_case("JSON")
+        {
+            return Err(RegistryError::InvalidSchema(format!(
+                "schemaType {kind} is not supported; this registry holds JSON schemas"
+            )));
         }
         let value: Value =
             serde_json::from_str(schema).map_err(|e| RegistryError::InvalidSchema(e.to_string()))?;

@@ -163,10 +163,10 @@ impl CommandBus {
                 String::new()
             }
         };
-        if let Some(id) = &request.command_id {
-            if id.is_empty() || id.len() > 128 {
-                errors.push(FieldError::new("commandId", "must be 1-128 characters"));
-            }
+        if let Some(id) = &request.command_id
+            && (id.is_empty() || id.len() > 128)
+        {
+            errors.push(FieldError::new("commandId", "must be 1-128 characters"));
         }
         if !errors.is_empty() {
             return Err(CommandError::Invalid(errors));
@@ -230,10 +230,10 @@ impl CommandBus {
         let (aggregate_id, command_id) = (aggregate_id.to_owned(), command_id.to_owned());
         for _ in 0..MAX_ATTEMPTS {
             self.catch_up(handler, &aggregate_id, slot).await?;
-            if let Some(expected) = request.expected_version {
-                if expected != slot.version {
-                    return Err(CommandError::Concurrency { expected, actual: slot.version });
-                }
+            if let Some(expected) = request.expected_version
+                && expected != slot.version
+            {
+                return Err(CommandError::Concurrency { expected, actual: slot.version });
             }
             let state = slot.state.as_ref().expect("caught up");
             let drafts =
@@ -437,10 +437,10 @@ impl CommandBus {
             let slot = self.slot(&aggregate_id);
             let mut guard = slot.lock().await;
             self.catch_up(handler.as_ref(), &aggregate_id, &mut guard).await?;
-            if let Some(snapshot) = capture(handler.as_ref(), &aggregate_id, &mut guard) {
-                if save_snapshot(store.as_ref(), snapshot).await {
-                    taken += 1;
-                }
+            if let Some(snapshot) = capture(handler.as_ref(), &aggregate_id, &mut guard)
+                && save_snapshot(store.as_ref(), snapshot).await
+            {
+                taken += 1;
             }
         }
         Ok(taken)

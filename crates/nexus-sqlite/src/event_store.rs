@@ -229,10 +229,10 @@ fn commit_batch(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<BatchR
         match outcome {
             Ok(outcome) => {
                 tx.prepare_cached("RELEASE append")?.execute([])?;
-                if let AppendOutcome::Committed(events) = &outcome {
-                    if let Some(last) = events.last() {
-                        last_position = Some(last.position);
-                    }
+                if let AppendOutcome::Committed(events) = &outcome
+                    && let Some(last) = events.last()
+                {
+                    last_position = Some(last.position);
                 }
                 results.push(Ok(outcome));
             }
@@ -272,10 +272,10 @@ fn append_one(
     encoded: &[(String, String)],
     encoded_result: Option<&str>,
 ) -> Result<AppendOutcome, StoreError> {
-    if let Some(command) = &request.command {
-        if let Some(existing) = find_command(tx, &command.command_id)? {
-            return Ok(AppendOutcome::Duplicate(existing));
-        }
+    if let Some(command) = &request.command
+        && let Some(existing) = find_command(tx, &command.command_id)?
+    {
+        return Ok(AppendOutcome::Duplicate(existing));
     }
     let actual: u64 = tx
         .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_id = ?1")

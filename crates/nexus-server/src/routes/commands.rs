@@ -34,10 +34,10 @@ fn parse_request(command_type: String, body: Value, headers: &HeaderMap) -> Resu
     let payload = if full_envelope {
         let payload = body.remove("payload").expect("checked above");
         // The seed's envelope names the type too; it must agree with the path.
-        if let Some(named) = body.remove("commandType") {
-            if named.as_str() != Some(command_type.as_str()) {
-                errors.push(FieldError::new("commandType", format!("must match the path ({command_type})")));
-            }
+        if let Some(named) = body.remove("commandType")
+            && named.as_str() != Some(command_type.as_str())
+        {
+            errors.push(FieldError::new("commandType", format!("must match the path ({command_type})")));
         }
         body.remove("timestamp");
         payload

@@ -31,10 +31,10 @@ pub(crate) async fn stream(
     QueryParams(params): QueryParams<StreamParams>,
 ) -> Result<Json<StreamBody>, ApiError> {
     let from = params.from_version.unwrap_or(1).max(1);
-    if let Some(to) = params.to_version {
-        if to < from {
-            return Err(ApiError::field("toVersion", "must not be below fromVersion"));
-        }
+    if let Some(to) = params.to_version
+        && to < from
+    {
+        return Err(ApiError::field("toVersion", "must not be below fromVersion"));
     }
     let events = state.events.read_stream(&aggregate_id, from, params.to_version).await?;
     if events.is_empty() && from == 1 {
