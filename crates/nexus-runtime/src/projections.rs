@@ -103,10 +103,19 @@ impl ProjectionStatus {
     /// Events `projection` has yet to apply: the store's `head` minus the checkpoint on the
     /// change feed; on the core path, what its readers have not acknowledged on the stream.
     pub async fn lag(&self, projection: &str, head: u64) -> Result<u64, StoreError> {
-        if self.stream.get().is_some() {
-            return Ok(self.stream_backlog(projection).await?.iter().sum());
-        }
-        Ok(head.saturating_sub(self.checkpoint()))
+        Ok(self.lag_by_partition(projection, head).await?.0)
+    }
+
+    /// [`lag`](Self::lag), and the [`stream_backlog`](Self::stream_backlog) it was summed from,
+    /// asked of the stream once.
+    pub async fn lag_by_partition(&self, projection: &str, head: u64) -> Result<(u64, Vec<u64>), StoreError> {
+        let backlog = self.stream_backlog(projection).await?;
+        let lag = if self.stream.get().is_some() {
+            backlog.iter().sum()
+        } else {
+            head.saturating_sub(self.checkpoint())
+        };
+        Ok((lag, backlog))
     }
 
     pub(crate) fn fed_by(&self, stream: Arc<dyn EventStream>) {

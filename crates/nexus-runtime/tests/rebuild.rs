@@ -4,12 +4,12 @@
 
 mod common;
 
-use common::Ledger;
+use common::{Ledger, tick};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::{AppendRequest, EventMetadata, EventStore, NewEvent, ReadDocument, ReadStore};
+use nexus_core::{EventStore, ReadDocument, ReadStore};
 use nexus_runtime::{Notifier, ProjectionRunner};
 use nexus_sqlite::{SqliteEventStore, SqliteReadStore};
 use serde_json::{Value, json};
@@ -27,19 +27,7 @@ async fn a_pipelined_rebuild_applies_each_event_once_in_order() {
     // the commit that wrote it may still be in flight.
     for version in 1..=VERSIONS {
         for n in 0..AGGREGATES {
-            let request = AppendRequest {
-                aggregate_id: format!("a-{n}"),
-                aggregate_type: "Clock".into(),
-                expected_version: version - 1,
-                events: vec![NewEvent {
-                    event_id: format!("a-{n}-{version}"),
-                    event_type: "Tick".into(),
-                    timestamp: "2026-01-01T00:00:00.000Z".into(),
-                    payload: json!({}),
-                    metadata: EventMetadata::default(),
-                }],
-                command: None,
-            };
+            let request = tick(&format!("a-{n}"), version);
             events.append(request).await.unwrap();
         }
     }

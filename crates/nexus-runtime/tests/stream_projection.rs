@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_core::ports::EventStream;
-use nexus_core::{AppendRequest, DomainEvent, EventMetadata, EventStore, NewEvent, ReadStore};
+use nexus_core::{DomainEvent, EventStore, ReadStore};
 use nexus_runtime::{MemoryEventStream, Notifier, StreamProjectionRunner};
 use nexus_sqlite::{SqliteEventStore, SqliteReadStore};
 use serde_json::{Value, json};
@@ -106,20 +106,7 @@ impl nexus_core::Projection for HeldLedger {
 async fn append_ticks(events: &SqliteEventStore, versions: std::ops::RangeInclusive<u64>) {
     for version in versions {
         for aggregate in AGGREGATES {
-            let event = NewEvent {
-                event_id: format!("{aggregate}-{version}"),
-                event_type: "Tick".into(),
-                timestamp: "2026-01-01T00:00:00.000Z".into(),
-                payload: json!({}),
-                metadata: EventMetadata::default(),
-            };
-            let request = AppendRequest {
-                aggregate_id: aggregate.into(),
-                aggregate_type: "Clock".into(),
-                expected_version: version - 1,
-                events: vec![event],
-                command: None,
-            };
+            let request = common::tick(aggregate, version);
             events.append(request).await.unwrap();
         }
     }
@@ -264,19 +251,7 @@ impl nexus_core::ReadStore for AnotherProcessBeforeTheSwap {
     async fn swap(&self, live: &str, shadow: &str) -> Result<(), nexus_core::StoreError> {
         let mut doc = self.inner.get(live, "a").await?.expect("a is in the live model");
         let next = doc.version + 1;
-        let request = AppendRequest {
-            aggregate_id: "a".into(),
-            aggregate_type: "Clock".into(),
-            expected_version: doc.version,
-            events: vec![NewEvent {
-                event_id: format!("a-{next}"),
-                event_type: "Tick".into(),
-                timestamp: "2026-01-01T00:00:00.000Z".into(),
-                payload: json!({}),
-                metadata: EventMetadata::default(),
-            }],
-            command: None,
-        };
+        let request = common::tick("a", next);
         self.events.append(request).await?;
         let event = self.events.read_stream("a", next, Some(next)).await?.remove(0);
         nexus_core::Projection::apply(&Ledger, &mut doc, &event).unwrap();

@@ -69,30 +69,28 @@ fn push_value_keys(tokens: &mut String, field: &str, value: &Value) {
     if UNKEYED_FIELDS.contains(&field) || !is_field_name(field) {
         return;
     }
-    let mut push = |field: &str, form: &str| push_key(tokens, field, form);
     match value {
-        Value::String(text) => push(field, text),
-        Value::Bool(flag) => push(field, if *flag { "true" } else { "false" }),
-        Value::Number(number) => {
-            if let Some(number) = number.as_f64() {
-                push(field, &number_form(number));
-            }
-        }
         Value::Array(members) => {
-            for member in members {
-                match member {
-                    Value::String(text) => push(field, text),
-                    Value::Bool(flag) => push(field, if *flag { "1" } else { "0" }),
-                    Value::Number(number) => {
-                        if let Some(number) = number.as_f64() {
-                            push(field, &number_form(number));
-                        }
-                    }
-                    _ => {}
-                }
+            for form in members.iter().filter_map(|member| scalar_form(member, ("1", "0"))) {
+                push_key(tokens, field, &form);
             }
         }
-        Value::Null | Value::Object(_) => {}
+        scalar => {
+            if let Some(form) = scalar_form(scalar, ("true", "false")) {
+                push_key(tokens, field, &form);
+            }
+        }
+    }
+}
+
+/// The key form of a string, number or boolean (`yes` or `no`: booleans are spelled one way
+/// alone and another as array members); `None` for anything else.
+fn scalar_form<'v>(value: &'v Value, (yes, no): (&'v str, &'v str)) -> Option<std::borrow::Cow<'v, str>> {
+    match value {
+        Value::String(text) => Some(text.as_str().into()),
+        Value::Bool(flag) => Some(if *flag { yes } else { no }.into()),
+        Value::Number(number) => number.as_f64().map(|number| number_form(number).into()),
+        Value::Null | Value::Array(_) | Value::Object(_) => None,
     }
 }
 

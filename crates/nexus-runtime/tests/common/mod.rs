@@ -1,7 +1,27 @@
 //! What the runtime's integration tests share.
 
-use nexus_core::{DomainEvent, Projection, ProjectionError, ReadDocument};
+use nexus_core::{
+    AppendRequest, DomainEvent, EventMetadata, NewEvent, Projection, ProjectionError, ReadDocument,
+};
 use serde_json::json;
+
+/// The append of `aggregate`'s `Tick` of `version` (the event the [`Ledger`] records), after
+/// version `version - 1`.
+pub fn tick(aggregate: &str, version: u64) -> AppendRequest {
+    AppendRequest {
+        aggregate_id: aggregate.into(),
+        aggregate_type: "Clock".into(),
+        expected_version: version - 1,
+        events: vec![NewEvent {
+            event_id: format!("{aggregate}-{version}"),
+            event_type: "Tick".into(),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+            payload: json!({}),
+            metadata: EventMetadata::default(),
+        }],
+        command: None,
+    }
+}
 
 /// Records every version it applies (and words naming the last), so a lost, doubled or
 /// reordered application shows.

@@ -39,18 +39,18 @@ pub(crate) async fn projections(State(state): State<AppState>) -> Result<Json<Va
             (None, Some(_)) => "STALLED",
             (None, None) => "RUNNING",
         };
+        let (lag, backlog) = status.lag_by_partition(name, head).await?;
         let mut item = json!({
             "name": name,
             "feed": status.feed(),
             "checkpoint": status.checkpoint(),
             "head": head,
-            "lag": status.lag(name, head).await?,
+            "lag": lag,
             "state": state,
             "lastError": error,
             "rebuild": rebuild.map(|r| json!({"position": r.position, "target": r.target})),
             "rebuildsCompleted": status.rebuilds_completed(),
         });
-        let backlog = status.stream_backlog(name).await?;
         if !backlog.is_empty() {
             item["partitions"] = backlog
                 .iter()
