@@ -132,6 +132,13 @@ pub async fn search_ranks_filters_and_counts_facets(store: Arc<dyn ReadStore>) {
         0,
         "resources are separate"
     );
+    // As often in a shorter text ranks first: "n1" first on its id alone.
+    let mut notes = vec![doc("n1", 1, "NEW", 1.0, &[]), doc("n2", 1, "NEW", 1.0, &[])];
+    notes[0].searchable_text = "widget order for alice from the north warehouse".into();
+    notes[1].searchable_text = "widget order".into();
+    store.commit("n", "notes", notes, 1).await.unwrap();
+    let notes = store.search("notes", &search("widget", vec![])).await.unwrap();
+    assert_eq!(ids(&notes.items), ["n2", "n1"], "a shorter document ranks first");
 
     // An updated document is found by its new text only.
     let mut moved = doc("o3", 2, "PLACED", 30.0, &[]);

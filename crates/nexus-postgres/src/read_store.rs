@@ -406,7 +406,9 @@ impl ReadStore for PostgresReadStore {
             values.push(Box::new(query.text.clone()));
             let q = values.len();
             clause.push_str(&format!(" AND terms @@ plainto_tsquery('simple', ${q})"));
-            format!("ts_rank(terms, plainto_tsquery('simple', ${q}))")
+            // Normalization 1: divided by 1 + log(length), so a shorter text ranks first, as
+            // BM25 ranks it on the embedded store.
+            format!("ts_rank(terms, plainto_tsquery('simple', ${q}), 1)")
         };
         let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
 

@@ -5,6 +5,8 @@
 //! `cargo run --release -p nexus-runtime --example read_side_scale -- [sqlite|postgres] [N]`
 //! (PostgreSQL from `NEXUS_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`,
 //! in a fresh schema `scale_<pid>` left for inspection: drop it with `DROP SCHEMA … CASCADE`).
+//! With `NEXUS_SCALE_DIR=<dir>` the embedded stores live there and are kept; a second run on
+//! the same directory only searches (for profiling the searches).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,15 +35,19 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let backend = args.next().unwrap_or_else(|| "sqlite".into());
     let total: u64 = args.next().map(|n| n.parse().expect("N")).unwrap_or(1_000_000);
-    let dir = tempfile::tempdir().unwrap();
+    let temporary = tempfile::tempdir().unwrap();
+    let kept = std::env::var_os("NEXUS_SCALE_DIR").map(std::path::PathBuf::from);
+    let dir = kept.clone().unwrap_or_else(|| temporary.path().to_owned());
+    let search_only = kept.is_some() && dir.join("read.db").exists();
     let schema = format!("scale_{}", std::process::id());
     let mut embedded = None;
     let mut postgres = None;
     let (events, read): (Arc<dyn EventStore>, Arc<dyn ReadStore>) = match backend.as_str() {
         "sqlite" => {
-            let read = Arc::new(nexus_sqlite::SqliteReadStore::open(dir.path()).unwrap());
+            std::fs::create_dir_all(&dir).unwrap();
+            let read = Arc::new(nexus_sqlite::SqliteReadStore::open(&dir).unwrap());
             embedded = Some(read.clone());
-            (Arc::new(nexus_sqlite::SqliteEventStore::open(dir.path()).unwrap()), read)
+            (Arc::new(nexus_sqlite::SqliteEventStore::open(&dir).unwrap()), read)
         }
         "postgres" => {
             let url = std::env::var("NEXUS_TEST_POSTGRES_URL")
@@ -53,7 +59,20 @@ async fn main() {
         other => panic!("unknown backend {other}"),
     };
     println!("backend {backend}, {total} orders");
+    if !search_only {
+        load(total, &events, &read, embedded, postgres).await;
+    }
+    search(total, &read).await;
+}
 
+/// Appends `total` orders, projects them, rebuilds the projection and waits for the sweep.
+async fn load(
+    total: u64,
+    events: &Arc<dyn EventStore>,
+    read: &Arc<dyn ReadStore>,
+    embedded: Option<Arc<nexus_sqlite::SqliteReadStore>>,
+    postgres: Option<Arc<nexus_postgres::PostgresReadStore>>,
+) {
     // N OrderPlaced events, one per order, appended 1,000 per transaction by 4 writers.
     let started = Instant::now();
     let per_writer = total / 4;
@@ -153,8 +172,10 @@ async fn main() {
             started.elapsed().as_secs_f64()
         );
     }
+}
 
-    // Search: one word, two words, a word with a filter; facets on status and tags.
+/// Search: one word, two words, a word with a filter; facets on status and tags.
+async fn search(total: u64, read: &Arc<dyn ReadStore>) {
     let mut latencies = Vec::new();
     let mut by_kind: [Vec<f64>; 3] = Default::default();
     for n in 0..300 {

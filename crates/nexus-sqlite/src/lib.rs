@@ -12,6 +12,7 @@
 mod event_store;
 mod pool;
 mod queue;
+mod rank;
 mod read_store;
 mod schema_store;
 

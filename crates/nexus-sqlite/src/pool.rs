@@ -13,12 +13,18 @@ use crate::unavailable;
 
 pub(crate) struct ReaderPool {
     path: PathBuf,
+    /// Run on each connection the pool opens (SQL functions its queries call).
+    setup: fn(&Connection) -> rusqlite::Result<()>,
     idle: Mutex<Vec<Connection>>,
 }
 
 impl ReaderPool {
     pub(crate) fn new(path: PathBuf) -> Arc<Self> {
-        Arc::new(Self { path, idle: Mutex::new(Vec::new()) })
+        Self::with_setup(path, |_| Ok(()))
+    }
+
+    pub(crate) fn with_setup(path: PathBuf, setup: fn(&Connection) -> rusqlite::Result<()>) -> Arc<Self> {
+        Arc::new(Self { path, setup, idle: Mutex::new(Vec::new()) })
     }
 
     fn open(&self) -> Result<Connection, StoreError> {
@@ -28,6 +34,7 @@ impl ReaderPool {
         )
         .map_err(unavailable)?;
         crate::tune(&conn).map_err(unavailable)?;
+        (self.setup)(&conn).map_err(unavailable)?;
         Ok(conn)
     }
 

@@ -118,8 +118,8 @@ fn key_token(field: &str, value: &str) -> String {
     token
 }
 
-/// `nexus_search_keys(doc)`: [`search_keys`] of a document's JSON text, for the migration that
-/// indexes the documents already there.
+/// `nexus_search_keys(doc)`: [`search_keys`] of a document's JSON text, and
+/// `nexus_word_count(text)`, for the migrations that index the documents already there.
 fn register_search_keys(conn: &Connection) -> rusqlite::Result<()> {
     use rusqlite::functions::FunctionFlags;
     conn.create_scalar_function(
@@ -131,6 +131,12 @@ fn register_search_keys(conn: &Connection) -> rusqlite::Result<()> {
                 .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
             Ok(search_keys(&doc))
         },
+    )?;
+    conn.create_scalar_function(
+        "nexus_word_count",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| Ok(crate::rank::word_count(&ctx.get::<String>(0)?)),
     )
 }
 
@@ -197,6 +203,14 @@ CREATE TABLE models (
     r#"
 CREATE TABLE retired (stored TEXT PRIMARY KEY, retired_at INTEGER NOT NULL) WITHOUT ROWID;
 "#,
+    // Each document's length in words, which ranking reads beside its status rather than from
+    // the index's own `%_docsize` (see `crate::rank`).
+    r#"
+ALTER TABLE search_keys ADD COLUMN words INTEGER;
+UPDATE search_keys SET words = (
+    SELECT nexus_word_count(COALESCE(json_extract(d.doc, '$.searchableText'), ''))
+    FROM documents d WHERE d.resource = search_keys.resource AND d.id = search_keys.id);
+"#,
 ];
 
 /// SQLite read store. Written only by projection runners; one write connection, many readers.
@@ -244,7 +258,12 @@ impl SqliteReadStore {
             .name("nexus-read-sweep".into())
             .spawn(move || sweep_loop(sweeper))
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        Ok(Self { writer, readers: ReaderPool::new(path), search_parts, _alive: alive })
+        Ok(Self {
+            writer,
+            readers: ReaderPool::with_setup(path, crate::rank::register),
+            search_parts,
+            _alive: alive,
+        })
     }
 }
 
@@ -280,9 +299,10 @@ impl SqliteReadStore {
                 // commit is new (docids count up), so it has no index entry to take out.
                 let mut upsert_key = tx
                     .prepare_cached(
-                        "INSERT INTO search_keys (resource, id, last_updated, status, tags) VALUES (?1, ?2, ?3, ?4, ?5) \
+                        "INSERT INTO search_keys (resource, id, last_updated, status, tags, words) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                          ON CONFLICT (resource, id) DO UPDATE SET last_updated = excluded.last_updated, \
-                         status = excluded.status, tags = excluded.tags RETURNING docid",
+                         status = excluded.status, tags = excluded.tags, words = excluded.words RETURNING docid",
                     )
                     .map_err(unavailable)?;
                 let highest: i64 = tx
@@ -302,7 +322,9 @@ impl SqliteReadStore {
                         continue;
                     }
                     let docid: i64 = upsert_key
-                        .query_row(params![resource, row.id, row.last_updated, row.status, row.tags], |r| r.get(0))
+                        .query_row(params![resource, row.id, row.last_updated, row.status, row.tags, row.words], |r| {
+                            r.get(0)
+                        })
                         .map_err(unavailable)?;
                     // A document twice in one batch: its last version is indexed, once.
                     let indexed_before = indexed.get(&docid).map_or(docid <= highest, |(before, ..)| *before);
@@ -419,7 +441,8 @@ struct SearchPlan {
     /// `None` when there is nothing to look up in the index: every document of the resource.
     matching: Option<String>,
     checked: Vec<Filter>,
-    by_score: bool,
+    /// How many words the query has: the first phrases of `matching`, which rank the matches.
+    words: usize,
 }
 
 impl SearchPlan {
@@ -458,7 +481,7 @@ impl SearchPlan {
             terms.push(format!("keys : ({})", tokens.join(" OR ")));
         }
         let matching = (!terms.is_empty()).then(|| terms.join(" AND "));
-        Ok(Self { matching, checked, by_score: !words.is_empty() })
+        Ok(Self { matching, checked, words: words.len() })
     }
 
     /// The `FROM` and `WHERE` of the matches (`k` their search keys, `documents` joined when
@@ -500,7 +523,8 @@ impl SearchPlan {
     }
 }
 
-/// Where a match ranks: by bm25 score (lower is better) when there are words, else newest first
+/// Where a match ranks: by BM25 score, negated as SQLite's `bm25()` is (lower is better; see
+/// [`crate::rank`]) when there are words, else newest first
 /// (documents without a time last, as SQLite orders NULL in `DESC`). Ties go to the lower id.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 enum Rank {
@@ -508,7 +532,7 @@ enum Rank {
     Newest(Reverse<Option<String>>),
 }
 
-/// A bm25 score, ordered like SQLite orders reals.
+/// A negated BM25 score, ordered like SQLite orders reals.
 #[derive(PartialEq)]
 struct Score(f64);
 
@@ -637,8 +661,9 @@ fn scan(
     keep: usize,
 ) -> Result<Pass, StoreError> {
     let (from, clause, values) = plan.clauses(storage, false, Some(docids))?;
-    let rank = if plan.by_score {
-        format!("bm25({}, 1.0, 0.0)", storage.index)
+    let by_score = plan.words > 0;
+    let rank = if by_score {
+        format!("nexus_rank({}, k.words, {})", storage.index, plan.words)
     } else {
         "k.last_updated".to_owned()
     };
@@ -649,7 +674,7 @@ fn scan(
     let mut pass = Pass { total: 0, status: Tally::default(), tags: Tally::default(), top: TopK::new(keep) };
     while let Some(row) = rows.next().map_err(unavailable)? {
         pass.total += 1;
-        let rank = if plan.by_score {
+        let rank = if by_score {
             Rank::Score(Score(row.get(1).map_err(unavailable)?))
         } else {
             Rank::Newest(Reverse(text(row, 1)?.map(str::to_owned)))
@@ -713,6 +738,8 @@ struct Row {
     last_updated: String,
     status: String,
     searchable_text: String,
+    /// `searchable_text`'s length in words, for ranking.
+    words: i64,
     json: String,
     /// `tags` as a JSON array, `None` when there are none.
     tags: Option<String>,
@@ -725,7 +752,8 @@ impl Row {
     fn of(doc: ReadDocument) -> Result<Self, StoreError> {
         let (json, tags, keys) = Self::encode(&doc)?;
         let ReadDocument { id, version, last_updated, status, searchable_text, .. } = doc;
-        Ok(Self { id, version, last_updated, status, searchable_text, json, tags, keys })
+        let words = crate::rank::word_count(&searchable_text);
+        Ok(Self { id, version, last_updated, status, searchable_text, words, json, tags, keys })
     }
 
     /// The row of a document the caller keeps.
@@ -737,6 +765,7 @@ impl Row {
             last_updated: doc.last_updated.clone(),
             status: doc.status.clone(),
             searchable_text: doc.searchable_text.clone(),
+            words: crate::rank::word_count(&doc.searchable_text),
             json,
             tags,
             keys,
@@ -1108,7 +1137,9 @@ impl ReadStore for SqliteReadStore {
             // The shadow moves to a fresh storage, so the next rebuild cannot write into live.
             new_generation(tx, &shadow)?;
             tx.execute(
-                "INSERT INTO models (name, stored, generation)                  VALUES (?1, ?2, (SELECT MAX(generation) FROM models))                  ON CONFLICT (name) DO UPDATE SET stored = excluded.stored",
+                "INSERT INTO models (name, stored, generation) \
+                 VALUES (?1, ?2, (SELECT MAX(generation) FROM models)) \
+                 ON CONFLICT (name) DO UPDATE SET stored = excluded.stored",
                 [&live, &new],
             )?;
             // The one place a checkpoint moves back: the rebuilt model comes with its own.
@@ -1140,7 +1171,7 @@ impl ReadStore for SqliteReadStore {
                 .await?
         };
         // The matches are scanned in parts by docid, in parallel: ranking and counting 80,000
-        // matches is CPU work (bm25 and a key lookup each, 0.8 µs a match). Each part reads its
+        // matches is CPU work (a BM25 score and a key lookup each). Each part reads its
         // own snapshot, so a commit landing between their starts shows in one part and not the
         // other; every document is still counted at most once.
         let keep = query.offset.saturating_add(query.limit);
@@ -1232,6 +1263,37 @@ mod tests {
         assert_eq!(found.items, [doc]);
         assert_eq!(found.facets["status"], [("PLACED".to_owned(), 1)].into());
         assert_eq!(found.facets["tags"], [("gift".to_owned(), 1)].into());
+        // Migration 5 gave it its length in words, which ranking reads.
+        let words: i64 = Connection::open(dir.path().join("read.db"))
+            .unwrap()
+            .query_row("SELECT words FROM search_keys WHERE id = 'o-1'", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(words, 2);
+    }
+
+    /// Of two words, the rarer one weighs more: "b" has it twice and the common word once, "a"
+    /// the other way round, both as long; equal weights would tie them, and "a" would come first
+    /// on its id. (A word in half the documents or more weighs next to nothing, as in `bm25()`.)
+    #[tokio::test]
+    async fn a_rarer_word_weighs_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteReadStore::open(dir.path()).unwrap();
+        let fillers = ["c", "d", "e", "f", "g"].map(|id| (id, "common x y"));
+        let docs = [("a", "rare common common"), ("b", "rare rare common")]
+            .into_iter()
+            .chain(fillers)
+            .map(|(id, text)| {
+                let mut doc = ReadDocument::empty(id, id);
+                doc.version = 1;
+                doc.searchable_text = text.into();
+                doc
+            })
+            .collect();
+        store.commit("p", "notes", docs, 1).await.unwrap();
+        let query =
+            SearchQuery { text: "common rare".into(), filters: vec![], facets: vec![], limit: 10, offset: 0 };
+        let found = store.search("notes", &query).await.unwrap();
+        assert_eq!(found.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["b", "a"]);
     }
 
     /// A swap answers from the rebuilt model at once and leaves the old one retired; the sweeper
