@@ -9,6 +9,7 @@
 //! database refuse one from anywhere else. Blocking SQLite calls never run on the async runtime:
 //! reads go through [`pool::ReaderPool`] on the blocking pool, writes through the writer thread.
 
+mod doc_values;
 mod event_store;
 mod pool;
 mod queue;

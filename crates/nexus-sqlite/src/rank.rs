@@ -26,7 +26,8 @@ use rusqlite::types::ToSqlOutput;
 const K1: f64 = 1.2;
 const B: f64 = 0.75;
 
-/// Registers `nexus_rank` on `conn` (per connection, like every SQL function).
+/// Registers `nexus_rank` and `nexus_frequencies` on `conn` (per connection, like every SQL
+/// function).
 pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
     let mut api: *mut ffi::fts5_api = std::ptr::null_mut();
     // `SELECT fts5(?1)` with a pointer bound as "fts5_api_ptr" is how fts5.h says to find the API.
@@ -36,13 +37,81 @@ pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
     let failed = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), Some("nexus_rank".into()));
     // SAFETY: `api` is null or the connection's `fts5_api`, which lives as long as the
     // connection; `xCreateFunction` copies the name.
-    let code = unsafe {
-        match api.as_ref().and_then(|api| api.xCreateFunction) {
-            Some(create) => create(api, c"nexus_rank".as_ptr(), std::ptr::null_mut(), Some(nexus_rank), None),
-            None => ffi::SQLITE_ERROR,
+    let functions: [(&std::ffi::CStr, ffi::fts5_extension_function); 2] =
+        [(c"nexus_rank", Some(nexus_rank)), (c"nexus_frequencies", Some(nexus_frequencies))];
+    for (name, function) in functions {
+        let code = unsafe {
+            match api.as_ref().and_then(|api| api.xCreateFunction) {
+                Some(create) => create(api, name.as_ptr(), std::ptr::null_mut(), function, None),
+                None => ffi::SQLITE_ERROR,
+            }
+        };
+        ok(code).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// `nexus_frequencies(index, phrases)`: how often each of the query's first `phrases` phrases
+/// occurs in the match's `text` column: a real for one phrase, else a blob of `phrases`
+/// little-endian doubles. For a search that ranks with lengths and statistics of its own (see
+/// `crate::doc_values`).
+unsafe extern "C" fn nexus_frequencies(
+    api: *const ffi::Fts5ExtensionApi,
+    fts: *mut ffi::Fts5Context,
+    ctx: *mut ffi::sqlite3_context,
+    n_val: c_int,
+    values: *mut *mut ffi::sqlite3_value,
+) {
+    // SAFETY: FTS5 passes a valid API, context and `n_val` values for the length of this call;
+    // SQLite copies a blob result (`SQLITE_TRANSIENT`) before `bytes` is dropped.
+    unsafe {
+        let args = std::slice::from_raw_parts(values, n_val.max(0) as usize);
+        let phrases = args.first().map_or(1, |&value| ffi::sqlite3_value_int64(value).clamp(1, 64) as usize);
+        let mut frequency = [0.0; 64];
+        if let Err(code) = count_instances(&*api, fts, &mut frequency[..phrases]) {
+            return ffi::sqlite3_result_error_code(ctx, code);
         }
+        if phrases == 1 {
+            ffi::sqlite3_result_double(ctx, frequency[0]);
+        } else {
+            let bytes: Vec<u8> = frequency[..phrases].iter().flat_map(|f| f.to_le_bytes()).collect();
+            ffi::sqlite3_result_blob(
+                ctx,
+                bytes.as_ptr().cast(),
+                bytes.len() as c_int,
+                ffi::SQLITE_TRANSIENT(),
+            );
+        }
+    }
+}
+
+/// Adds to `frequency[p]` each occurrence of phrase `p` in the current match's `text` column.
+///
+/// # Safety
+/// `api` and `fts` must be the ones FTS5 passed to the current call.
+unsafe fn count_instances(
+    api: &ffi::Fts5ExtensionApi,
+    fts: *mut ffi::Fts5Context,
+    frequency: &mut [f64],
+) -> Result<(), c_int> {
+    let (Some(inst_count), Some(inst)) = (api.xInstCount, api.xInst) else {
+        return Err(ffi::SQLITE_MISUSE);
     };
-    if code == ffi::SQLITE_OK { Ok(()) } else { Err(failed(code)) }
+    // SAFETY: FTS5's callbacks with its own context.
+    unsafe {
+        let mut instances = 0;
+        ok(inst_count(fts, &mut instances))?;
+        for i in 0..instances {
+            let (mut phrase, mut column, mut offset) = (0, 0, 0);
+            ok(inst(fts, i, &mut phrase, &mut column, &mut offset))?;
+            if column == 0
+                && let Some(f) = frequency.get_mut(phrase as usize)
+            {
+                *f += 1.0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a query's scores share, computed at its first match and kept as FTS5 auxiliary data.
@@ -86,9 +155,7 @@ unsafe fn score(
     fts: *mut ffi::Fts5Context,
     args: &[*mut ffi::sqlite3_value],
 ) -> Result<f64, c_int> {
-    let (Some(get_aux), Some(inst_count), Some(inst), Some(column_size)) =
-        (api.xGetAuxdata, api.xInstCount, api.xInst, api.xColumnSize)
-    else {
+    let (Some(get_aux), Some(column_size)) = (api.xGetAuxdata, api.xColumnSize) else {
         return Err(ffi::SQLITE_MISUSE);
     };
     // SAFETY (whole block): the callbacks are FTS5's, called with its own context; the auxiliary
@@ -104,17 +171,7 @@ unsafe fn score(
         }
         let stats = &mut *stats;
         stats.frequency.iter_mut().for_each(|f| *f = 0.0);
-        let mut instances = 0;
-        ok(inst_count(fts, &mut instances))?;
-        for i in 0..instances {
-            let (mut phrase, mut column, mut offset) = (0, 0, 0);
-            ok(inst(fts, i, &mut phrase, &mut column, &mut offset))?;
-            if column == 0
-                && let Some(f) = stats.frequency.get_mut(phrase as usize)
-            {
-                *f += 1.0;
-            }
-        }
+        count_instances(api, fts, &mut stats.frequency)?;
         let length = match args.first() {
             Some(&value) if ffi::sqlite3_value_type(value) == ffi::SQLITE_INTEGER => {
                 ffi::sqlite3_value_int64(value) as f64
@@ -126,8 +183,7 @@ unsafe fn score(
                 f64::from(tokens)
             }
         };
-        let norm = K1 * (1.0 - B + B * length / stats.average_length);
-        Ok(stats.idf.iter().zip(&stats.frequency).map(|(idf, f)| idf * (f * (K1 + 1.0)) / (f + norm)).sum())
+        Ok(bm25(&stats.idf, &stats.frequency, length, stats.average_length))
     }
 }
 
@@ -175,9 +231,7 @@ unsafe fn statistics(
             }
             let mut hits: i64 = 0;
             ok(query_phrase(fts, phrase as c_int, (&mut hits as *mut i64).cast(), Some(count_row)))?;
-            // As `bm25()`: log((N - n + 0.5) / (n + 0.5)), at least 1e-6 for very common words.
-            let value = ((rows - hits as f64 + 0.5) / (hits as f64 + 0.5)).ln();
-            idf.push(if value > 0.0 { value } else { 1e-6 });
+            idf.push(self::idf(rows, hits as f64));
         }
         let stats = Box::new(Statistics {
             average_length: (tokens as f64 / rows).max(1.0),
@@ -189,6 +243,20 @@ unsafe fn statistics(
         ok(set_aux(fts, stats.cast(), Some(drop_statistics)))?;
         Ok(stats)
     }
+}
+
+/// BM25 of a match with `frequency[p]` occurrences of each phrase `p` (weighing `idf[p]`) in a
+/// text of `length` words, where texts average `average_length` words.
+pub(crate) fn bm25(idf: &[f64], frequency: &[f64], length: f64, average_length: f64) -> f64 {
+    let norm = K1 * (1.0 - B + B * length / average_length);
+    idf.iter().zip(frequency).map(|(idf, f)| idf * (f * (K1 + 1.0)) / (f + norm)).sum()
+}
+
+/// A phrase's inverse document frequency among `documents`, `hits` of which have it: as
+/// `bm25()`, log((N - n + 0.5) / (n + 0.5)), at least 1e-6 for very common words.
+pub(crate) fn idf(documents: f64, hits: f64) -> f64 {
+    let value = ((documents - hits + 0.5) / (hits + 0.5)).ln();
+    if value > 0.0 { value } else { 1e-6 }
 }
 
 /// A text's length as the index counts it: its runs of letters and digits (FTS5's `unicode61`

@@ -3,7 +3,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use nexus_core::{
@@ -13,6 +13,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use serde_json::Value;
 
+use crate::doc_values::{DocValues, Update, Values};
 use crate::pool::ReaderPool;
 use crate::{corrupt, migrate, unavailable};
 
@@ -218,6 +219,8 @@ pub struct SqliteReadStore {
     // Projections commit in turns; a std mutex, held only inside a blocking task.
     writer: Arc<Mutex<Connection>>,
     readers: Arc<ReaderPool>,
+    /// What searches read of each match, in memory (see [`DocValues`]).
+    doc_values: Arc<DocValues>,
     /// How many parts a search scans its matches in, in parallel: one per core, up to 4.
     search_parts: usize,
     /// Dropped with the store; tells the checkpoint thread to stop.
@@ -253,14 +256,16 @@ impl SqliteReadStore {
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let search_parts = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let writer = Arc::new(Mutex::new(conn));
-        let sweeper = Arc::downgrade(&writer);
+        let doc_values = Arc::new(DocValues::default());
+        let sweeper = (Arc::downgrade(&writer), doc_values.clone());
         std::thread::Builder::new()
             .name("nexus-read-sweep".into())
-            .spawn(move || sweep_loop(sweeper))
+            .spawn(move || sweep_loop(sweeper.0, &sweeper.1))
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         Ok(Self {
             writer,
             readers: ReaderPool::with_setup(path, crate::rank::register),
+            doc_values,
             search_parts,
             _alive: alive,
         })
@@ -277,14 +282,15 @@ impl SqliteReadStore {
         position: u64,
     ) -> Result<(), StoreError> {
         let (projection, resource) = (projection.to_owned(), resource.to_owned());
-        let writer = self.writer.clone();
+        let (writer, doc_values) = (self.writer.clone(), self.doc_values.clone());
         // In key order (and so docid order): a rebuild ran at 94–96k events/s with it, 85k without.
         rows.sort_by(|a, b| a.id.cmp(&b.id));
         tokio::task::spawn_blocking(move || {
-
             let mut conn = writer.lock().expect("read store writer poisoned");
             let tx = conn.transaction().map_err(unavailable)?;
             let Storage { name: resource, index } = storage_for_commit(&tx, &resource).map_err(unavailable)?;
+            // (docid, row) of each search key written, for the doc values.
+            let mut written = Vec::new();
             {
                 // The version guard lives in the database too: an older document never overwrites
                 // a newer one, whoever writes it.
@@ -326,6 +332,7 @@ impl SqliteReadStore {
                             r.get(0)
                         })
                         .map_err(unavailable)?;
+                    written.push((docid, row));
                     // A document twice in one batch: its last version is indexed, once.
                     let indexed_before = indexed.get(&docid).map_or(docid <= highest, |(before, ..)| *before);
                     indexed.insert(docid, (indexed_before, &row.searchable_text, &row.keys));
@@ -353,7 +360,21 @@ impl SqliteReadStore {
                 )
                 .map_err(unavailable)?;
             }
-            tx.commit().map_err(unavailable)
+            tx.commit().map_err(unavailable)?;
+            // After the commit, still holding the writer: see `DocValues`.
+            doc_values.apply(&resource, || {
+                written
+                    .into_iter()
+                    .map(|(docid, row)| Update {
+                        docid,
+                        id: row.id.clone(),
+                        status: Some(row.status.clone()),
+                        tags: row.tags.clone(),
+                        words: row.words,
+                    })
+                    .collect()
+            });
+            Ok(())
         })
         .await
         .map_err(|e| StoreError::Unavailable(Box::new(e)))?
@@ -370,16 +391,18 @@ impl SqliteReadStore {
     }
 
     /// Runs `f` in one write transaction on the blocking pool.
-    async fn write<F>(&self, f: F) -> Result<(), StoreError>
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()> + Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
     {
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().expect("read store writer poisoned");
             let tx = conn.transaction().map_err(unavailable)?;
-            f(&tx).map_err(unavailable)?;
-            tx.commit().map_err(unavailable)
+            let value = f(&tx).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(value)
         })
         .await
         .map_err(|e| StoreError::Unavailable(Box::new(e)))?
@@ -441,8 +464,8 @@ struct SearchPlan {
     /// `None` when there is nothing to look up in the index: every document of the resource.
     matching: Option<String>,
     checked: Vec<Filter>,
-    /// How many words the query has: the first phrases of `matching`, which rank the matches.
-    words: usize,
+    /// The query's words, quoted: the first phrases of `matching`, which rank the matches.
+    words: Vec<String>,
 }
 
 impl SearchPlan {
@@ -481,7 +504,7 @@ impl SearchPlan {
             terms.push(format!("keys : ({})", tokens.join(" OR ")));
         }
         let matching = (!terms.is_empty()).then(|| terms.join(" AND "));
-        Ok(Self { matching, checked, words: words.len() })
+        Ok(Self { matching, checked, words })
     }
 
     /// The `FROM` and `WHERE` of the matches (`k` their search keys, `documents` joined when
@@ -661,9 +684,9 @@ fn scan(
     keep: usize,
 ) -> Result<Pass, StoreError> {
     let (from, clause, values) = plan.clauses(storage, false, Some(docids))?;
-    let by_score = plan.words > 0;
+    let by_score = !plan.words.is_empty();
     let rank = if by_score {
-        format!("nexus_rank({}, k.words, {})", storage.index, plan.words)
+        format!("nexus_rank({}, k.words, {})", storage.index, plan.words.len())
     } else {
         "k.last_updated".to_owned()
     };
@@ -684,6 +707,132 @@ fn scan(
             pass.status.add(value, 1);
         }
         if let Some(list) = text(row, 3)? {
+            let list: Vec<String> = serde_json::from_str(list).map_err(|e| corrupt("search key tags", e))?;
+            list.iter().for_each(|tag| pass.tags.add(tag, 1));
+        }
+    }
+    Ok(pass)
+}
+
+/// How a search over doc values scores: the storage's statistics and each word's IDF.
+struct Scoring {
+    idf: Vec<f64>,
+    average_length: f64,
+}
+
+impl Scoring {
+    /// Reads the statistics from `values` and counts each word's matches in the index (not
+    /// needed for one word, whose IDF changes no order).
+    fn new(
+        conn: &Connection,
+        plan: &SearchPlan,
+        storage: &Storage,
+        values: &RwLock<Values>,
+    ) -> Result<Self, StoreError> {
+        let (documents, average_length) = values.read().expect("doc values poisoned").statistics();
+        let mut idf = vec![1.0];
+        if plan.words.len() > 1 {
+            let index = &storage.index;
+            let mut count = conn
+                .prepare_cached(&format!("SELECT COUNT(*) FROM {index} WHERE {index} MATCH ?1"))
+                .map_err(unavailable)?;
+            idf = plan
+                .words
+                .iter()
+                .map(|word| {
+                    let hits: i64 =
+                        count.query_row([format!("text : {word}")], |row| row.get(0)).map_err(unavailable)?;
+                    Ok(crate::rank::idf(documents, hits as f64))
+                })
+                .collect::<Result<_, StoreError>>()?;
+        }
+        Ok(Self { idf, average_length })
+    }
+}
+
+/// [`scan`] over doc values: the index yields the matches whose docid is in `docids` and how
+/// often each word occurs in them; ids, statuses, tags and lengths come from `values`.
+fn scan_values(
+    conn: &Connection,
+    plan: &SearchPlan,
+    storage: &Storage,
+    docids: std::ops::Range<i64>,
+    keep: usize,
+    values: &RwLock<Values>,
+    scoring: &Scoring,
+) -> Result<Pass, StoreError> {
+    let index = &storage.index;
+    let words = plan.words.len();
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT rowid, nexus_frequencies({index}, ?2) FROM {index} \
+             WHERE {index} MATCH ?1 AND rowid >= ?3 AND rowid < ?4"
+        ))
+        .map_err(unavailable)?;
+    let matching = plan.matching.as_deref().unwrap_or_default();
+    let mut rows =
+        stmt.query(params![matching, words as i64, docids.start, docids.end]).map_err(unavailable)?;
+    // The matches first, and the values read after, so the writer never waits on the index.
+    let (mut matches, mut frequencies) = (Vec::new(), Vec::new());
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        matches.push(row.get::<_, i64>(0).map_err(unavailable)?);
+        match row.get_ref(1).map_err(unavailable)? {
+            rusqlite::types::ValueRef::Real(f) => frequencies.push(f),
+            rusqlite::types::ValueRef::Blob(bytes) => frequencies
+                .extend(bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))),
+            other => return Err(corrupt("word frequencies", format!("{:?}", other.data_type()))),
+        }
+    }
+    drop(rows);
+    if frequencies.len() != matches.len() * words {
+        return Err(corrupt("word frequencies", "one per word and match"));
+    }
+    let mut pass = Pass { total: 0, status: Tally::default(), tags: Tally::default(), top: TopK::new(keep) };
+    let mut missing = Vec::new();
+    {
+        let values = values.read().expect("doc values poisoned");
+        let entries = values.entries();
+        let (mut statuses, mut tag_sets) = (HashMap::<u32, u64>::new(), HashMap::<u32, u64>::new());
+        let mut cursor = 0;
+        for (docid, frequency) in matches.iter().zip(frequencies.chunks_exact(words)) {
+            cursor = values.position(cursor, *docid);
+            let Some(entry) = entries.get(cursor).filter(|entry| entry.docid == *docid) else {
+                missing.push((*docid, frequency));
+                continue;
+            };
+            pass.total += 1;
+            let score =
+                crate::rank::bm25(&scoring.idf, frequency, f64::from(entry.words), scoring.average_length);
+            pass.top.offer(Rank::Score(Score(-score)), &entry.id);
+            *statuses.entry(entry.status).or_default() += 1;
+            if entry.tags != 0 {
+                *tag_sets.entry(entry.tags).or_default() += 1;
+            }
+        }
+        for (code, n) in statuses {
+            if let Some(status) = values.status(code) {
+                pass.status.add(status, n);
+            }
+        }
+        for (code, n) in tag_sets {
+            values.tags(code).iter().for_each(|tag| pass.tags.add(tag, n));
+        }
+    }
+    // Committed since the values were last applied: read from the search keys.
+    let mut key = conn
+        .prepare_cached("SELECT id, status, tags, words FROM search_keys WHERE docid = ?1")
+        .map_err(unavailable)?;
+    for (docid, frequency) in missing {
+        let mut rows = key.query([docid]).map_err(unavailable)?;
+        let Some(row) = rows.next().map_err(unavailable)? else { continue };
+        pass.total += 1;
+        let words = row.get::<_, Option<i64>>(3).map_err(unavailable)?.unwrap_or(0) as f64;
+        let score = crate::rank::bm25(&scoring.idf, frequency, words, scoring.average_length);
+        pass.top.offer(Rank::Score(Score(-score)), text(row, 0)?.unwrap_or_default());
+        if let Some(value) = text(row, 1)? {
+            pass.status.add(value, 1);
+        }
+        if let Some(list) = text(row, 2)? {
             let list: Vec<String> = serde_json::from_str(list).map_err(|e| corrupt("search key tags", e))?;
             list.iter().for_each(|tag| pass.tags.add(tag, 1));
         }
@@ -928,10 +1077,10 @@ const SWEEP_CHUNK: i64 = 2000;
 
 /// Deletes retired storage (see [`retire_stored`]) one chunk per transaction, between projection
 /// commits, until the store is dropped.
-fn sweep_loop(writer: std::sync::Weak<Mutex<Connection>>) {
+fn sweep_loop(writer: std::sync::Weak<Mutex<Connection>>, doc_values: &DocValues) {
     loop {
         let swept = match writer.upgrade() {
-            Some(writer) => sweep_chunk(&mut writer.lock().expect("read store writer poisoned")),
+            Some(writer) => sweep_chunk(&mut writer.lock().expect("read store writer poisoned"), doc_values),
             None => return,
         };
         let pause = match swept {
@@ -947,7 +1096,7 @@ fn sweep_loop(writer: std::sync::Weak<Mutex<Connection>>) {
 }
 
 /// Deletes up to [`SWEEP_CHUNK`] documents of one retired storage; `false` when none is left.
-fn sweep_chunk(conn: &mut Connection) -> rusqlite::Result<bool> {
+fn sweep_chunk(conn: &mut Connection, doc_values: &DocValues) -> rusqlite::Result<bool> {
     let tx = conn.transaction()?;
     // Queries that looked the storage up before it was retired get a few seconds to finish.
     let stored: Option<String> = tx
@@ -973,6 +1122,7 @@ fn sweep_chunk(conn: &mut Connection) -> rusqlite::Result<bool> {
             tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", retired.index))?;
         }
         tx.execute("DELETE FROM retired WHERE stored = ?1", [&stored])?;
+        doc_values.forget(stored);
     } else {
         if retired.shares_index() {
             // The shared index, by ascending docid, so FTS5 flushes its deletions once.
@@ -1129,44 +1279,71 @@ impl ReadStore for SqliteReadStore {
 
     async fn swap(&self, live: &str, shadow: &str) -> Result<(), StoreError> {
         let (live, shadow) = (live.to_owned(), shadow.to_owned());
-        self.write(move |tx| {
-            let (old, new) = (storage(tx, &live)?.name, storage(tx, &shadow)?.name);
-            if old != new {
-                retire_stored(tx, &old, &live)?;
-            }
-            // The shadow moves to a fresh storage, so the next rebuild cannot write into live.
-            new_generation(tx, &shadow)?;
-            tx.execute(
-                "INSERT INTO models (name, stored, generation) \
+        let (old, new) = self
+            .write(move |tx| {
+                let (old, new) = (storage(tx, &live)?.name, storage(tx, &shadow)?.name);
+                if old != new {
+                    retire_stored(tx, &old, &live)?;
+                }
+                // The shadow moves to a fresh storage, so the next rebuild cannot write into live.
+                new_generation(tx, &shadow)?;
+                tx.execute(
+                    "INSERT INTO models (name, stored, generation) \
                  VALUES (?1, ?2, (SELECT MAX(generation) FROM models)) \
                  ON CONFLICT (name) DO UPDATE SET stored = excluded.stored",
-                [&live, &new],
-            )?;
-            // The one place a checkpoint moves back: the rebuilt model comes with its own.
-            tx.execute(
-                "INSERT INTO checkpoints (projection, position) \
+                    [&live, &new],
+                )?;
+                // The one place a checkpoint moves back: the rebuilt model comes with its own.
+                tx.execute(
+                    "INSERT INTO checkpoints (projection, position) \
                  SELECT ?1, position FROM checkpoints WHERE projection = ?2 \
                  ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
-                [&live, &shadow],
-            )?;
-            tx.execute("DELETE FROM checkpoints WHERE projection = ?1", [&shadow])?;
-            Ok(())
-        })
-        .await
+                    [&live, &shadow],
+                )?;
+                tx.execute("DELETE FROM checkpoints WHERE projection = ?1", [&shadow])?;
+                Ok((old, new))
+            })
+            .await?;
+        // A model that was searched gets its rebuilt generation's doc values loaded now, in the
+        // background, rather than by the next search.
+        if old != new && self.doc_values.registered(&old) {
+            let doc_values = self.doc_values.clone();
+            // Runs on the blocking pool whether or not its result is awaited.
+            drop(self.readers.spawn(move |conn| {
+                if let Err(error) = doc_values.get(conn, &new) {
+                    tracing::warn!(%error, storage = %new, "loading a swapped-in model's doc values failed");
+                }
+                Ok(())
+            }));
+        }
+        Ok(())
     }
 
     async fn search(&self, resource: &str, query: &SearchQuery) -> Result<SearchResults, StoreError> {
         let plan = Arc::new(SearchPlan::new(query)?);
         let query = Arc::new(query.clone());
         let resource = resource.to_owned();
-        let (storage, docids) = {
-            let plan = plan.clone();
+        let (storage, docids, values) = {
+            let (plan, doc_values) = (plan.clone(), self.doc_values.clone());
             self.readers
                 .run(move |conn| {
                     let tx = conn.unchecked_transaction().map_err(unavailable)?;
                     let storage = storage(&tx, &resource).map_err(unavailable)?;
                     let docids = docid_span(&tx, &plan, &storage)?;
-                    Ok((Arc::new(storage), docids))
+                    drop(tx);
+                    // Ranked matches read doc values, unless a filter needs the documents' JSON
+                    // (or the storage shares its index with others, from before generations).
+                    let values = if (1..=64).contains(&plan.words.len())
+                        && plan.checked.is_empty()
+                        && !storage.shares_index()
+                    {
+                        let values = doc_values.get(conn, &storage.name)?;
+                        let scoring = Scoring::new(conn, &plan, &storage, &values)?;
+                        Some((values, Arc::new(scoring)))
+                    } else {
+                        None
+                    };
+                    Ok((Arc::new(storage), docids, values))
                 })
                 .await?
         };
@@ -1181,7 +1358,13 @@ impl ReadStore for SqliteReadStore {
                 let (plan, storage) = (plan.clone(), storage.clone());
                 let start = docids.start + part * width;
                 let docids = start..(start + width).min(docids.end);
-                self.readers.spawn(move |conn| scan(conn, &plan, &storage, docids, keep))
+                let values = values.clone();
+                self.readers.spawn(move |conn| match values {
+                    Some((values, scoring)) => {
+                        scan_values(conn, &plan, &storage, docids, keep, &values, &scoring)
+                    }
+                    None => scan(conn, &plan, &storage, docids, keep),
+                })
             })
             .collect();
         let mut pass: Option<Pass> = None;
@@ -1269,6 +1452,65 @@ mod tests {
             .query_row("SELECT words FROM search_keys WHERE id = 'o-1'", [], |row| row.get(0))
             .unwrap();
         assert_eq!(words, 2);
+    }
+
+    /// A search's doc values follow later commits, and a match committed behind their back is
+    /// read from the search keys: totals, facets and ranking are the same either way.
+    #[tokio::test]
+    async fn doc_values_follow_commits_and_what_they_lack_is_read_from_search_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteReadStore::open(dir.path()).unwrap();
+        let order = |id: &str, version, status: &str, text: &str| {
+            let mut doc = ReadDocument::empty(id, id);
+            doc.version = version;
+            doc.status = status.into();
+            doc.searchable_text = text.into();
+            doc
+        };
+        // A generation of its own, as every model gets once cleared or rebuilt.
+        store.clear("orders", "p").await.unwrap();
+        let docs = vec![order("a", 1, "PLACED", "widget one"), order("b", 1, "PLACED", "widget widget two")];
+        store.commit("p", "orders", docs, 1).await.unwrap();
+        let query = SearchQuery {
+            text: "widget".into(),
+            filters: vec![],
+            facets: vec!["status".into()],
+            limit: 10,
+            offset: 0,
+        };
+        let found = store.search("orders", &query).await.unwrap();
+        assert_eq!(found.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["b", "a"]);
+        store.commit("p", "orders", vec![order("a", 2, "SHIPPED", "widget widget widget")], 2).await.unwrap();
+        let found = store.search("orders", &query).await.unwrap();
+        assert_eq!(found.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(found.facets["status"], [("PLACED".to_owned(), 1), ("SHIPPED".to_owned(), 1)].into());
+
+        // A document the doc values never heard of (here, written through a second store; in
+        // one store, committed and not yet applied): the search keys answer for it.
+        let other = SqliteReadStore::open(dir.path()).unwrap();
+        other.commit("p", "orders", vec![order("c", 1, "CANCELLED", "widget")], 3).await.unwrap();
+        let found = store.search("orders", &query).await.unwrap();
+        assert_eq!(found.total, 3);
+        assert_eq!(found.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            found.facets["status"],
+            [("CANCELLED".to_owned(), 1), ("PLACED".to_owned(), 1), ("SHIPPED".to_owned(), 1)].into()
+        );
+
+        // A rebuilt model swapped in for a searched one has its doc values loaded at once.
+        store
+            .commit("orders~rebuild", "orders~rebuild", vec![order("d", 1, "PLACED", "widget")], 4)
+            .await
+            .unwrap();
+        store.swap("orders", "orders~rebuild").await.unwrap();
+        let live = store.readers.run(|conn| storage(conn, "orders").map_err(unavailable)).await.unwrap().name;
+        let started = std::time::Instant::now();
+        while !store.doc_values.registered(&live) {
+            assert!(started.elapsed() < std::time::Duration::from_secs(5), "{live} never loaded");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let found = store.search("orders", &query).await.unwrap();
+        assert_eq!(found.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d"]);
     }
 
     /// Of two words, the rarer one weighs more: "b" has it twice and the common word once, "a"
