@@ -6,7 +6,8 @@
 //! (PostgreSQL from `NEXUS_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`,
 //! in a fresh schema `scale_<pid>` left for inspection: drop it with `DROP SCHEMA … CASCADE`).
 //! With `NEXUS_SCALE_DIR=<dir>` the embedded stores live there and are kept; a second run on
-//! the same directory only searches (for profiling the searches).
+//! the same directory only searches (for profiling the searches); so does
+//! `NEXUS_SCALE_SCHEMA=<schema>` on PostgreSQL, naming a schema an earlier run left.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,8 +39,9 @@ async fn main() {
     let temporary = tempfile::tempdir().unwrap();
     let kept = std::env::var_os("NEXUS_SCALE_DIR").map(std::path::PathBuf::from);
     let dir = kept.clone().unwrap_or_else(|| temporary.path().to_owned());
-    let search_only = kept.is_some() && dir.join("read.db").exists();
-    let schema = format!("scale_{}", std::process::id());
+    let kept_schema = std::env::var("NEXUS_SCALE_SCHEMA").ok();
+    let schema = kept_schema.clone().unwrap_or_else(|| format!("scale_{}", std::process::id()));
+    let search_only = (kept.is_some() && dir.join("read.db").exists()) || kept_schema.is_some();
     let mut embedded = None;
     let mut postgres = None;
     let (events, read): (Arc<dyn EventStore>, Arc<dyn ReadStore>) = match backend.as_str() {

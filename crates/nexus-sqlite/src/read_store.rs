@@ -630,6 +630,18 @@ struct Pass {
 }
 
 impl Pass {
+    /// Counts one match's `status` and `tags` (a JSON array) as its search key has them.
+    fn count_facets(&mut self, status: Option<&str>, tags: Option<&str>) -> Result<(), StoreError> {
+        if let Some(value) = status {
+            self.status.add(value, 1);
+        }
+        if let Some(list) = tags {
+            let list: Vec<String> = serde_json::from_str(list).map_err(|e| corrupt("search key tags", e))?;
+            list.iter().for_each(|tag| self.tags.add(tag, 1));
+        }
+        Ok(())
+    }
+
     fn merge(mut self, other: Pass) -> Pass {
         self.total += other.total;
         other.status.0.iter().for_each(|(value, n)| self.status.add(value, *n));
@@ -703,13 +715,7 @@ fn scan(
             Rank::Newest(Reverse(text(row, 1)?.map(str::to_owned)))
         };
         pass.top.offer(rank, text(row, 0)?.unwrap_or_default());
-        if let Some(value) = text(row, 2)? {
-            pass.status.add(value, 1);
-        }
-        if let Some(list) = text(row, 3)? {
-            let list: Vec<String> = serde_json::from_str(list).map_err(|e| corrupt("search key tags", e))?;
-            list.iter().for_each(|tag| pass.tags.add(tag, 1));
-        }
+        pass.count_facets(text(row, 2)?, text(row, 3)?)?;
     }
     Ok(pass)
 }
@@ -829,13 +835,7 @@ fn scan_values(
         let words = row.get::<_, Option<i64>>(3).map_err(unavailable)?.unwrap_or(0) as f64;
         let score = crate::rank::bm25(&scoring.idf, frequency, words, scoring.average_length);
         pass.top.offer(Rank::Score(Score(-score)), text(row, 0)?.unwrap_or_default());
-        if let Some(value) = text(row, 1)? {
-            pass.status.add(value, 1);
-        }
-        if let Some(list) = text(row, 2)? {
-            let list: Vec<String> = serde_json::from_str(list).map_err(|e| corrupt("search key tags", e))?;
-            list.iter().for_each(|tag| pass.tags.add(tag, 1));
-        }
+        pass.count_facets(text(row, 1)?, text(row, 2)?)?;
     }
     Ok(pass)
 }
