@@ -1513,6 +1513,52 @@ mod tests {
         assert_eq!(found.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d"]);
     }
 
+    /// Searches while the writer commits new documents and changes others' status: each search
+    /// counts every match once (its status counts add up to its total), and never fewer than the
+    /// one before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn searches_during_commits_count_every_match_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteReadStore::open(dir.path()).unwrap());
+        let order = |n: u64, version: u64| {
+            let mut doc = ReadDocument::empty(format!("o-{n}"), format!("o-{n}"));
+            doc.version = version;
+            doc.status = if version % 2 == 1 { "PLACED" } else { "SHIPPED" }.into();
+            doc.searchable_text = format!("widget o {n}");
+            doc
+        };
+        store.commit("p", "orders", (0..500).map(|n| order(n, 1)).collect(), 1).await.unwrap();
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for round in 0..40u64 {
+                    // 25 new documents, and 100 old ones change status.
+                    let mut docs: Vec<_> = (0..25).map(|n| order(500 + round * 25 + n, 1)).collect();
+                    docs.extend((0..100).map(|n| order((round * 100 + n) % 500, 2 + round)));
+                    store.commit("p", "orders", docs, 2 + round).await.unwrap();
+                }
+            })
+        };
+        let query = SearchQuery {
+            text: "widget".into(),
+            filters: vec![],
+            facets: vec!["status".into()],
+            limit: 5,
+            offset: 0,
+        };
+        let mut last = 0;
+        while !writer.is_finished() {
+            let found = store.search("orders", &query).await.unwrap();
+            assert_eq!(found.facets["status"].values().sum::<u64>(), found.total);
+            assert!(found.total >= last.max(500), "{} after {last}", found.total);
+            last = found.total;
+        }
+        writer.await.unwrap();
+        let found = store.search("orders", &query).await.unwrap();
+        assert_eq!(found.total, 1500);
+        assert_eq!(found.facets["status"].values().sum::<u64>(), 1500);
+    }
+
     /// Of two words, the rarer one weighs more: "b" has it twice and the common word once, "a"
     /// the other way round, both as long; equal weights would tie them, and "a" would come first
     /// on its id. (A word in half the documents or more weighs next to nothing, as in `bm25()`.)
