@@ -687,32 +687,37 @@ fn text<'r>(row: &'r rusqlite::Row<'_>, column: usize) -> Result<Option<&'r str>
     row.get_ref(column).and_then(|value| Ok(value.as_str_or_null()?)).map_err(unavailable)
 }
 
-/// Scans the matches whose docid is in `docids`.
+/// Scans the matches whose docid is in `docids`, reading each one's search key; ranked by
+/// `scoring` when the query has words.
 fn scan(
     conn: &Connection,
     plan: &SearchPlan,
     storage: &Storage,
     docids: std::ops::Range<i64>,
     keep: usize,
+    scoring: Option<&Scoring>,
 ) -> Result<Pass, StoreError> {
     let (from, clause, values) = plan.clauses(storage, false, Some(docids))?;
-    let by_score = !plan.words.is_empty();
-    let rank = if by_score {
-        format!("nexus_rank({}, k.words, {})", storage.index, plan.words.len())
-    } else {
-        "k.last_updated".to_owned()
+    let rank = match scoring {
+        Some(_) => format!("nexus_frequencies({}, {})", storage.index, plan.words.len()),
+        None => "k.last_updated".to_owned(),
     };
     let mut stmt = conn
-        .prepare_cached(&format!("SELECT k.id, {rank}, k.status, k.tags FROM {from} WHERE {clause}"))
+        .prepare_cached(&format!("SELECT k.id, {rank}, k.status, k.tags, k.words FROM {from} WHERE {clause}"))
         .map_err(unavailable)?;
     let mut rows = stmt.query(params_from_iter(values.iter())).map_err(unavailable)?;
     let mut pass = Pass { total: 0, status: Tally::default(), tags: Tally::default(), top: TopK::new(keep) };
+    let mut frequency = Vec::with_capacity(plan.words.len());
     while let Some(row) = rows.next().map_err(unavailable)? {
         pass.total += 1;
-        let rank = if by_score {
-            Rank::Score(Score(row.get(1).map_err(unavailable)?))
-        } else {
-            Rank::Newest(Reverse(text(row, 1)?.map(str::to_owned)))
+        let rank = match scoring {
+            Some(scoring) => {
+                frequency.clear();
+                frequencies(row.get_ref(1).map_err(unavailable)?, &mut frequency)?;
+                let words = row.get::<_, Option<i64>>(4).map_err(unavailable)?.unwrap_or(0) as f64;
+                scoring.rank(&frequency, words)
+            }
+            None => Rank::Newest(Reverse(text(row, 1)?.map(str::to_owned))),
         };
         pass.top.offer(rank, text(row, 0)?.unwrap_or_default());
         pass.count_facets(text(row, 2)?, text(row, 3)?)?;
@@ -720,7 +725,13 @@ fn scan(
     Ok(pass)
 }
 
-/// How a search over doc values scores: the storage's statistics and each word's IDF.
+/// Reads what `nexus_frequencies` returned for one match onto `out`.
+fn frequencies(value: rusqlite::types::ValueRef<'_>, out: &mut Vec<f64>) -> Result<(), StoreError> {
+    crate::rank::push_frequencies(value, out).map_err(|kind| corrupt("word frequencies", kind))
+}
+
+/// How a ranked search scores (BM25, see [`crate::rank`]): the storage's statistics, from its
+/// doc values, and each word's IDF.
 struct Scoring {
     idf: Vec<f64>,
     average_length: f64,
@@ -728,7 +739,8 @@ struct Scoring {
 
 impl Scoring {
     /// Reads the statistics from `values` and counts each word's matches in the index (not
-    /// needed for one word, whose IDF changes no order).
+    /// needed for one word, whose IDF changes no order; in an index shared with other
+    /// resources, only this storage's matches).
     fn new(
         conn: &Connection,
         plan: &SearchPlan,
@@ -739,20 +751,36 @@ impl Scoring {
         let mut idf = vec![1.0];
         if plan.words.len() > 1 {
             let index = &storage.index;
-            let mut count = conn
-                .prepare_cached(&format!("SELECT COUNT(*) FROM {index} WHERE {index} MATCH ?1"))
-                .map_err(unavailable)?;
+            let (sql, scope) = if storage.shares_index() {
+                let sql = format!(
+                    "SELECT COUNT(*) FROM {index} JOIN search_keys k ON k.docid = {index}.rowid \
+                     WHERE {index} MATCH ?1 AND k.resource = ?2"
+                );
+                (sql, Some(&storage.name))
+            } else {
+                (format!("SELECT COUNT(*) FROM {index} WHERE {index} MATCH ?1"), None)
+            };
+            let mut count = conn.prepare_cached(&sql).map_err(unavailable)?;
             idf = plan
                 .words
                 .iter()
                 .map(|word| {
-                    let hits: i64 =
-                        count.query_row([format!("text : {word}")], |row| row.get(0)).map_err(unavailable)?;
+                    let word = format!("text : {word}");
+                    let hits: i64 = match scope {
+                        Some(name) => count.query_row(params![word, name], |row| row.get(0)),
+                        None => count.query_row([word], |row| row.get(0)),
+                    }
+                    .map_err(unavailable)?;
                     Ok(crate::rank::idf(documents, hits as f64))
                 })
                 .collect::<Result<_, StoreError>>()?;
         }
         Ok(Self { idf, average_length })
+    }
+
+    /// Where a match ranks with `frequency[p]` occurrences of word `p` in `words` words.
+    fn rank(&self, frequency: &[f64], words: f64) -> Rank {
+        Rank::Score(Score(-crate::rank::bm25(&self.idf, frequency, words, self.average_length)))
     }
 }
 
@@ -782,12 +810,7 @@ fn scan_values(
     let (mut matches, mut frequencies) = (Vec::new(), Vec::new());
     while let Some(row) = rows.next().map_err(unavailable)? {
         matches.push(row.get::<_, i64>(0).map_err(unavailable)?);
-        match row.get_ref(1).map_err(unavailable)? {
-            rusqlite::types::ValueRef::Real(f) => frequencies.push(f),
-            rusqlite::types::ValueRef::Blob(bytes) => frequencies
-                .extend(bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))),
-            other => return Err(corrupt("word frequencies", format!("{:?}", other.data_type()))),
-        }
+        self::frequencies(row.get_ref(1).map_err(unavailable)?, &mut frequencies)?;
     }
     drop(rows);
     if frequencies.len() != matches.len() * words {
@@ -807,9 +830,7 @@ fn scan_values(
                 continue;
             };
             pass.total += 1;
-            let score =
-                crate::rank::bm25(&scoring.idf, frequency, f64::from(entry.words), scoring.average_length);
-            pass.top.offer(Rank::Score(Score(-score)), &entry.id);
+            pass.top.offer(scoring.rank(frequency, f64::from(entry.words)), &entry.id);
             *statuses.entry(entry.status).or_default() += 1;
             if entry.tags != 0 {
                 *tag_sets.entry(entry.tags).or_default() += 1;
@@ -833,8 +854,7 @@ fn scan_values(
         let Some(row) = rows.next().map_err(unavailable)? else { continue };
         pass.total += 1;
         let words = row.get::<_, Option<i64>>(3).map_err(unavailable)?.unwrap_or(0) as f64;
-        let score = crate::rank::bm25(&scoring.idf, frequency, words, scoring.average_length);
-        pass.top.offer(Rank::Score(Score(-score)), text(row, 0)?.unwrap_or_default());
+        pass.top.offer(scoring.rank(frequency, words), text(row, 0)?.unwrap_or_default());
         pass.count_facets(text(row, 1)?, text(row, 2)?)?;
     }
     Ok(pass)
@@ -1323,7 +1343,7 @@ impl ReadStore for SqliteReadStore {
         let plan = Arc::new(SearchPlan::new(query)?);
         let query = Arc::new(query.clone());
         let resource = resource.to_owned();
-        let (storage, docids, values) = {
+        let (storage, docids, ranked) = {
             let (plan, doc_values) = (plan.clone(), self.doc_values.clone());
             self.readers
                 .run(move |conn| {
@@ -1331,19 +1351,18 @@ impl ReadStore for SqliteReadStore {
                     let storage = storage(&tx, &resource).map_err(unavailable)?;
                     let docids = docid_span(&tx, &plan, &storage)?;
                     drop(tx);
-                    // Ranked matches read doc values, unless a filter needs the documents' JSON
-                    // (or the storage shares its index with others, from before generations).
-                    let values = if (1..=64).contains(&plan.words.len())
-                        && plan.checked.is_empty()
-                        && !storage.shares_index()
-                    {
+                    // A ranked search scores with the doc values' statistics, and reads its
+                    // matches from them unless a filter needs the documents' JSON or the index
+                    // is shared with other resources (storage from before generations).
+                    let ranked = if plan.words.is_empty() {
+                        None
+                    } else {
                         let values = doc_values.get(conn, &storage.name)?;
                         let scoring = Scoring::new(conn, &plan, &storage, &values)?;
-                        Some((values, Arc::new(scoring)))
-                    } else {
-                        None
+                        let read_values = plan.checked.is_empty() && !storage.shares_index();
+                        Some((read_values.then_some(values), Arc::new(scoring)))
                     };
-                    Ok((Arc::new(storage), docids, values))
+                    Ok((Arc::new(storage), docids, ranked))
                 })
                 .await?
         };
@@ -1358,12 +1377,13 @@ impl ReadStore for SqliteReadStore {
                 let (plan, storage) = (plan.clone(), storage.clone());
                 let start = docids.start + part * width;
                 let docids = start..(start + width).min(docids.end);
-                let values = values.clone();
-                self.readers.spawn(move |conn| match values {
-                    Some((values, scoring)) => {
+                let ranked = ranked.clone();
+                self.readers.spawn(move |conn| match ranked {
+                    Some((Some(values), scoring)) => {
                         scan_values(conn, &plan, &storage, docids, keep, &values, &scoring)
                     }
-                    None => scan(conn, &plan, &storage, docids, keep),
+                    Some((None, scoring)) => scan(conn, &plan, &storage, docids, keep, Some(&scoring)),
+                    None => scan(conn, &plan, &storage, docids, keep, None),
                 })
             })
             .collect();
@@ -1409,6 +1429,26 @@ impl ReadStore for SqliteReadStore {
 mod tests {
     use super::*;
     use nexus_core::ReadStore;
+
+    /// A document at `version` with `status`, found by `text`.
+    fn document(id: &str, version: u64, status: &str, text: &str) -> ReadDocument {
+        let mut doc = ReadDocument::empty(id, id);
+        doc.version = version;
+        doc.status = status.into();
+        doc.searchable_text = text.into();
+        doc
+    }
+
+    /// The first ten matches of `text`, with counts of `facets`.
+    fn search_for(text: &str, facets: &[&str]) -> SearchQuery {
+        let facets = facets.iter().map(|facet| (*facet).to_owned()).collect();
+        SearchQuery { text: text.into(), filters: vec![], facets, limit: 10, offset: 0 }
+    }
+
+    /// The ids found, best first.
+    fn ids(found: &SearchResults) -> Vec<&str> {
+        found.items.iter().map(|d| d.id.as_str()).collect()
+    }
 
     /// A `read.db` written before the search keys existed still answers searches, filters and
     /// facets once opened: migration 3 backfills them.
@@ -1460,38 +1500,29 @@ mod tests {
     async fn doc_values_follow_commits_and_what_they_lack_is_read_from_search_keys() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteReadStore::open(dir.path()).unwrap();
-        let order = |id: &str, version, status: &str, text: &str| {
-            let mut doc = ReadDocument::empty(id, id);
-            doc.version = version;
-            doc.status = status.into();
-            doc.searchable_text = text.into();
-            doc
-        };
         // A generation of its own, as every model gets once cleared or rebuilt.
         store.clear("orders", "p").await.unwrap();
-        let docs = vec![order("a", 1, "PLACED", "widget one"), order("b", 1, "PLACED", "widget widget two")];
+        let docs =
+            vec![document("a", 1, "PLACED", "widget one"), document("b", 1, "PLACED", "widget widget two")];
         store.commit("p", "orders", docs, 1).await.unwrap();
-        let query = SearchQuery {
-            text: "widget".into(),
-            filters: vec![],
-            facets: vec!["status".into()],
-            limit: 10,
-            offset: 0,
-        };
+        let query = search_for("widget", &["status"]);
         let found = store.search("orders", &query).await.unwrap();
-        assert_eq!(found.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["b", "a"]);
-        store.commit("p", "orders", vec![order("a", 2, "SHIPPED", "widget widget widget")], 2).await.unwrap();
+        assert_eq!(ids(&found), ["b", "a"]);
+        store
+            .commit("p", "orders", vec![document("a", 2, "SHIPPED", "widget widget widget")], 2)
+            .await
+            .unwrap();
         let found = store.search("orders", &query).await.unwrap();
-        assert_eq!(found.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(ids(&found), ["a", "b"]);
         assert_eq!(found.facets["status"], [("PLACED".to_owned(), 1), ("SHIPPED".to_owned(), 1)].into());
 
         // A document the doc values never heard of (here, written through a second store; in
         // one store, committed and not yet applied): the search keys answer for it.
         let other = SqliteReadStore::open(dir.path()).unwrap();
-        other.commit("p", "orders", vec![order("c", 1, "CANCELLED", "widget")], 3).await.unwrap();
+        other.commit("p", "orders", vec![document("c", 1, "CANCELLED", "widget")], 3).await.unwrap();
         let found = store.search("orders", &query).await.unwrap();
         assert_eq!(found.total, 3);
-        assert_eq!(found.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(ids(&found), ["a", "b", "c"]);
         assert_eq!(
             found.facets["status"],
             [("CANCELLED".to_owned(), 1), ("PLACED".to_owned(), 1), ("SHIPPED".to_owned(), 1)].into()
@@ -1499,7 +1530,7 @@ mod tests {
 
         // A rebuilt model swapped in for a searched one has its doc values loaded at once.
         store
-            .commit("orders~rebuild", "orders~rebuild", vec![order("d", 1, "PLACED", "widget")], 4)
+            .commit("orders~rebuild", "orders~rebuild", vec![document("d", 1, "PLACED", "widget")], 4)
             .await
             .unwrap();
         store.swap("orders", "orders~rebuild").await.unwrap();
@@ -1510,7 +1541,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let found = store.search("orders", &query).await.unwrap();
-        assert_eq!(found.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d"]);
+        assert_eq!(ids(&found), ["d"]);
     }
 
     /// Searches while the writer commits new documents and changes others' status: each search
@@ -1521,11 +1552,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteReadStore::open(dir.path()).unwrap());
         let order = |n: u64, version: u64| {
-            let mut doc = ReadDocument::empty(format!("o-{n}"), format!("o-{n}"));
-            doc.version = version;
-            doc.status = if version % 2 == 1 { "PLACED" } else { "SHIPPED" }.into();
-            doc.searchable_text = format!("widget o {n}");
-            doc
+            let status = if version % 2 == 1 { "PLACED" } else { "SHIPPED" };
+            document(&format!("o-{n}"), version, status, &format!("widget o {n}"))
         };
         store.commit("p", "orders", (0..500).map(|n| order(n, 1)).collect(), 1).await.unwrap();
         let writer = {
@@ -1539,13 +1567,7 @@ mod tests {
                 }
             })
         };
-        let query = SearchQuery {
-            text: "widget".into(),
-            filters: vec![],
-            facets: vec!["status".into()],
-            limit: 5,
-            offset: 0,
-        };
+        let query = SearchQuery { limit: 5, ..search_for("widget", &["status"]) };
         let mut last = 0;
         while !writer.is_finished() {
             let found = store.search("orders", &query).await.unwrap();
@@ -1570,18 +1592,11 @@ mod tests {
         let docs = [("a", "rare common common"), ("b", "rare rare common")]
             .into_iter()
             .chain(fillers)
-            .map(|(id, text)| {
-                let mut doc = ReadDocument::empty(id, id);
-                doc.version = 1;
-                doc.searchable_text = text.into();
-                doc
-            })
+            .map(|(id, text)| document(id, 1, "", text))
             .collect();
         store.commit("p", "notes", docs, 1).await.unwrap();
-        let query =
-            SearchQuery { text: "common rare".into(), filters: vec![], facets: vec![], limit: 10, offset: 0 };
-        let found = store.search("notes", &query).await.unwrap();
-        assert_eq!(found.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["b", "a"]);
+        let found = store.search("notes", &search_for("common rare", &[])).await.unwrap();
+        assert_eq!(ids(&found), ["b", "a"]);
     }
 
     /// A swap answers from the rebuilt model at once and leaves the old one retired; the sweeper
@@ -1593,25 +1608,14 @@ mod tests {
         let store = SqliteReadStore::open(dir.path()).unwrap();
         let docs = |word: &str| -> Vec<ReadDocument> {
             (0..2 * SWEEP_CHUNK + 5)
-                .map(|n| {
-                    let mut doc = ReadDocument::empty(format!("o-{n}"), format!("o-{n}"));
-                    doc.version = 1;
-                    doc.searchable_text = format!("{word} o-{n}");
-                    doc
-                })
+                .map(|n| document(&format!("o-{n}"), 1, "", &format!("{word} o-{n}")))
                 .collect()
         };
         store.commit("orders", "orders", docs("old"), 10).await.unwrap();
         store.clear("orders~rebuild", "orders~rebuild").await.unwrap();
         store.commit("orders~rebuild", "orders~rebuild", docs("new"), 10).await.unwrap();
         store.swap("orders", "orders~rebuild").await.unwrap();
-        let search = |text: &str| SearchQuery {
-            text: text.into(),
-            filters: vec![],
-            facets: vec![],
-            limit: 1,
-            offset: 0,
-        };
+        let search = |text: &str| SearchQuery { limit: 1, ..search_for(text, &[]) };
         assert_eq!(store.search("orders", &search("new")).await.unwrap().total, 2 * SWEEP_CHUNK as u64 + 5);
         assert_eq!(store.search("orders", &search("old")).await.unwrap().total, 0);
         let reader = Connection::open(dir.path().join("read.db")).unwrap();
@@ -1661,14 +1665,7 @@ mod tests {
             .unwrap();
         }
         let store = SqliteReadStore::open(dir.path()).unwrap();
-        let query = SearchQuery {
-            text: "widget".into(),
-            filters: vec![],
-            facets: vec!["status".into()],
-            limit: 10,
-            offset: 0,
-        };
-        let found = store.search("orders", &query).await.unwrap();
+        let found = store.search("orders", &search_for("widget", &["status"])).await.unwrap();
         assert_eq!(found.items, [doc]);
         assert_eq!(found.facets["status"], [("PLACED".to_owned(), 1)].into());
         let conn = Connection::open(dir.path().join("read.db")).unwrap();
