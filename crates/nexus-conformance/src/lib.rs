@@ -64,6 +64,7 @@ macro_rules! read_store_suite {
             load_returns_existing_documents_only,
             search_ranks_filters_and_counts_facets,
             search_filters_match_like_list_filters,
+            one_word_ranks_by_frequency_and_length_in_pages,
             a_shadow_swaps_in_atomically,
         );
     };

@@ -225,6 +225,47 @@ pub async fn search_filters_match_like_list_filters(store: Arc<dyn ReadStore>) {
     assert_eq!(second.total, 4);
 }
 
+/// One word ranks by BM25: more occurrences and a shorter text rank higher, equal scores go to
+/// the lower id, and pages of any size follow one order (a backend may read a page from the
+/// best of each frequency, so several frequencies, lengths and a tie are here).
+pub async fn one_word_ranks_by_frequency_and_length_in_pages(store: Arc<dyn ReadStore>) {
+    use nexus_core::SearchQuery;
+    // BM25 (k1 1.2, b 0.75, average length 3.5 words) before the word's IDF: d 1.62, c and g
+    // 1.41, f 1.32, e 1.21, b 1.01, a 0.66; "h" has no "w".
+    let texts = [
+        ("a", "w x x x x x x x"),
+        ("b", "w w x x x x x x"),
+        ("c", "w"),
+        ("d", "w w w"),
+        ("e", "w x"),
+        ("f", "w w x x"),
+        ("g", "w"),
+        ("h", "x"),
+    ];
+    let docs = texts
+        .iter()
+        .map(|(id, text)| {
+            let mut d = doc(id, 1, "NEW", 1.0, &[]);
+            d.searchable_text = (*text).into();
+            d
+        })
+        .collect();
+    store.commit("p", "words", docs, 1).await.unwrap();
+    let query =
+        |limit, offset| SearchQuery { text: "w".into(), filters: vec![], facets: vec![], limit, offset };
+    let ids = |items: Vec<ReadDocument>| items.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    let all = store.search("words", &query(10, 0)).await.unwrap();
+    assert_eq!(all.total, 7);
+    assert_eq!(ids(all.items), ["d", "c", "g", "f", "e", "b", "a"]);
+    for size in [1, 2, 3] {
+        let mut paged = Vec::new();
+        for offset in (0..7).step_by(size) {
+            paged.extend(ids(store.search("words", &query(size, offset)).await.unwrap().items));
+        }
+        assert_eq!(paged, ["d", "c", "g", "f", "e", "b", "a"], "pages of {size}");
+    }
+}
+
 pub async fn a_shadow_swaps_in_atomically(store: Arc<dyn ReadStore>) {
     use nexus_core::SearchQuery;
     let mut old = doc("a", 5, "OLD", 1.0, &[]);

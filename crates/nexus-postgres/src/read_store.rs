@@ -93,9 +93,14 @@ fn json_path(field: &str) -> Result<Vec<String>, StoreError> {
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
-/// `WHERE` clause and parameters for a list query (parameter 1 is the resource).
-fn where_clause(resource: &str, filters: &[Filter]) -> Result<(String, Vec<Param>), StoreError> {
-    let mut sql = String::from("resource = (SELECT nexus_storage($1))");
+/// `WHERE` clause and parameters for a list query (parameter 1 is the resource, matched on
+/// `resource_column`; the filters read `doc`).
+fn where_clause(
+    resource_column: &str,
+    resource: &str,
+    filters: &[Filter],
+) -> Result<(String, Vec<Param>), StoreError> {
+    let mut sql = format!("{resource_column} = (SELECT nexus_storage($1))");
     let mut values: Vec<Param> = vec![Box::new(resource.to_owned())];
     for filter in filters {
         let path = values.len() + 1;
@@ -132,6 +137,120 @@ fn order_by(p: usize, order: SortOrder) -> String {
     )
 }
 
+/// BM25's saturation (k1) and length normalization (b), as SQLite's FTS5 sets them.
+const BM25_K1: f64 = 1.2;
+const BM25_B: f64 = 0.75;
+
+/// Where a search's matches come from, as SQL over the search's parameters (`$1` the model).
+struct Matches {
+    /// `FROM` items.
+    from: String,
+    /// The same with the documents joined, for facets read from the JSON.
+    with_documents: String,
+    /// A match's id.
+    id: &'static str,
+    /// What ranks a match, highest first.
+    score: String,
+    /// `(value, count)` rows: `''` with the number of matches, then `status` U+001F value and
+    /// `tags` U+001F value with theirs; `{from}` and `{clause}` stand for the matches.
+    counts: &'static str,
+    /// For one word and no filter, its parameter: the page is read from the postings in
+    /// (frequency, length, id) order (see [`Matches::page`]).
+    single_word: Option<usize>,
+}
+
+impl Matches {
+    /// `(id, score)` of the matches from `offset` (parameter `$o`), `limit` (`$l`) of them, best
+    /// first, ties to the lower id.
+    fn page(&self, clause: &str, l: usize, o: usize) -> String {
+        let Self { from, id, score, .. } = self;
+        match self.single_word {
+            // One word's score only grows with its frequency and shrinks with the length, so the
+            // page is among the first `offset + limit` postings of each frequency in (length, id)
+            // order: a few index probes (`search_postings_impact`), not a sort of every match.
+            // The frequencies are found one index descent each (a loose index scan).
+            Some(w) => format!(
+                "WITH RECURSIVE frequencies (frequency) AS ( \
+                   SELECT min(frequency) FROM search_postings \
+                   WHERE resource = (SELECT nexus_storage($1)) AND word = ${w} \
+                   UNION ALL \
+                   SELECT (SELECT min(frequency) FROM search_postings \
+                           WHERE resource = (SELECT nexus_storage($1)) AND word = ${w} AND frequency > f.frequency) \
+                   FROM frequencies f WHERE f.frequency IS NOT NULL) \
+                 SELECT c.id, c.score FROM frequencies f, \
+                   LATERAL (SELECT p1.id, {score} AS score FROM search_postings p1 \
+                            WHERE p1.resource = (SELECT nexus_storage($1)) AND p1.word = ${w} \
+                              AND p1.frequency = f.frequency \
+                            ORDER BY p1.length, p1.id LIMIT ${l}::bigint + ${o}::bigint) AS c \
+                 ORDER BY c.score DESC, c.id ASC LIMIT ${l} OFFSET ${o}"
+            ),
+            None => format!(
+                "SELECT {id} AS id, {score} AS score FROM {from} WHERE {clause} \
+                 ORDER BY score DESC NULLS LAST, {id} ASC LIMIT ${l} OFFSET ${o}"
+            ),
+        }
+    }
+
+    /// Searches without words: every entry the filters keep, newest first.
+    fn entries(filtered: bool) -> Self {
+        Self {
+            // The documents are joined only when filters must read them (the GIN index on `doc`
+            // narrows those first).
+            from: if filtered {
+                "search_entries JOIN documents USING (resource, id)"
+            } else {
+                "search_entries"
+            }
+            .to_owned(),
+            with_documents: "search_entries JOIN documents USING (resource, id)".to_owned(),
+            id: "id",
+            score: "last_updated".to_owned(),
+            counts: "SELECT f, COUNT(*) FROM {from}, unnest(facets) AS f WHERE {clause} GROUP BY f",
+            single_word: None,
+        }
+    }
+
+    /// Searches for `count` words, parameters `$first…` (the search's clause asks for the first
+    /// in `p1`): the postings of the first word, joined
+    /// on id to each other word's (every word must match), ranked by BM25 with each word
+    /// weighted alike (an IDF would cost a count of each word's postings per search).
+    fn postings(first: usize, count: usize, filtered: bool) -> Self {
+        let mut from = String::from("search_postings p1");
+        for n in 2..=count {
+            from.push_str(&format!(
+                " JOIN search_postings p{n} ON p{n}.resource = p1.resource AND p{n}.word = ${} AND p{n}.id = p1.id",
+                first + n - 1
+            ));
+        }
+        let with_documents = format!("{from} JOIN documents d ON d.resource = p1.resource AND d.id = p1.id");
+        let average = "(SELECT coalesce(max(words::float8 / greatest(documents, 1)), 1) \
+                       FROM search_statistics WHERE resource = (SELECT nexus_storage($1)))";
+        let score = (1..=count)
+            .map(|n| {
+                format!(
+                    "p{n}.frequency * {k1_plus_1}::float8 / (p{n}.frequency + {k1}::float8 * \
+                     ({one_minus_b}::float8 + {b}::float8 * p{n}.length / {average}))",
+                    k1_plus_1 = BM25_K1 + 1.0,
+                    k1 = BM25_K1,
+                    one_minus_b = 1.0 - BM25_B,
+                    b = BM25_B,
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" + ");
+        Self {
+            from: if filtered { with_documents.clone() } else { from },
+            with_documents,
+            id: "p1.id",
+            score,
+            counts: "SELECT f, SUM(n)::bigint FROM (SELECT p1.facets, COUNT(*) AS n FROM {from} WHERE {clause} \
+                     GROUP BY p1.facets) AS g JOIN search_facet_sets s ON s.code = g.facets, unnest(s.facets) AS f \
+                     GROUP BY f",
+            single_word: (count == 1 && !filtered).then_some(first),
+        }
+    }
+}
+
 /// Documents `filter` can match must contain one of these (`doc @> …`), which the GIN index on
 /// `doc` answers; the filter's own predicate still decides. Empty when the index cannot help: a
 /// nested field, or a value that could only match an object or array as text.
@@ -158,7 +277,7 @@ fn containment(filter: &Filter) -> Vec<Value> {
 }
 
 /// Deletes every retired generation past its grace, a chunk of documents per transaction (their
-/// search entries follow by trigger), then vacuums what it deleted. Several processes may sweep
+/// search entries and postings follow by trigger), then vacuums what it deleted. Several processes may sweep
 /// at once: they delete the same rows at worst.
 async fn sweep(pool: &Pool) -> Result<(), StoreError> {
     let client = pool.get().await.map_err(pool_unavailable)?;
@@ -194,8 +313,15 @@ async fn sweep(pool: &Pool) -> Result<(), StoreError> {
         }
         if deleted > 0 {
             // Dead rows a search would still visit, and statistics without them.
-            client.batch_execute("VACUUM (ANALYZE) documents, search_entries").await.map_err(unavailable)?;
+            client
+                .batch_execute("VACUUM (ANALYZE) documents, search_entries, search_postings")
+                .await
+                .map_err(unavailable)?;
         }
+        client
+            .execute("DELETE FROM search_statistics WHERE resource = $1", &[&storage])
+            .await
+            .map_err(unavailable)?;
         client
             .execute("DELETE FROM retired_models WHERE storage = $1", &[&storage])
             .await
@@ -310,7 +436,7 @@ impl ReadStore for PostgresReadStore {
     }
 
     async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError> {
-        let (clause, mut values) = where_clause(resource, &query.filters)?;
+        let (clause, mut values) = where_clause("resource", resource, &query.filters)?;
         let count_values = values.len();
         let order = match &query.sort {
             Some((field, order)) => {
@@ -378,7 +504,23 @@ impl ReadStore for PostgresReadStore {
     }
 
     async fn search(&self, resource: &str, query: &SearchQuery) -> Result<SearchResults, StoreError> {
-        let (mut clause, mut values) = where_clause(resource, &query.filters)?;
+        let mut facets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> =
+            query.facets.iter().map(|field| (field.clone(), Default::default())).collect();
+        // The words as the documents' words were made (`to_tsvector('simple', …)`), each once.
+        let words: Vec<String> = if query.text.split_whitespace().next().is_none() {
+            Vec::new()
+        } else {
+            let rows =
+                self.query("SELECT tsvector_to_array(to_tsvector('simple', $1))", &[&query.text]).await?;
+            let words: Vec<String> = rows[0].try_get(0).map_err(|e| corrupt("search words", e))?;
+            if words.is_empty() {
+                // Text without a word (punctuation only) matches nothing.
+                return Ok(SearchResults { items: Vec::new(), total: 0, facets });
+            }
+            words
+        };
+        let resource_column = if words.is_empty() { "resource" } else { "p1.resource" };
+        let (mut clause, mut values) = where_clause(resource_column, resource, &query.filters)?;
         for filter in &query.filters {
             let candidates = containment(filter);
             if !candidates.is_empty() {
@@ -390,44 +532,28 @@ impl ReadStore for PostgresReadStore {
                 clause.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
             }
         }
-        // The matches come from the narrow search entries; the documents are joined only when
-        // filters must read them (the GIN index on `doc` narrows those first).
-        let from = if query.filters.is_empty() {
-            "search_entries"
+        let matches = if words.is_empty() {
+            Matches::entries(!query.filters.is_empty())
         } else {
-            "search_entries JOIN documents USING (resource, id)"
-        };
-        // Best first: the highest rank, or the newest when there are no words.
-        let score = if query.text.split_whitespace().next().is_none() {
-            "last_updated".to_owned()
-        } else {
-            // Every word must match (`plainto_tsquery` ANDs them and treats operators as text);
-            // the GIN index on `terms` answers the match.
-            values.push(Box::new(query.text.clone()));
-            let q = values.len();
-            clause.push_str(&format!(" AND terms @@ plainto_tsquery('simple', ${q})"));
-            // Normalization 1: divided by 1 + log(length), so a shorter text ranks first, as
-            // BM25 ranks it on the embedded store.
-            format!("ts_rank(terms, plainto_tsquery('simple', ${q}), 1)")
+            let first = values.len() + 1;
+            values.extend(words.iter().map(|word| Box::new(word.clone()) as Param));
+            clause.push_str(&format!(" AND p1.word = ${first}"));
+            Matches::postings(first, words.len(), !query.filters.is_empty())
         };
         let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
 
         // Three statements on three connections, at once: the total and the status and tags
-        // counts in one pass over the entries' facet values, the page, and any other facet.
-        let counts_sql =
-            format!("SELECT f, COUNT(*) FROM {from}, unnest(facets) AS f WHERE {clause} GROUP BY f");
+        // counts in one pass over the matches' facet values, the page, and any other facet.
+        let counts_sql = matches.counts.replace("{from}", &matches.from).replace("{clause}", &clause);
         let counts = self.query(&counts_sql, &params);
         let (limit, offset) = (bigint(query.limit as u64), bigint(query.offset as u64));
         let mut page_params = params.clone();
         page_params.extend([&limit as &(dyn ToSql + Sync), &offset]);
         let page_sql = format!(
-            "SELECT d.doc FROM ( \
-               SELECT id, {score} AS score FROM {from} WHERE {clause} \
-               ORDER BY score DESC NULLS LAST, id ASC LIMIT ${} OFFSET ${}) AS page \
+            "SELECT d.doc FROM ({}) AS page \
              JOIN documents d ON d.resource = (SELECT nexus_storage($1)) AND d.id = page.id \
              ORDER BY page.score DESC NULLS LAST, page.id ASC",
-            params.len() + 1,
-            params.len() + 2
+            matches.page(&clause, params.len() + 1, params.len() + 2)
         );
         let page = self.query(&page_sql, &page_params);
         let others: Vec<(String, Vec<String>)> = query
@@ -438,10 +564,11 @@ impl ReadStore for PostgresReadStore {
             .collect::<Result<_, StoreError>>()?;
         // A scalar counts once, an array (tags) once per member.
         let other_sql = format!(
-            "SELECT e.v #>> '{{}}', COUNT(*) FROM search_entries JOIN documents USING (resource, id), \
+            "SELECT e.v #>> '{{}}', COUNT(*) FROM {with_documents}, \
                LATERAL jsonb_array_elements(CASE jsonb_typeof(doc #> ${p}) WHEN 'array' THEN doc #> ${p} \
                  ELSE jsonb_build_array(doc #> ${p}) END) AS e(v) \
              WHERE {clause} AND e.v IS NOT NULL AND e.v <> 'null'::jsonb GROUP BY 1",
+            with_documents = matches.with_documents,
             p = params.len() + 1
         );
         let other_counts = async {
@@ -456,8 +583,6 @@ impl ReadStore for PostgresReadStore {
         let (counts, page, other_counts) = tokio::try_join!(counts, page, other_counts)?;
 
         let mut total = 0;
-        let mut facets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> =
-            query.facets.iter().map(|field| (field.clone(), Default::default())).collect();
         for row in counts {
             let value: String = row.try_get(0).map_err(|e| corrupt("search", e))?;
             let count = unsigned(row.try_get(1).map_err(|e| corrupt("search", e))?, "count")?;

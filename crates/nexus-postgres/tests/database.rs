@@ -155,8 +155,9 @@ async fn a_bad_append_in_a_batch_is_refused_alone() {
     assert!(all.windows(2).all(|w| w[1].position == w[0].position + 1), "no gap left by the refused ones");
 }
 
-/// Search reads `search_entries`, which the database keeps in step with `documents` for any
-/// writer: hand-written inserts, updates, renames and deletes show in the next search.
+/// Search reads `search_entries` and `search_postings`, which the database keeps in step with
+/// `documents` for any writer: hand-written inserts, updates, renames and deletes show in the
+/// next search.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_entries_follow_documents_whoever_writes() {
     use nexus_core::{ReadStore, SearchQuery};
@@ -201,9 +202,24 @@ async fn search_entries_follow_documents_whoever_writes() {
     assert_eq!(read.search("orders", &search("widget")).await.unwrap().total, 0, "moved away");
     assert_eq!(read.search("archive", &search("widget")).await.unwrap().total, 1, "moved here");
 
+    // The postings and the statistics BM25 reads followed every write.
+    let statistics = "SELECT resource || ' ' || documents || ' ' || words FROM search_statistics \
+                      WHERE documents <> 0 ORDER BY resource";
+    let rows = raw.query(statistics, &[]).await.unwrap();
+    let rows: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    assert_eq!(rows, ["archive 1 2", "orders 1 2"]);
+    let postings = raw
+        .query("SELECT resource || '/' || id || '/' || word FROM search_postings ORDER BY 1", &[])
+        .await
+        .unwrap();
+    let postings: Vec<String> = postings.iter().map(|row| row.get(0)).collect();
+    assert_eq!(postings, ["archive/o2/blue", "archive/o2/widget", "orders/o1/gadget", "orders/o1/green"]);
+
     raw.batch_execute("DELETE FROM documents").await.unwrap();
     assert_eq!(read.search("orders", &search("gadget")).await.unwrap().total, 0);
     assert_eq!(read.search("archive", &search("")).await.unwrap().total, 0);
+    assert!(raw.query(statistics, &[]).await.unwrap().is_empty());
+    assert!(raw.query("SELECT 1 FROM search_postings", &[]).await.unwrap().is_empty());
 }
 
 /// A schema from before `search_entries` (migration 7) keeps answering searches after the
@@ -216,7 +232,9 @@ async fn an_older_schema_gets_its_search_entries() {
     let raw = common::raw_client(&guard).await;
     // Back to the schema as migration 6 left it, with a document written then.
     raw.batch_execute(
-        "DROP TABLE search_entries, models, retired_models;
+        "DROP TABLE search_entries, models, retired_models, search_postings, search_facet_sets, search_statistics;
+         DROP FUNCTION nexus_facet_code(text[]);
+         DROP FUNCTION nexus_word_count(tsvector);
          DROP SEQUENCE model_generations;
          DROP FUNCTION nexus_storage(text);
          DROP FUNCTION nexus_follow_documents() CASCADE;
