@@ -154,6 +154,8 @@ struct Matches {
     /// `(value, count)` rows: `''` with the number of matches, then `status` U+001F value and
     /// `tags` U+001F value with theirs; `{from}` and `{clause}` stand for the matches.
     counts: &'static str,
+    /// Whether the matches are postings (there are words).
+    postings: bool,
     /// For one word and no filter, its parameter: the page is read from the postings in
     /// (frequency, length, id) order (see [`Matches::page`]).
     single_word: Option<usize>,
@@ -191,6 +193,26 @@ impl Matches {
         }
     }
 
+    /// For matches that join postings (several words, or filters): one statement that joins
+    /// them once, for both the page (rows with a document, best first) and the `(value, count)`
+    /// rows of [`Matches::counts`] (rows without).
+    fn counts_and_page(&self, clause: &str, l: usize, o: usize) -> Option<String> {
+        let Self { from, id, score, .. } = self;
+        (self.postings && self.single_word.is_none()).then(|| {
+            format!(
+                "WITH m AS MATERIALIZED (SELECT {id} AS id, {score} AS score, p1.facets FROM {from} WHERE {clause}), \
+                 page AS (SELECT id, score FROM m ORDER BY score DESC, id ASC LIMIT ${l} OFFSET ${o}) \
+                 SELECT NULL::text AS f, NULL::bigint AS n, d.doc, 0 AS part, page.score, page.id \
+                 FROM page JOIN documents d ON d.resource = (SELECT nexus_storage($1)) AND d.id = page.id \
+                 UNION ALL \
+                 SELECT f, SUM(g.n)::bigint, NULL, 1, NULL, NULL \
+                 FROM (SELECT facets, COUNT(*) AS n FROM m GROUP BY facets) AS g \
+                 JOIN search_facet_sets s ON s.code = g.facets, unnest(s.facets) AS f GROUP BY f \
+                 ORDER BY part, score DESC, id ASC"
+            )
+        })
+    }
+
     /// Searches without words: every entry the filters keep, newest first.
     fn entries(filtered: bool) -> Self {
         Self {
@@ -206,6 +228,7 @@ impl Matches {
             id: "id",
             score: "last_updated".to_owned(),
             counts: "SELECT f, COUNT(*) FROM {from}, unnest(facets) AS f WHERE {clause} GROUP BY f",
+            postings: false,
             single_word: None,
         }
     }
@@ -246,6 +269,7 @@ impl Matches {
             counts: "SELECT f, SUM(n)::bigint FROM (SELECT p1.facets, COUNT(*) AS n FROM {from} WHERE {clause} \
                      GROUP BY p1.facets) AS g JOIN search_facet_sets s ON s.code = g.facets, unnest(s.facets) AS f \
                      GROUP BY f",
+            postings: true,
             single_word: (count == 1 && !filtered).then_some(first),
         }
     }
@@ -542,20 +566,47 @@ impl ReadStore for PostgresReadStore {
         };
         let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
 
-        // Three statements on three connections, at once: the total and the status and tags
-        // counts in one pass over the matches' facet values, the page, and any other facet.
-        let counts_sql = matches.counts.replace("{from}", &matches.from).replace("{clause}", &clause);
-        let counts = self.query(&counts_sql, &params);
+        // Statements on pooled connections, at once: the total and the status and tags counts in
+        // one pass over the matches' facet values, the page, and any other facet. Matches that
+        // need a join of postings are joined once, for the counts and the page together.
         let (limit, offset) = (bigint(query.limit as u64), bigint(query.offset as u64));
         let mut page_params = params.clone();
         page_params.extend([&limit as &(dyn ToSql + Sync), &offset]);
-        let page_sql = format!(
-            "SELECT d.doc FROM ({}) AS page \
-             JOIN documents d ON d.resource = (SELECT nexus_storage($1)) AND d.id = page.id \
-             ORDER BY page.score DESC NULLS LAST, page.id ASC",
-            matches.page(&clause, params.len() + 1, params.len() + 2)
-        );
-        let page = self.query(&page_sql, &page_params);
+        let (l, o) = (params.len() + 1, params.len() + 2);
+        let counts_and_page = async {
+            if let Some(sql) = matches.counts_and_page(&clause, l, o) {
+                let (mut counts, mut items) = (Vec::new(), Vec::new());
+                for row in self.query(&sql, &page_params).await? {
+                    match row.try_get::<_, Option<Json<ReadDocument>>>(2).map_err(|e| corrupt("search", e))? {
+                        Some(Json(doc)) => items.push(doc),
+                        None => counts.push((
+                            row.try_get(0).map_err(|e| corrupt("search", e))?,
+                            row.try_get(1).map_err(|e| corrupt("search", e))?,
+                        )),
+                    }
+                }
+                return Ok::<_, StoreError>((counts, items));
+            }
+            let counts_sql = matches.counts.replace("{from}", &matches.from).replace("{clause}", &clause);
+            let page_sql = format!(
+                "SELECT d.doc FROM ({}) AS page \
+                 JOIN documents d ON d.resource = (SELECT nexus_storage($1)) AND d.id = page.id \
+                 ORDER BY page.score DESC NULLS LAST, page.id ASC",
+                matches.page(&clause, l, o)
+            );
+            let (counts, page) =
+                tokio::try_join!(self.query(&counts_sql, &params), self.query(&page_sql, &page_params))?;
+            let counts = counts
+                .iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get(0).map_err(|e| corrupt("search", e))?,
+                        row.try_get(1).map_err(|e| corrupt("search", e))?,
+                    ))
+                })
+                .collect::<Result<Vec<(String, i64)>, StoreError>>()?;
+            Ok((counts, page.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?))
+        };
         let others: Vec<(String, Vec<String>)> = query
             .facets
             .iter()
@@ -580,12 +631,11 @@ impl ReadStore for PostgresReadStore {
             }
             Ok::<_, StoreError>(counts)
         };
-        let (counts, page, other_counts) = tokio::try_join!(counts, page, other_counts)?;
+        let ((counts, items), other_counts) = tokio::try_join!(counts_and_page, other_counts)?;
 
         let mut total = 0;
-        for row in counts {
-            let value: String = row.try_get(0).map_err(|e| corrupt("search", e))?;
-            let count = unsigned(row.try_get(1).map_err(|e| corrupt("search", e))?, "count")?;
+        for (value, count) in counts {
+            let count = unsigned(count, "count")?;
             match value.split_once('\u{1f}') {
                 None => total = count,
                 Some((field, value)) => {
@@ -605,7 +655,6 @@ impl ReadStore for PostgresReadStore {
                 );
             }
         }
-        let items = page.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?;
         Ok(SearchResults { items, total, facets })
     }
 
