@@ -300,8 +300,8 @@ CREATE TABLE search_postings (
 -- One word's page: its best postings are the first of each frequency in this order.
 CREATE INDEX search_postings_impact ON search_postings (resource, word, frequency, length, id);
 -- Each set of facet values postings name ('' then 'status' U+001F value and 'tags' U+001F value,
--- as `nexus_search_facets` makes them). The code is the set's hash, so a writer never reads
--- back a code another wrote; sets are few (a status and a handful of tags each) and kept.
+-- as `nexus_search_facets` makes them). The code is the set's 64-bit hash, so a writer never
+-- reads back a code another wrote; sets are few (a status and a handful of tags each) and kept.
 CREATE TABLE search_facet_sets (
     code   BIGINT PRIMARY KEY,
     facets TEXT[] NOT NULL
@@ -314,7 +314,7 @@ CREATE TABLE search_statistics (
 );
 
 CREATE FUNCTION nexus_facet_code(facets TEXT[]) RETURNS BIGINT LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT ('x' || left(md5(array_to_string(facets, chr(30))), 16))::bit(64)::bigint
+    SELECT hashtextextended(array_to_string(facets, chr(30)), 0)
 $$;
 CREATE FUNCTION nexus_word_count(terms tsvector) RETURNS INTEGER LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT coalesce(sum(coalesce(cardinality(positions), 1)), 0)::integer FROM unnest(terms)
