@@ -127,6 +127,14 @@ pub async fn search_ranks_filters_and_counts_facets(store: Arc<dyn ReadStore>) {
     let everything = store.search("orders", &search("", vec![("tags", "express")])).await.unwrap();
     assert_eq!(everything.total, 2, "no words: filters alone");
     assert!(store.search("orders", &search("nothing-matches", vec![])).await.unwrap().items.is_empty());
+    assert_eq!(store.search("orders", &search("!!!", vec![])).await.unwrap().total, 0, "no word in the text");
+    assert!(
+        matches!(
+            store.search("orders", &search("!!!", vec![("bad field", "x")])).await,
+            Err(nexus_core::StoreError::InvalidRequest(_))
+        ),
+        "a bad filter is refused whatever the text"
+    );
     assert_eq!(
         store.search("other", &search("widget", vec![])).await.unwrap().total,
         0,

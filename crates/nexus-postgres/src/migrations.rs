@@ -314,7 +314,7 @@ CREATE TABLE search_statistics (
 );
 
 CREATE FUNCTION nexus_facet_code(facets TEXT[]) RETURNS BIGINT LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT hashtextextended(array_to_string(facets, chr(30)), 0)
+    SELECT hashtextextended(facets::text, 0)
 $$;
 CREATE FUNCTION nexus_word_count(terms tsvector) RETURNS INTEGER LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT coalesce(sum(coalesce(cardinality(positions), 1)), 0)::integer FROM unnest(terms)
@@ -327,16 +327,12 @@ ALTER TABLE search_entries DROP COLUMN terms;
 CREATE OR REPLACE FUNCTION nexus_follow_documents() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        -- Statistics in resource order, so writers to several storages never wait in a cycle.
-        WITH entries AS (DELETE FROM search_entries s USING removed r WHERE s.resource = r.resource AND s.id = r.id),
-        postings AS (
-            DELETE FROM search_postings p USING removed r, unnest(r.search) u
-            WHERE p.resource = r.resource AND p.word = u.lexeme AND p.id = r.id)
-        INSERT INTO search_statistics AS s (resource, documents, words)
-            SELECT resource, -count(*), -sum(nexus_word_count(search)) FROM removed GROUP BY resource ORDER BY resource
-        ON CONFLICT (resource) DO UPDATE
-            SET documents = s.documents + excluded.documents, words = s.words + excluded.words;
+        WITH entries AS (DELETE FROM search_entries s USING removed r WHERE s.resource = r.resource AND s.id = r.id)
+        DELETE FROM search_postings p USING removed r, unnest(r.search) u
+            WHERE p.resource = r.resource AND p.word = u.lexeme AND p.id = r.id;
     END IF;
+    -- The statistics change once per trigger, in resource order, so writers to several storages
+    -- never wait for each other in a cycle.
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         -- Each document's facet values and length worked out once, for all four tables.
         WITH a AS MATERIALIZED (
@@ -349,26 +345,51 @@ BEGIN
                 SELECT resource, id, facets, last_updated FROM a
             ON CONFLICT (resource, id) DO UPDATE
                 SET facets = excluded.facets, last_updated = excluded.last_updated),
+        -- In code order, so two writers adding the same new sets never wait in a cycle.
         sets AS (
-            INSERT INTO search_facet_sets (code, facets) SELECT DISTINCT code, facets FROM a
+            INSERT INTO search_facet_sets (code, facets) SELECT DISTINCT code, facets FROM a ORDER BY code
             ON CONFLICT (code) DO NOTHING),
         postings AS (
             INSERT INTO search_postings (resource, word, id, frequency, length, facets)
                 SELECT a.resource, u.lexeme, a.id, coalesce(cardinality(u.positions), 1), a.words, a.code
                 FROM a, unnest(a.search) u
-            -- In index order, so a commit's postings of one word land on the same pages. (The
-            -- old ones are out, so none conflicts.)
-            ORDER BY 1, 2, 3)
+            -- In index order, so a commit's postings of one word land on the same pages. The
+            -- old ones are out (and a TRUNCATE empties this table too), so none conflicts.
+            ORDER BY a.resource, u.lexeme COLLATE "C", a.id)
         INSERT INTO search_statistics AS s (resource, documents, words)
-            SELECT resource, count(*), sum(words) FROM a GROUP BY resource ORDER BY resource
+            SELECT resource, count(*), sum(words) FROM a WHERE TG_OP = 'INSERT' GROUP BY resource ORDER BY resource
+        ON CONFLICT (resource) DO UPDATE
+            SET documents = s.documents + excluded.documents, words = s.words + excluded.words;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO search_statistics AS s (resource, documents, words)
+            SELECT resource, -count(*), -sum(nexus_word_count(search)) FROM removed GROUP BY resource ORDER BY resource
+        ON CONFLICT (resource) DO UPDATE
+            SET documents = s.documents + excluded.documents, words = s.words + excluded.words;
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO search_statistics AS s (resource, documents, words)
+            SELECT resource, sum(documents), sum(words) FROM (
+                SELECT resource, -1 AS documents, -nexus_word_count(search) AS words FROM removed
+                UNION ALL
+                SELECT resource, 1, nexus_word_count(search) FROM added
+            ) AS changes GROUP BY resource ORDER BY resource
         ON CONFLICT (resource) DO UPDATE
             SET documents = s.documents + excluded.documents, words = s.words + excluded.words;
     END IF;
     RETURN NULL;
 END $$;
 
+-- A TRUNCATE of the documents empties what follows them (no row trigger fires for it).
+CREATE FUNCTION nexus_truncate_search() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    TRUNCATE search_entries, search_postings, search_statistics;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER documents_search_truncate AFTER TRUNCATE ON documents
+    FOR EACH STATEMENT EXECUTE FUNCTION nexus_truncate_search();
+
 INSERT INTO search_facet_sets (code, facets)
-    SELECT DISTINCT nexus_facet_code(facets), facets FROM search_entries;
+    SELECT DISTINCT nexus_facet_code(f), f FROM (SELECT nexus_search_facets(doc) FROM documents) AS d(f);
 INSERT INTO search_postings (resource, word, id, frequency, length, facets)
     SELECT d.resource, u.lexeme, d.id, coalesce(cardinality(u.positions), 1),
            nexus_word_count(d.search), nexus_facet_code(nexus_search_facets(d.doc))

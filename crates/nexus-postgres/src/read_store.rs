@@ -530,6 +530,12 @@ impl ReadStore for PostgresReadStore {
     async fn search(&self, resource: &str, query: &SearchQuery) -> Result<SearchResults, StoreError> {
         let mut facets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> =
             query.facets.iter().map(|field| (field.clone(), Default::default())).collect();
+        let others: Vec<(String, Vec<String>)> = query
+            .facets
+            .iter()
+            .filter(|field| !matches!(field.as_str(), "status" | "tags"))
+            .map(|field| Ok((field.clone(), json_path(field)?)))
+            .collect::<Result<_, StoreError>>()?;
         // The words as the documents' words were made (`to_tsvector('simple', …)`), each once.
         let words: Vec<String> = if query.text.split_whitespace().next().is_none() {
             Vec::new()
@@ -538,7 +544,9 @@ impl ReadStore for PostgresReadStore {
                 self.query("SELECT tsvector_to_array(to_tsvector('simple', $1))", &[&query.text]).await?;
             let words: Vec<String> = rows[0].try_get(0).map_err(|e| corrupt("search words", e))?;
             if words.is_empty() {
-                // Text without a word (punctuation only) matches nothing.
+                // Text without a word (punctuation only) matches nothing, once the filters are
+                // known to be valid.
+                where_clause("resource", resource, &query.filters)?;
                 return Ok(SearchResults { items: Vec::new(), total: 0, facets });
             }
             words
@@ -607,12 +615,6 @@ impl ReadStore for PostgresReadStore {
                 .collect::<Result<Vec<(String, i64)>, StoreError>>()?;
             Ok((counts, page.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?))
         };
-        let others: Vec<(String, Vec<String>)> = query
-            .facets
-            .iter()
-            .filter(|field| !matches!(field.as_str(), "status" | "tags"))
-            .map(|field| Ok((field.clone(), json_path(field)?)))
-            .collect::<Result<_, StoreError>>()?;
         // A scalar counts once, an array (tags) once per member.
         let other_sql = format!(
             "SELECT e.v #>> '{{}}', COUNT(*) FROM {with_documents}, \

@@ -220,6 +220,26 @@ async fn search_entries_follow_documents_whoever_writes() {
     assert_eq!(read.search("archive", &search("")).await.unwrap().total, 0);
     assert!(raw.query(statistics, &[]).await.unwrap().is_empty());
     assert!(raw.query("SELECT 1 FROM search_postings", &[]).await.unwrap().is_empty());
+
+    // A TRUNCATE (no row trigger fires) empties them too: the same documents can come back.
+    let again = || async {
+        raw.batch_execute(&format!(
+            "INSERT INTO documents (resource, id, version, doc) VALUES {}",
+            doc("o1", "PLACED", "red widget", "[\"gift\"]")
+        ))
+        .await
+        .unwrap();
+    };
+    again().await;
+    raw.batch_execute("TRUNCATE documents").await.unwrap();
+    for table in ["search_entries", "search_postings", "search_statistics"] {
+        let rows = raw.query(&format!("SELECT 1 FROM {table}"), &[]).await.unwrap();
+        assert!(rows.is_empty(), "{table} emptied by the truncate");
+    }
+    again().await;
+    let found = read.search("orders", &search("widget")).await.unwrap();
+    assert_eq!((found.total, found.items[0].id.as_str()), (1, "o1"));
+    assert_eq!(raw.query(statistics, &[]).await.unwrap().len(), 1);
 }
 
 /// A schema from before `search_entries` (migration 7) keeps answering searches after the
@@ -238,6 +258,7 @@ async fn an_older_schema_gets_its_search_entries() {
          DROP SEQUENCE model_generations;
          DROP FUNCTION nexus_storage(text);
          DROP FUNCTION nexus_follow_documents() CASCADE;
+         DROP FUNCTION nexus_truncate_search() CASCADE;
          DROP FUNCTION nexus_search_facets(jsonb);
          CREATE INDEX documents_search ON documents USING GIN (search);
          DELETE FROM nexus_migrations WHERE version >= 7;
