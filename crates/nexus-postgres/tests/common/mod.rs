@@ -35,12 +35,20 @@ impl Drop for SchemaGuard {
         let (url, schema) = (self.url.clone(), self.schema.clone());
         // Drop may run inside a runtime (where blocking on a future panics) or outside one: a
         // thread of its own with its own small runtime works in both.
+        // A few tries: the drop can lose a deadlock to a store's background work still running.
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async {
                 let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.ok()?;
                 tokio::spawn(connection);
-                client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.ok()
+                for _ in 0..5 {
+                    match client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await {
+                        Ok(()) => return Some(()),
+                        Err(error) => eprintln!("dropping test schema {schema}: {error}; trying again"),
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                None
             })
         })
         .join();
