@@ -181,6 +181,11 @@ pub struct Page {
     pub total: u64,
 }
 
+/// BM25's saturation (k1) and length normalization (b), as FTS5's `bm25()` has them: every read
+/// store ranks a search's matches with these.
+pub const BM25_K1: f64 = 1.2;
+pub const BM25_B: f64 = 0.75;
+
 /// A full-text search over `searchableText`, with field filters and facet counts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SearchQuery {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
-use nexus_core::ports::Filter;
+use nexus_core::ports::{BM25_B, BM25_K1, Filter};
 use nexus_core::{
     ListQuery, Page, ReadDocument, ReadStore, SearchQuery, SearchResults, SortOrder, StoreError,
 };
@@ -78,6 +78,11 @@ fn decode_doc(row: &Row) -> Result<ReadDocument, StoreError> {
     Ok(doc)
 }
 
+/// A `(value, count)` row of a search's counts.
+fn facet_count(row: &Row) -> Result<(String, i64), StoreError> {
+    Ok((row.try_get(0).map_err(|e| corrupt("search", e))?, row.try_get(1).map_err(|e| corrupt("search", e))?))
+}
+
 /// A field name as a JSONB path: letters, digits and `_`, with `.` between nested names.
 fn json_path(field: &str) -> Result<Vec<String>, StoreError> {
     let parts: Vec<String> = field.split('.').map(str::to_owned).collect();
@@ -137,10 +142,6 @@ fn order_by(p: usize, order: SortOrder) -> String {
     )
 }
 
-/// BM25's saturation (k1) and length normalization (b), as SQLite's FTS5 sets them.
-const BM25_K1: f64 = 1.2;
-const BM25_B: f64 = 0.75;
-
 /// Where a search's matches come from, as SQL over the search's parameters (`$1` the model).
 struct Matches {
     /// `FROM` items.
@@ -153,12 +154,27 @@ struct Matches {
     score: String,
     /// `(value, count)` rows: `''` with the number of matches, then `status` U+001F value and
     /// `tags` U+001F value with theirs; `{from}` and `{clause}` stand for the matches.
-    counts: &'static str,
-    /// Whether the matches are postings (there are words).
-    postings: bool,
-    /// For one word and no filter, its parameter: the page is read from the postings in
-    /// (frequency, length, id) order (see [`Matches::page`]).
-    single_word: Option<usize>,
+    counts: String,
+    source: Source,
+}
+
+/// What a search's matches are read from.
+enum Source {
+    /// The entries: a search without words.
+    Entries,
+    /// The postings of one word, whose parameter this is, without filters: the page is read
+    /// in (frequency, length, id) order (see [`Matches::page`]).
+    OneWord(usize),
+    /// Postings joined to each other or to the documents: several words, or filters.
+    Joined,
+}
+
+/// The `(value, count)` rows of the facet sets of `grouped`, rows `(facets, n)`.
+fn facet_set_counts(grouped: &str) -> String {
+    format!(
+        "SELECT f, SUM(g.n)::bigint FROM ({grouped}) AS g \
+         JOIN search_facet_sets s ON s.code = g.facets, unnest(s.facets) AS f GROUP BY f"
+    )
 }
 
 impl Matches {
@@ -166,12 +182,12 @@ impl Matches {
     /// first, ties to the lower id.
     fn page(&self, clause: &str, l: usize, o: usize) -> String {
         let Self { from, id, score, .. } = self;
-        match self.single_word {
+        match self.source {
             // One word's score only grows with its frequency and shrinks with the length, so the
             // page is among the first `offset + limit` postings of each frequency in (length, id)
             // order: a few index probes (`search_postings_impact`), not a sort of every match.
             // The frequencies are found one index descent each (a loose index scan).
-            Some(w) => format!(
+            Source::OneWord(w) => format!(
                 "WITH RECURSIVE frequencies (frequency) AS ( \
                    SELECT min(frequency) FROM search_postings \
                    WHERE resource = (SELECT nexus_storage($1)) AND word = ${w} \
@@ -186,7 +202,7 @@ impl Matches {
                             ORDER BY p1.length, p1.id LIMIT ${l}::bigint + ${o}::bigint) AS c \
                  ORDER BY c.score DESC, c.id ASC LIMIT ${l} OFFSET ${o}"
             ),
-            None => format!(
+            Source::Entries | Source::Joined => format!(
                 "SELECT {id} AS id, {score} AS score FROM {from} WHERE {clause} \
                  ORDER BY score DESC NULLS LAST, {id} ASC LIMIT ${l} OFFSET ${o}"
             ),
@@ -198,16 +214,15 @@ impl Matches {
     /// rows of [`Matches::counts`] (rows without).
     fn counts_and_page(&self, clause: &str, l: usize, o: usize) -> Option<String> {
         let Self { from, id, score, .. } = self;
-        (self.postings && self.single_word.is_none()).then(|| {
+        matches!(self.source, Source::Joined).then(|| {
+            let counts = facet_set_counts("SELECT facets, COUNT(*) AS n FROM m GROUP BY facets");
             format!(
                 "WITH m AS MATERIALIZED (SELECT {id} AS id, {score} AS score, p1.facets FROM {from} WHERE {clause}), \
                  page AS (SELECT id, score FROM m ORDER BY score DESC, id ASC LIMIT ${l} OFFSET ${o}) \
                  SELECT NULL::text AS f, NULL::bigint AS n, d.doc, 0 AS part, page.score, page.id \
                  FROM page JOIN documents d ON d.resource = (SELECT nexus_storage($1)) AND d.id = page.id \
                  UNION ALL \
-                 SELECT f, SUM(g.n)::bigint, NULL, 1, NULL, NULL \
-                 FROM (SELECT facets, COUNT(*) AS n FROM m GROUP BY facets) AS g \
-                 JOIN search_facet_sets s ON s.code = g.facets, unnest(s.facets) AS f GROUP BY f \
+                 SELECT *, NULL, 1, NULL, NULL FROM ({counts}) AS counts \
                  ORDER BY part, score DESC, id ASC"
             )
         })
@@ -227,16 +242,16 @@ impl Matches {
             with_documents: "search_entries JOIN documents USING (resource, id)".to_owned(),
             id: "id",
             score: "last_updated".to_owned(),
-            counts: "SELECT f, COUNT(*) FROM {from}, unnest(facets) AS f WHERE {clause} GROUP BY f",
-            postings: false,
-            single_word: None,
+            counts: "SELECT f, COUNT(*) FROM {from}, unnest(facets) AS f WHERE {clause} GROUP BY f"
+                .to_owned(),
+            source: Source::Entries,
         }
     }
 
     /// Searches for `count` words, parameters `$first…` (the search's clause asks for the first
-    /// in `p1`): the postings of the first word, joined
-    /// on id to each other word's (every word must match), ranked by BM25 with each word
-    /// weighted alike (an IDF would cost a count of each word's postings per search).
+    /// in `p1`): the postings of the first word, joined on id to each other word's (every word
+    /// must match), ranked by BM25 with each word weighted alike (an IDF would cost a count of
+    /// each word's postings per search).
     fn postings(first: usize, count: usize, filtered: bool) -> Self {
         let mut from = String::from("search_postings p1");
         for n in 2..=count {
@@ -266,11 +281,10 @@ impl Matches {
             with_documents,
             id: "p1.id",
             score,
-            counts: "SELECT f, SUM(n)::bigint FROM (SELECT p1.facets, COUNT(*) AS n FROM {from} WHERE {clause} \
-                     GROUP BY p1.facets) AS g JOIN search_facet_sets s ON s.code = g.facets, unnest(s.facets) AS f \
-                     GROUP BY f",
-            postings: true,
-            single_word: (count == 1 && !filtered).then_some(first),
+            counts: facet_set_counts(
+                "SELECT p1.facets, COUNT(*) AS n FROM {from} WHERE {clause} GROUP BY p1.facets",
+            ),
+            source: if count == 1 && !filtered { Source::OneWord(first) } else { Source::Joined },
         }
     }
 }
@@ -587,10 +601,7 @@ impl ReadStore for PostgresReadStore {
                 for row in self.query(&sql, &page_params).await? {
                     match row.try_get::<_, Option<Json<ReadDocument>>>(2).map_err(|e| corrupt("search", e))? {
                         Some(Json(doc)) => items.push(doc),
-                        None => counts.push((
-                            row.try_get(0).map_err(|e| corrupt("search", e))?,
-                            row.try_get(1).map_err(|e| corrupt("search", e))?,
-                        )),
+                        None => counts.push(facet_count(&row)?),
                     }
                 }
                 return Ok::<_, StoreError>((counts, items));
@@ -604,15 +615,7 @@ impl ReadStore for PostgresReadStore {
             );
             let (counts, page) =
                 tokio::try_join!(self.query(&counts_sql, &params), self.query(&page_sql, &page_params))?;
-            let counts = counts
-                .iter()
-                .map(|row| {
-                    Ok((
-                        row.try_get(0).map_err(|e| corrupt("search", e))?,
-                        row.try_get(1).map_err(|e| corrupt("search", e))?,
-                    ))
-                })
-                .collect::<Result<Vec<(String, i64)>, StoreError>>()?;
+            let counts = counts.iter().map(facet_count).collect::<Result<Vec<_>, _>>()?;
             Ok((counts, page.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?))
         };
         // A scalar counts once, an array (tags) once per member.

@@ -20,9 +20,7 @@ use rusqlite::Connection;
 use rusqlite::ffi;
 use rusqlite::types::ToSqlOutput;
 
-/// BM25's constants, as FTS5's `bm25()` has them.
-const K1: f64 = 1.2;
-const B: f64 = 0.75;
+use nexus_core::ports::{BM25_B as B, BM25_K1 as K1};
 
 /// Registers `nexus_frequencies` on `conn` (per connection, like every SQL function).
 pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
