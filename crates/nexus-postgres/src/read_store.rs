@@ -7,9 +7,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
+use futures_util::future::try_join_all;
 use nexus_core::ports::{BM25_B, BM25_K1, Filter};
 use nexus_core::{
     ListQuery, Page, ReadDocument, ReadStore, SearchQuery, SearchResults, SortOrder, StoreError,
@@ -31,7 +34,16 @@ pub struct PostgresReadStore {
     pool: Pool,
     /// Held by the sweep under way in this process.
     sweeping: Arc<tokio::sync::Mutex<()>>,
+    /// How many parts a search for words is cut into, by ranges of ids, each run on a
+    /// connection of its own at the same time (see [`PostgresReadStore::split_points`]).
+    search_parts: AtomicUsize,
+    /// The ids that cut searches into parts, and when they were read.
+    split_points: std::sync::Mutex<Option<(Instant, Arc<[String]>)>>,
 }
+
+/// How long the ids that cut searches into parts are kept before they are read again (they
+/// come from the planner's statistics, which only change when the postings are analyzed).
+const SPLIT_POINTS_TTL: Duration = Duration::from_secs(60);
 
 /// How long a retired generation stays before the sweep deletes it: statements that resolved
 /// the model's name before it was repointed finish reading (and a late commit lands) meanwhile.
@@ -43,8 +55,16 @@ const SWEEP_CHUNK: i64 = 5_000;
 impl PostgresReadStore {
     /// The store on `pool`; sweeps what an earlier process retired and did not delete.
     pub(crate) fn new(pool: Pool) -> Self {
-        let store = Self { pool, sweeping: Arc::default() };
-        store.sweep_later(std::time::Duration::ZERO);
+        // One part a core, up to 4, like the embedded store's scans: a search waits on the
+        // longest part, and the parts of one search only gain while they have cores to run on.
+        let parts = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let store = Self {
+            pool,
+            sweeping: Arc::default(),
+            search_parts: AtomicUsize::new(parts),
+            split_points: std::sync::Mutex::new(None),
+        };
+        store.sweep_later(Duration::ZERO);
         store
     }
 
@@ -52,6 +72,54 @@ impl PostgresReadStore {
     pub async fn retired_models(&self) -> Result<u64, StoreError> {
         let rows = self.query("SELECT COUNT(*) FROM retired_models", &[]).await?;
         unsigned(rows[0].try_get(0).map_err(|e| corrupt("count", e))?, "count")
+    }
+
+    /// Cuts each search for words into `parts` (at least 1) that run at the same time. The
+    /// default is one a core of this machine, up to 4; 1 runs every search as one statement.
+    pub fn set_search_parts(&self, parts: usize) {
+        self.search_parts.store(parts.max(1), Ordering::Relaxed);
+        *self.split_points.lock().expect("split points poisoned") = None;
+    }
+
+    /// The ids that cut a search for words into parts: part `i` holds the ids from point `i - 1`
+    /// (inclusive) to point `i` (exclusive). They are quantiles of the postings' ids from the
+    /// planner's statistics (`pg_stats`), so each part holds about as many postings of any
+    /// word whose documents' ids are spread like the others'; none before the postings are
+    /// analyzed (autovacuum does, once a table has grown), and then a search is one part.
+    async fn split_points(&self) -> Result<Arc<[String]>, StoreError> {
+        let parts = self.search_parts.load(Ordering::Relaxed);
+        if parts == 1 {
+            return Ok(Arc::from([]));
+        }
+        if let Some((read, points)) = &*self.split_points.lock().expect("split points poisoned")
+            && read.elapsed() < SPLIT_POINTS_TTL
+        {
+            return Ok(points.clone());
+        }
+        let rows = self
+            .query(
+                "SELECT histogram_bounds::text::text[] FROM pg_stats \
+                 WHERE schemaname = current_schema() AND tablename = 'search_postings' AND attname = 'id'",
+                &[],
+            )
+            .await?;
+        let bounds: Vec<String> = match rows.first() {
+            Some(row) => row.try_get::<_, Option<Vec<String>>>(0).map_err(|e| corrupt("statistics", e))?,
+            None => None,
+        }
+        .unwrap_or_default();
+        let mut points: Vec<String> = Vec::new();
+        if bounds.len() >= parts {
+            for n in 1..parts {
+                let point = &bounds[n * (bounds.len() - 1) / parts];
+                if points.last() != Some(point) {
+                    points.push(point.clone());
+                }
+            }
+        }
+        let points: Arc<[String]> = points.into();
+        *self.split_points.lock().expect("split points poisoned") = Some((Instant::now(), points.clone()));
+        Ok(points)
     }
 
     /// Sweeps retired generations after `delay` (past their grace), one sweep at a time.
@@ -156,6 +224,8 @@ struct Matches {
     /// `tags` U+001F value with theirs; `{from}` and `{clause}` stand for the matches.
     counts: String,
     source: Source,
+    /// How many words' postings are joined (`p1`…), none for the entries.
+    postings: usize,
 }
 
 /// What a search's matches are read from.
@@ -210,22 +280,33 @@ impl Matches {
     }
 
     /// For matches that join postings (several words, or filters): one statement that joins
-    /// them once, for both the page (rows with a document, best first) and the `(value, count)`
-    /// rows of [`Matches::counts`] (rows without).
-    fn counts_and_page(&self, clause: &str, l: usize, o: usize) -> Option<String> {
+    /// them once, for both the `(value, count)` rows of [`Matches::counts`] and the page's
+    /// `(NULL, NULL, id, score)` rows.
+    fn counts_and_page(&self, clause: &str, l: usize, o: usize) -> String {
         let Self { from, id, score, .. } = self;
-        matches!(self.source, Source::Joined).then(|| {
-            let counts = facet_set_counts("SELECT facets, COUNT(*) AS n FROM m GROUP BY facets");
-            format!(
-                "WITH m AS MATERIALIZED (SELECT {id} AS id, {score} AS score, p1.facets FROM {from} WHERE {clause}), \
-                 page AS (SELECT id, score FROM m ORDER BY score DESC, id ASC LIMIT ${l} OFFSET ${o}) \
-                 SELECT NULL::text AS f, NULL::bigint AS n, d.doc, 0 AS part, page.score, page.id \
-                 FROM page JOIN documents d ON d.resource = (SELECT nexus_storage($1)) AND d.id = page.id \
-                 UNION ALL \
-                 SELECT *, NULL, 1, NULL, NULL FROM ({counts}) AS counts \
-                 ORDER BY part, score DESC, id ASC"
-            )
-        })
+        let counts = facet_set_counts("SELECT facets, COUNT(*) AS n FROM m GROUP BY facets");
+        format!(
+            "WITH m AS MATERIALIZED (SELECT {id} AS id, {score} AS score, p1.facets FROM {from} WHERE {clause}), \
+             page AS (SELECT id, score FROM m ORDER BY score DESC, id ASC LIMIT ${l} OFFSET ${o}) \
+             SELECT NULL::text AS f, NULL::bigint AS n, id, score FROM page \
+             UNION ALL \
+             SELECT *, NULL, NULL FROM ({counts}) AS counts"
+        )
+    }
+
+    /// `clause` narrowed to one part of the ids: from parameter `$from` (inclusive) up to `$to`
+    /// (exclusive), on every word's postings, so that each index scan reads only its range.
+    fn part(&self, clause: &str, from: Option<usize>, to: Option<usize>) -> String {
+        let mut clause = clause.to_owned();
+        for n in 1..=self.postings {
+            if let Some(from) = from {
+                clause.push_str(&format!(" AND p{n}.id >= ${from}"));
+            }
+            if let Some(to) = to {
+                clause.push_str(&format!(" AND p{n}.id < ${to}"));
+            }
+        }
+        clause
     }
 
     /// Searches without words: every entry the filters keep, newest first.
@@ -245,6 +326,7 @@ impl Matches {
             counts: "SELECT f, COUNT(*) FROM {from}, unnest(facets) AS f WHERE {clause} GROUP BY f"
                 .to_owned(),
             source: Source::Entries,
+            postings: 0,
         }
     }
 
@@ -285,6 +367,7 @@ impl Matches {
                 "SELECT p1.facets, COUNT(*) AS n FROM {from} WHERE {clause} GROUP BY p1.facets",
             ),
             source: if count == 1 && !filtered { Source::OneWord(first) } else { Source::Joined },
+            postings: count,
         }
     }
 }
@@ -333,7 +416,7 @@ async fn sweep(pool: &Pool) -> Result<(), StoreError> {
             .map_err(unavailable)?;
         let Some(due) = due else { return Ok(()) };
         let storage: String = due.try_get(0).map_err(|e| corrupt("retired model", e))?;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mut deleted = 0;
         loop {
             let chunk = client
@@ -510,7 +593,7 @@ impl ReadStore for PostgresReadStore {
             .await
             .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
-        self.sweep_later(std::time::Duration::from_secs_f64(SWEEP_GRACE_SECS));
+        self.sweep_later(Duration::from_secs_f64(SWEEP_GRACE_SECS));
         Ok(())
     }
 
@@ -537,7 +620,7 @@ impl ReadStore for PostgresReadStore {
         .map_err(unavailable)?;
         tx.execute("DELETE FROM checkpoints WHERE projection = $1", &[&shadow]).await.map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
-        self.sweep_later(std::time::Duration::from_secs_f64(SWEEP_GRACE_SECS));
+        self.sweep_later(Duration::from_secs_f64(SWEEP_GRACE_SECS));
         Ok(())
     }
 
@@ -591,31 +674,87 @@ impl ReadStore for PostgresReadStore {
         // Statements on pooled connections, at once: the total and the status and tags counts in
         // one pass over the matches' facet values, the page, and any other facet. Matches that
         // need a join of postings are joined once, for the counts and the page together.
+        //
+        // A search for words is cut into parts by ranges of ids (see `split_points`), each part
+        // a statement on a connection of its own, so the postings are read on several cores at
+        // once. Every document is in exactly one part, so the counts add up; each part gives
+        // its best `offset + limit` matches, among which are the page's.
         let (limit, offset) = (bigint(query.limit as u64), bigint(query.offset as u64));
+        let points = if matches.postings > 0 { self.split_points().await? } else { Arc::from([]) };
+        let parted = !points.is_empty();
+        let (part_limit, part_offset) =
+            if parted { (bigint((query.limit + query.offset) as u64), 0) } else { (limit, offset) };
         let mut page_params = params.clone();
         page_params.extend([&limit as &(dyn ToSql + Sync), &offset]);
         let (l, o) = (params.len() + 1, params.len() + 2);
+        // Each part's bounds and parameters: the search's, then its bounds.
+        let parts: Vec<(Option<usize>, Option<usize>, Vec<&(dyn ToSql + Sync)>)> = (0..=points.len())
+            .map(|n| {
+                let mut part_params = params.clone();
+                let mut bound = |n: Option<usize>| {
+                    n.map(|n| {
+                        part_params.push(&points[n] as &(dyn ToSql + Sync));
+                        part_params.len()
+                    })
+                };
+                let from = bound(n.checked_sub(1));
+                let to = bound((n < points.len()).then_some(n));
+                (from, to, part_params)
+            })
+            .collect();
         let counts_and_page = async {
-            if let Some(sql) = matches.counts_and_page(&clause, l, o) {
-                let (mut counts, mut items) = (Vec::new(), Vec::new());
-                for row in self.query(&sql, &page_params).await? {
-                    match row.try_get::<_, Option<Json<ReadDocument>>>(2).map_err(|e| corrupt("search", e))? {
-                        Some(Json(doc)) => items.push(doc),
-                        None => counts.push(facet_count(&row)?),
+            if let Source::Joined = matches.source {
+                let statements = parts.iter().map(|(from, to, part_params)| {
+                    let mut part_params = part_params.clone();
+                    part_params.extend([&part_limit as &(dyn ToSql + Sync), &part_offset]);
+                    let (l, o) = (part_params.len() - 1, part_params.len());
+                    let sql = matches.counts_and_page(&matches.part(&clause, *from, *to), l, o);
+                    async move { self.query(&sql, &part_params).await }
+                });
+                let (mut counts, mut page) = (Vec::new(), Vec::new());
+                for row in try_join_all(statements).await?.iter().flatten() {
+                    match row.try_get::<_, Option<String>>(2).map_err(|e| corrupt("search", e))? {
+                        Some(id) => {
+                            page.push((row.try_get::<_, f64>(3).map_err(|e| corrupt("search", e))?, id))
+                        }
+                        None => counts.push(facet_count(row)?),
                     }
                 }
-                return Ok::<_, StoreError>((counts, items));
+                // Best first, ties to the lower id (bytewise, as `COLLATE "C"` orders them).
+                page.sort_by(|(a, a_id), (b, b_id)| b.total_cmp(a).then_with(|| a_id.cmp(b_id)));
+                let ids: Vec<String> = page
+                    .into_iter()
+                    .skip(if parted { query.offset } else { 0 })
+                    .take(query.limit)
+                    .map(|(_, id)| id)
+                    .collect();
+                let rows = self
+                    .query(
+                        "SELECT d.doc FROM unnest($2::text[]) WITH ORDINALITY AS p(id, n) \
+                         JOIN documents d ON d.resource = (SELECT nexus_storage($1)) AND d.id = p.id ORDER BY p.n",
+                        &[&resource, &ids],
+                    )
+                    .await?;
+                return Ok::<_, StoreError>((
+                    counts,
+                    rows.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?,
+                ));
             }
-            let counts_sql = matches.counts.replace("{from}", &matches.from).replace("{clause}", &clause);
+            let counts = parts.iter().map(|(from, to, part_params)| {
+                let sql = matches
+                    .counts
+                    .replace("{from}", &matches.from)
+                    .replace("{clause}", &matches.part(&clause, *from, *to));
+                async move { self.query(&sql, part_params).await }
+            });
             let page_sql = format!(
                 "SELECT d.doc FROM ({}) AS page \
                  JOIN documents d ON d.resource = (SELECT nexus_storage($1)) AND d.id = page.id \
                  ORDER BY page.score DESC NULLS LAST, page.id ASC",
                 matches.page(&clause, l, o)
             );
-            let (counts, page) =
-                tokio::try_join!(self.query(&counts_sql, &params), self.query(&page_sql, &page_params))?;
-            let counts = counts.iter().map(facet_count).collect::<Result<Vec<_>, _>>()?;
+            let (counts, page) = tokio::try_join!(try_join_all(counts), self.query(&page_sql, &page_params))?;
+            let counts = counts.iter().flatten().map(facet_count).collect::<Result<Vec<_>, _>>()?;
             Ok((counts, page.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?))
         };
         // A scalar counts once, an array (tags) once per member.
@@ -642,10 +781,10 @@ impl ReadStore for PostgresReadStore {
         for (value, count) in counts {
             let count = unsigned(count, "count")?;
             match value.split_once('\u{1f}') {
-                None => total = count,
+                None => total += count,
                 Some((field, value)) => {
                     if let Some(counts) = facets.get_mut(field) {
-                        counts.insert(value.to_owned(), count);
+                        *counts.entry(value.to_owned()).or_default() += count;
                     }
                 }
             }
