@@ -226,6 +226,8 @@ struct Matches {
     source: Source,
     /// How many words' postings are joined (`p1`…), none for the entries.
     postings: usize,
+    /// Whether the documents are joined too (as `d`, for filters).
+    filtered: bool,
 }
 
 /// What a search's matches are read from.
@@ -295,15 +297,19 @@ impl Matches {
     }
 
     /// `clause` narrowed to one part of the ids: from parameter `$from` (inclusive) up to `$to`
-    /// (exclusive), on every word's postings, so that each index scan reads only its range.
+    /// (exclusive), on every word's postings and the documents, so that each index scan reads
+    /// only its range (and the planner sees each side's share of the rows: told only of the
+    /// postings' share, it hashed them rather than probe them for the few documents a filter
+    /// keeps, 40 ms where probing took 1).
     fn part(&self, clause: &str, from: Option<usize>, to: Option<usize>) -> String {
         let mut clause = clause.to_owned();
-        for n in 1..=self.postings {
+        let documents = self.filtered.then(|| "d".to_owned());
+        for table in (1..=self.postings).map(|n| format!("p{n}")).chain(documents) {
             if let Some(from) = from {
-                clause.push_str(&format!(" AND p{n}.id >= ${from}"));
+                clause.push_str(&format!(" AND {table}.id >= ${from}"));
             }
             if let Some(to) = to {
-                clause.push_str(&format!(" AND p{n}.id < ${to}"));
+                clause.push_str(&format!(" AND {table}.id < ${to}"));
             }
         }
         clause
@@ -327,6 +333,7 @@ impl Matches {
                 .to_owned(),
             source: Source::Entries,
             postings: 0,
+            filtered,
         }
     }
 
@@ -368,6 +375,7 @@ impl Matches {
             ),
             source: if count == 1 && !filtered { Source::OneWord(first) } else { Source::Joined },
             postings: count,
+            filtered,
         }
     }
 }

@@ -204,6 +204,11 @@ async fn search(total: u64, read: &Arc<dyn ReadStore>) {
     }
     // On SQLite the first search of a generation loads its doc values.
     println!("first search: {:.1} ms", latencies[0]);
+    // Where the slowest fell: spread out, or together (a stall of the machine or the server).
+    let mut slowest: Vec<(usize, f64)> = latencies.iter().copied().enumerate().collect();
+    slowest.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let slowest: Vec<String> = slowest[..5].iter().map(|(n, ms)| format!("#{n} {ms:.1} ms")).collect();
+    println!("slowest: {}", slowest.join(", "));
     println!(
         "search over {total} documents (300 queries, facets status+tags): p50 {:.1} ms, p99 {:.1} ms",
         percentile(&mut latencies, 0.5),
