@@ -37,13 +37,21 @@ pub struct PostgresReadStore {
     /// How many parts a search for words is cut into, by ranges of ids, each run on a
     /// connection of its own at the same time (see [`PostgresReadStore::split_points`]).
     search_parts: AtomicUsize,
-    /// The ids that cut searches into parts, and when they were read.
-    split_points: std::sync::Mutex<Option<(Instant, Arc<[String]>)>>,
+    /// The ids that cut searches into parts, when they were read, and for how many parts.
+    split_points: std::sync::Mutex<Option<SplitPoints>>,
 }
+
+/// Split points (see [`PostgresReadStore::search_split_points`]): when they were read, for how
+/// many parts, and the ids.
+type SplitPoints = (Instant, usize, Arc<[String]>);
 
 /// How long the ids that cut searches into parts are kept before they are read again (they
 /// come from the planner's statistics, which only change when the postings are analyzed).
 const SPLIT_POINTS_TTL: Duration = Duration::from_secs(60);
+
+/// The deepest page a search is cut into parts for: each part gives its best `offset + limit`
+/// matches, so past this one statement with SQL's own `OFFSET` sends back less.
+const MAX_PARTED_OFFSET: usize = 1_000;
 
 /// How long a retired generation stays before the sweep deletes it: statements that resolved
 /// the model's name before it was repointed finish reading (and a late commit lands) meanwhile.
@@ -86,13 +94,14 @@ impl PostgresReadStore {
     /// planner's statistics (`pg_stats`), so each part holds about as many postings of any
     /// word whose documents' ids are spread like the others'; none before the postings are
     /// analyzed (autovacuum does, once a table has grown), and then a search is one part.
-    async fn split_points(&self) -> Result<Arc<[String]>, StoreError> {
+    pub async fn search_split_points(&self) -> Result<Arc<[String]>, StoreError> {
         let parts = self.search_parts.load(Ordering::Relaxed);
         if parts == 1 {
             return Ok(Arc::from([]));
         }
-        if let Some((read, points)) = &*self.split_points.lock().expect("split points poisoned")
+        if let Some((read, cut, points)) = &*self.split_points.lock().expect("split points poisoned")
             && read.elapsed() < SPLIT_POINTS_TTL
+            && *cut == parts
         {
             return Ok(points.clone());
         }
@@ -118,7 +127,8 @@ impl PostgresReadStore {
             }
         }
         let points: Arc<[String]> = points.into();
-        *self.split_points.lock().expect("split points poisoned") = Some((Instant::now(), points.clone()));
+        *self.split_points.lock().expect("split points poisoned") =
+            Some((Instant::now(), parts, points.clone()));
         Ok(points)
     }
 
@@ -641,21 +651,25 @@ impl ReadStore for PostgresReadStore {
             .filter(|field| !matches!(field.as_str(), "status" | "tags"))
             .map(|field| Ok((field.clone(), json_path(field)?)))
             .collect::<Result<_, StoreError>>()?;
-        // The words as the documents' words were made (`to_tsvector('simple', …)`), each once.
-        let words: Vec<String> = if query.text.split_whitespace().next().is_none() {
-            Vec::new()
-        } else {
-            let rows =
-                self.query("SELECT tsvector_to_array(to_tsvector('simple', $1))", &[&query.text]).await?;
-            let words: Vec<String> = rows[0].try_get(0).map_err(|e| corrupt("search words", e))?;
-            if words.is_empty() {
-                // Text without a word (punctuation only) matches nothing, once the filters are
-                // known to be valid.
-                where_clause("resource", resource, &query.filters)?;
-                return Ok(SearchResults { items: Vec::new(), total: 0, facets });
-            }
-            words
-        };
+        // The words as the documents' words were made (`to_tsvector('simple', …)`), each once,
+        // and where the model is stored, looked up once: every statement below then reads the
+        // same generation (a storage name is no model's name, so `nexus_storage` of it is
+        // itself), even when a swap repoints the model meanwhile.
+        let rows = self
+            .query(
+                "SELECT tsvector_to_array(to_tsvector('simple', $1)), nexus_storage($2)",
+                &[&query.text, &resource],
+            )
+            .await?;
+        let words: Vec<String> = rows[0].try_get(0).map_err(|e| corrupt("search words", e))?;
+        let storage: String = rows[0].try_get(1).map_err(|e| corrupt("storage", e))?;
+        let resource = storage.as_str();
+        if words.is_empty() && query.text.split_whitespace().next().is_some() {
+            // Text without a word (punctuation only) matches nothing, once the filters are
+            // known to be valid.
+            where_clause("resource", resource, &query.filters)?;
+            return Ok(SearchResults { items: Vec::new(), total: 0, facets });
+        }
         let resource_column = if words.is_empty() { "resource" } else { "p1.resource" };
         let (mut clause, mut values) = where_clause(resource_column, resource, &query.filters)?;
         for filter in &query.filters {
@@ -683,15 +697,27 @@ impl ReadStore for PostgresReadStore {
         // one pass over the matches' facet values, the page, and any other facet. Matches that
         // need a join of postings are joined once, for the counts and the page together.
         //
-        // A search for words is cut into parts by ranges of ids (see `split_points`), each part
-        // a statement on a connection of its own, so the postings are read on several cores at
-        // once. Every document is in exactly one part, so the counts add up; each part gives
-        // its best `offset + limit` matches, among which are the page's.
+        // A search for words is cut into parts by ranges of ids (see `search_split_points`), each
+        // part a statement on a connection of its own, so the postings are read on several cores
+        // at once. Every document is in exactly one part, so the counts add up; each part gives
+        // its best `offset + limit` matches, among which are the page's. Not for a deep page
+        // (each part would send back most of its matches), nor when the pool is short of idle
+        // connections (the parts would queue, and the writers behind them).
         let (limit, offset) = (bigint(query.limit as u64), bigint(query.offset as u64));
-        let points = if matches.postings > 0 { self.split_points().await? } else { Arc::from([]) };
+        let pool = self.pool.status();
+        let spare = pool.max_size - pool.size + pool.available;
+        let points = if matches.postings > 0 && query.offset <= MAX_PARTED_OFFSET {
+            self.search_split_points().await?
+        } else {
+            Arc::from([])
+        };
+        let points = if spare > points.len() + 2 { points } else { Arc::from([]) };
         let parted = !points.is_empty();
-        let (part_limit, part_offset) =
-            if parted { (bigint((query.limit + query.offset) as u64), 0) } else { (limit, offset) };
+        let (part_limit, part_offset) = if parted {
+            (bigint(query.limit.saturating_add(query.offset) as u64), 0)
+        } else {
+            (limit, offset)
+        };
         let mut page_params = params.clone();
         page_params.extend([&limit as &(dyn ToSql + Sync), &offset]);
         let (l, o) = (params.len() + 1, params.len() + 2);
@@ -736,13 +762,18 @@ impl ReadStore for PostgresReadStore {
                     .take(query.limit)
                     .map(|(_, id)| id)
                     .collect();
-                let rows = self
-                    .query(
+                // Read after the counts, from the same generation: a document deleted meanwhile
+                // is missing from the page (as from any later one).
+                let rows = if ids.is_empty() {
+                    Vec::new()
+                } else {
+                    self.query(
                         "SELECT d.doc FROM unnest($2::text[]) WITH ORDINALITY AS p(id, n) \
                          JOIN documents d ON d.resource = (SELECT nexus_storage($1)) AND d.id = p.id ORDER BY p.n",
                         &[&resource, &ids],
                     )
-                    .await?;
+                    .await?
+                };
                 return Ok::<_, StoreError>((
                     counts,
                     rows.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?,

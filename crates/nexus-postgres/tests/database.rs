@@ -388,6 +388,9 @@ async fn a_search_cut_into_parts_answers_like_one_statement() {
         query("red widget filler", vec![], 100, 0),
         query("widget", customer(), 5, 3),
         query("nothing", vec![], 10, 0),
+        query("widget red", vec![], 10, 45),
+        query("", vec![], 10, 0),
+        query("widget red", vec![], 10, 2_000),
     ];
     read.set_search_parts(1);
     let mut whole = Vec::new();
@@ -399,6 +402,7 @@ async fn a_search_cut_into_parts_answers_like_one_statement() {
     assert_eq!(whole[2].total, 50);
     assert!(whole[5].total > 0 && whole[6].total == 0);
     read.set_search_parts(3);
+    assert_eq!(read.search_split_points().await.unwrap().len(), 2, "three parts");
     for (query, expected) in queries.iter().zip(&whole) {
         let parted = read.search("orders", query).await.unwrap();
         let ids = |results: &nexus_core::SearchResults| {
