@@ -705,7 +705,7 @@ impl ReadStore for PostgresReadStore {
         // connections (the parts would queue, and the writers behind them).
         let (limit, offset) = (bigint(query.limit as u64), bigint(query.offset as u64));
         let pool = self.pool.status();
-        let spare = pool.max_size - pool.size + pool.available;
+        let spare = pool.max_size.saturating_sub(pool.size) + pool.available;
         let points = if matches.postings > 0 && query.offset <= MAX_PARTED_OFFSET {
             self.search_split_points().await?
         } else {
