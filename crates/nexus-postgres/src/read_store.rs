@@ -133,7 +133,7 @@ impl PostgresReadStore {
     }
 
     /// Sweeps retired generations after `delay` (past their grace), one sweep at a time.
-    fn sweep_later(&self, delay: std::time::Duration) {
+    fn sweep_later(&self, delay: Duration) {
         let (pool, sweeping) = (self.pool.clone(), self.sweeping.clone());
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -764,20 +764,9 @@ impl ReadStore for PostgresReadStore {
                     .collect();
                 // Read after the counts, from the same generation: a document deleted meanwhile
                 // is missing from the page (as from any later one).
-                let rows = if ids.is_empty() {
-                    Vec::new()
-                } else {
-                    self.query(
-                        "SELECT d.doc FROM unnest($2::text[]) WITH ORDINALITY AS p(id, n) \
-                         JOIN documents d ON d.resource = (SELECT nexus_storage($1)) AND d.id = p.id ORDER BY p.n",
-                        &[&resource, &ids],
-                    )
-                    .await?
-                };
-                return Ok::<_, StoreError>((
-                    counts,
-                    rows.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?,
-                ));
+                let mut docs: HashMap<String, ReadDocument> =
+                    self.load(resource, &ids).await?.into_iter().map(|doc| (doc.id.clone(), doc)).collect();
+                return Ok::<_, StoreError>((counts, ids.iter().filter_map(|id| docs.remove(id)).collect()));
             }
             let counts = parts.iter().map(|(from, to, part_params)| {
                 let sql = matches
