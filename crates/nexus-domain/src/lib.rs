@@ -34,7 +34,7 @@ pub mod users;
 
 use nexus_core::{Domain, DomainEvent, ProjectionError, Upcaster};
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde::de::value::MapDeserializer;
 
 pub use fulfillment::OrderFulfillment;
 pub use inventory::Product;
@@ -63,8 +63,12 @@ pub fn domain() -> Domain {
 
 /// Reads a stored event as an aggregate's typed event enum. A projection that cannot read an event
 /// it said it handles must stop, not skip it: the read model would silently drift.
+/// The enum reads the payload where it is: wrapping it in a new JSON object cloned it, which
+/// was a tenth of what a rebuild spent folding.
 fn read_event<E: DeserializeOwned>(event: &DomainEvent) -> Result<E, ProjectionError> {
-    serde_json::from_value(json!({"eventType": event.event_type, "payload": event.payload})).map_err(|e| {
+    let event_type = serde_json::Value::String(event.event_type.clone());
+    let tagged = [("eventType", &event_type), ("payload", &event.payload)];
+    E::deserialize(MapDeserializer::<_, serde_json::Error>::new(tagged.into_iter())).map_err(|e| {
         ProjectionError(format!("cannot read event {} ({}): {e}", event.event_id, event.event_type))
     })
 }
@@ -75,7 +79,7 @@ mod tests {
     use std::path::Path;
 
     use nexus_core::{DecideError, EventSpec};
-    use serde_json::Value;
+    use serde_json::{Value, json};
 
     use super::*;
 

@@ -230,6 +230,9 @@ pub(crate) async fn load_documents(
     resource: &str,
     events: &[&nexus_core::DomainEvent],
 ) -> Result<HashMap<String, ReadDocument>, String> {
+    if events.is_empty() {
+        return Ok(HashMap::new());
+    }
     let mut ids: Vec<String> = events.iter().map(|e| e.aggregate_id.clone()).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -468,24 +471,26 @@ impl ProjectionRunner {
                     docs.binary_search_by(|doc| doc.id.as_str().cmp(id)).ok().map(|at| &docs[at])
                 })
             };
-            let stored: Vec<_> = relevant
-                .iter()
-                .filter(|e| {
-                    written.contains(&hasher.hash_one(&e.aggregate_id)) && pending(&e.aggregate_id).is_none()
-                })
-                .copied()
-                .collect();
-            let mut docs = load_documents(self.read.as_ref(), shadow, &stored).await?;
-            for event in &relevant {
-                if let Some(doc) = pending(&event.aggregate_id) {
-                    docs.entry(event.aggregate_id.clone()).or_insert_with(|| doc.clone());
+            // A document this rebuild has written is in a commit still in flight or else stored;
+            // one it has not starts empty, with no lookup at all.
+            let mut in_commits = HashMap::new();
+            let mut stored = Vec::new();
+            for event in relevant.iter().filter(|e| written.contains(&hasher.hash_one(&e.aggregate_id))) {
+                match pending(&event.aggregate_id) {
+                    Some(doc) => {
+                        in_commits.entry(event.aggregate_id.clone()).or_insert_with(|| doc.clone());
+                    }
+                    None => stored.push(*event),
                 }
             }
+            let mut docs = load_documents(self.read.as_ref(), shadow, &stored).await?;
+            docs.extend(in_commits);
             let updates = self.apply(shadow, &mut docs, relevant)?;
             let changed: HashSet<&str> = updates.iter().map(|u| u.aggregate_id.as_str()).collect();
             let mut touched: Vec<ReadDocument> =
                 docs.into_values().filter(|doc| changed.contains(doc.id.as_str())).collect();
-            touched.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            // By a copy of each id: sorting the documents themselves moved them around many times.
+            touched.sort_by_cached_key(|doc| doc.id.clone());
             // Shared with the commit, not copied: the store only reads them.
             let touched: Arc<[ReadDocument]> = touched.into();
             if in_flight.len() == REBUILD_COMMITS_IN_FLIGHT

@@ -364,33 +364,23 @@ fn read_events(
     params: impl rusqlite::Params,
 ) -> Result<Vec<DomainEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(unavailable)?;
-    let rows = stmt
-        .query_map(params, |row| {
-            Ok((
-                row.get::<_, u64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, u64>(3)?,
-                row.get::<_, String>(4)?,
-                row.get::<_, String>(5)?,
-                row.get::<_, String>(6)?,
-                row.get::<_, String>(7)?,
-            ))
-        })
-        .map_err(unavailable)?;
+    let mut rows = stmt.query(params).map_err(unavailable)?;
     let mut events = Vec::new();
-    for row in rows {
-        let (position, event_id, aggregate_id, version, event_type, timestamp, payload, metadata) =
-            row.map_err(unavailable)?;
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        let event_id: String = row.get(1).map_err(unavailable)?;
+        // The JSON is parsed where SQLite holds it, not copied into a string first.
+        let json = |column: usize| -> Result<&str, StoreError> {
+            row.get_ref(column).map_err(unavailable)?.as_str().map_err(|e| corrupt(&event_id, e))
+        };
         events.push(DomainEvent {
-            payload: serde_json::from_str(&payload).map_err(|e| corrupt(&event_id, e))?,
-            metadata: serde_json::from_str(&metadata).map_err(|e| corrupt(&event_id, e))?,
+            position: row.get(0).map_err(unavailable)?,
+            aggregate_id: row.get(2).map_err(unavailable)?,
+            aggregate_version: row.get(3).map_err(unavailable)?,
+            event_type: row.get(4).map_err(unavailable)?,
+            timestamp: row.get(5).map_err(unavailable)?,
+            payload: serde_json::from_str(json(6)?).map_err(|e| corrupt(&event_id, e))?,
+            metadata: serde_json::from_str(json(7)?).map_err(|e| corrupt(&event_id, e))?,
             event_id,
-            event_type,
-            aggregate_id,
-            aggregate_version: version,
-            position,
-            timestamp,
         });
     }
     Ok(events)

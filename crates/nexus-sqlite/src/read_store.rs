@@ -301,14 +301,21 @@ impl SqliteReadStore {
                          WHERE excluded.version > documents.version",
                     )
                     .map_err(unavailable)?;
-                // One statement per search key, new or not: a docid above the highest before this
-                // commit is new (docids count up), so it has no index entry to take out.
-                let mut upsert_key = tx
+                // A search key is inserted if new, else updated: not one upsert with `RETURNING`,
+                // which cost a new key four times a plain insert (SQLite runs `RETURNING` as a
+                // trigger, and an upsert on a table with an index journals each statement). A
+                // docid above the highest before this commit is new (docids count up), so it has
+                // no index entry to take out.
+                let mut insert_key = tx
                     .prepare_cached(
-                        "INSERT INTO search_keys (resource, id, last_updated, status, tags, words) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                         ON CONFLICT (resource, id) DO UPDATE SET last_updated = excluded.last_updated, \
-                         status = excluded.status, tags = excluded.tags, words = excluded.words RETURNING docid",
+                        "INSERT OR IGNORE INTO search_keys (resource, id, last_updated, status, tags, words) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .map_err(unavailable)?;
+                let mut update_key = tx
+                    .prepare_cached(
+                        "UPDATE search_keys SET last_updated = ?3, status = ?4, tags = ?5, words = ?6 \
+                         WHERE resource = ?1 AND id = ?2 RETURNING docid",
                     )
                     .map_err(unavailable)?;
                 let highest: i64 = tx
@@ -327,11 +334,12 @@ impl SqliteReadStore {
                     if changed == 0 {
                         continue;
                     }
-                    let docid: i64 = upsert_key
-                        .query_row(params![resource, row.id, row.last_updated, row.status, row.tags, row.words], |r| {
-                            r.get(0)
-                        })
-                        .map_err(unavailable)?;
+                    let key = params![resource, row.id, row.last_updated, row.status, row.tags, row.words];
+                    let docid: i64 = if insert_key.execute(key).map_err(unavailable)? == 1 {
+                        tx.last_insert_rowid()
+                    } else {
+                        update_key.query_row(key, |r| r.get(0)).map_err(unavailable)?
+                    };
                     written.push((docid, row));
                     // A document twice in one batch: its last version is indexed, once.
                     let indexed_before = indexed.get(&docid).map_or(docid <= highest, |(before, ..)| *before);
