@@ -11,9 +11,9 @@ use std::marker::PhantomData;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use crate::model::{DomainEvent, FieldError};
+use crate::model::{DomainEvent, FieldError, read_tagged};
 
 /// A command type an aggregate accepts.
 #[derive(Clone, Copy, Debug)]
@@ -153,11 +153,9 @@ impl<A: Aggregate> AggregateHandler for Erased<A> {
     }
 
     fn apply(&self, state: &mut AggregateState, event: &DomainEvent) -> Result<(), String> {
-        let typed: A::Event =
-            serde_json::from_value(json!({"eventType": event.event_type, "payload": event.payload}))
-                .map_err(|e| {
-                    format!("{} cannot read event {} ({}): {e}", A::KIND, event.event_id, event.event_type)
-                })?;
+        let typed: A::Event = event.read_as().map_err(|e| {
+            format!("{} cannot read event {} ({}): {e}", A::KIND, event.event_id, event.event_type)
+        })?;
         let state = state.0.downcast_mut::<A>().expect("state belongs to another aggregate kind");
         state.apply(typed);
         Ok(())
@@ -169,9 +167,8 @@ impl<A: Aggregate> AggregateHandler for Erased<A> {
         command_type: &str,
         payload: &Value,
     ) -> Result<Vec<EventDraft>, DecideError> {
-        let command: A::Command =
-            serde_json::from_value(json!({"commandType": command_type, "payload": payload}))
-                .map_err(|e| DecideError::Invalid(vec![FieldError::new("payload", e.to_string())]))?;
+        let command: A::Command = read_tagged("commandType", command_type, payload)
+            .map_err(|e| DecideError::Invalid(vec![FieldError::new("payload", e.to_string())]))?;
         let events = self.state(state).decide(command).map_err(DecideError::Rejected)?;
         events.iter().map(draft::<A>).collect()
     }

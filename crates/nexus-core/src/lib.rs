@@ -23,7 +23,7 @@ pub use aggregate::{
 pub use domain::{Domain, Upcaster};
 pub use model::{
     Command, CommandMetadata, CommandResult, DomainEvent, EventMetadata, FieldError, format_timestamp,
-    is_valid_aggregate_id,
+    is_valid_aggregate_id, read_tagged,
 };
 pub use ports::{
     AppendOutcome, AppendRequest, CommandRecord, DeadLetter, Delivery, EventQueue, EventRejection,

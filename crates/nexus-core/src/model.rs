@@ -40,6 +40,26 @@ pub struct DomainEvent {
     pub metadata: EventMetadata,
 }
 
+impl DomainEvent {
+    /// The event as an adjacently tagged enum (`eventType` + `payload`), see [`read_tagged`].
+    pub fn read_as<E: serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
+        read_tagged("eventType", &self.event_type, &self.payload)
+    }
+}
+
+/// Reads an adjacently tagged enum (`{tag: name, "payload": payload}`) from the payload where
+/// it is: wrapping the payload in a new JSON object cloned all of it, for every event applied
+/// and every command decided.
+pub fn read_tagged<E: serde::de::DeserializeOwned>(
+    tag: &'static str,
+    name: &str,
+    payload: &Value,
+) -> Result<E, serde_json::Error> {
+    use serde::de::value::MapDeserializer;
+    let name = Value::String(name.to_owned());
+    E::deserialize(MapDeserializer::new([(tag, &name), ("payload", payload)].into_iter()))
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventMetadata {

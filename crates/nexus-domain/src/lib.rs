@@ -34,7 +34,6 @@ pub mod users;
 
 use nexus_core::{Domain, DomainEvent, ProjectionError, Upcaster};
 use serde::de::DeserializeOwned;
-use serde::de::value::MapDeserializer;
 
 pub use fulfillment::OrderFulfillment;
 pub use inventory::Product;
@@ -63,13 +62,8 @@ pub fn domain() -> Domain {
 
 /// Reads a stored event as an aggregate's typed event enum. A projection that cannot read an event
 /// it said it handles must stop, not skip it: the read model would silently drift.
-///
-/// The enum is read from the payload where it is: wrapping the payload in a new JSON object
-/// cloned all of it for every event.
 fn read_event<E: DeserializeOwned>(event: &DomainEvent) -> Result<E, ProjectionError> {
-    let event_type = serde_json::Value::String(event.event_type.clone());
-    let tagged = [("eventType", &event_type), ("payload", &event.payload)];
-    E::deserialize(MapDeserializer::<_, serde_json::Error>::new(tagged.into_iter())).map_err(|e| {
+    event.read_as().map_err(|e| {
         ProjectionError(format!("cannot read event {} ({}): {e}", event.event_id, event.event_type))
     })
 }

@@ -6,7 +6,7 @@ use nexus_core::{
     SagaDefinition, SagaStatus,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Every event of a saga's stream. Adjacently tagged like every aggregate's events.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -354,7 +354,8 @@ impl Saga {
 
 /// Reads a stored saga event.
 pub fn read_saga_event(event: &DomainEvent) -> Result<SagaEvent, String> {
-    serde_json::from_value(json!({"eventType": event.event_type, "payload": event.payload}))
+    event
+        .read_as()
         .map_err(|e| format!("cannot read saga event {} ({}): {e}", event.event_id, event.event_type))
 }
 
@@ -385,6 +386,7 @@ impl Projection for SagasProjection {
 #[cfg(test)]
 mod tests {
     use nexus_core::{SagaMetadata, SagaStep, StepCommand};
+    use serde_json::json;
 
     use super::*;
 
