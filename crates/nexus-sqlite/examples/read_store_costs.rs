@@ -1,5 +1,5 @@
 //! What the embedded read store's work costs at scale, without the runner around it: commits of
-//! N order-like documents (documents, search keys and FTS5 in batches of 5,000), then the parts of
+//! N order-like documents (documents and FTS5 in batches of 5,000), then the parts of
 //! a one-word search over them, timed as raw SQL, then the whole `search`.
 //!
 //! `cargo run --release -p nexus-sqlite --example read_store_costs -- [N]` (default 1,000,000).
@@ -57,14 +57,14 @@ async fn main() {
         ("the FTS5 match", "SELECT search_index.rowid FROM search_index WHERE search_index MATCH ?1"),
         ("match + bm25", "SELECT bm25(search_index, 1.0, 0.0) FROM search_index WHERE search_index MATCH ?1"),
         (
-            "match + search-key lookups",
-            "SELECT k.id, k.status, k.tags FROM search_index JOIN search_keys k ON k.docid = search_index.rowid \
+            "match + document lookups",
+            "SELECT k.id, k.status, k.tags FROM search_index JOIN documents k ON k.docid = search_index.rowid \
              WHERE search_index MATCH ?1 AND k.resource = 'orders'",
         ),
         (
-            "match + bm25 + search-key lookups",
+            "match + bm25 + document lookups",
             "SELECT k.id, bm25(search_index, 1.0, 0.0), k.status, k.tags \
-             FROM search_index JOIN search_keys k ON k.docid = search_index.rowid \
+             FROM search_index JOIN documents k ON k.docid = search_index.rowid \
              WHERE search_index MATCH ?1 AND k.resource = 'orders'",
         ),
     ];

@@ -1,7 +1,7 @@
 //! Doc values: what a full-text search reads of each match (id, status, tags, length in words),
 //! per storage, in memory, by docid.
 //!
-//! Why: reading them from `search_keys` is one B-tree seek per match, which was half of a
+//! Why: reading them from the `documents` table is one B-tree seek per match, which was half of a
 //! one-word search over 83,000 matches of a million documents (measured). Here they are an array
 //! in docid order, read while the index yields matches in the same order.
 //!
@@ -10,8 +10,8 @@
 //!   taken after they are registered (write-locked) in [`DocValues`]; the writer applies every
 //!   commit to registered values after the commit. So each commit is either in the snapshot or
 //!   applied after the load, and the values never miss one for long (a search that meets a
-//!   docid the writer has committed but not yet applied reads that row from `search_keys`).
-//! - Docids only grow within a storage (a new search key takes the highest docid + 1, and only
+//!   docid the writer has committed but not yet applied reads that row from `documents`).
+//! - Docids only grow within a storage (a new document takes the highest docid + 1, and only
 //!   whole retired storages are deleted), so applying a commit appends, or overwrites in place.
 //! - Values of a retired storage are dropped when the sweep has deleted it.
 //! - Memory: about 60 bytes per document of each storage that has been searched.
@@ -128,7 +128,7 @@ impl Values {
         self.tag_sets.push(Vec::new());
         // A scan in docid order, not the (resource, id) index and a seek per row.
         let mut stmt = conn
-            .prepare("SELECT docid, id, status, tags, words FROM search_keys NOT INDEXED WHERE resource = ?1")
+            .prepare("SELECT docid, id, status, tags, words FROM documents NOT INDEXED WHERE resource = ?1")
             .map_err(unavailable)?;
         let mut rows = stmt.query([storage]).map_err(unavailable)?;
         while let Some(row) = rows.next().map_err(unavailable)? {

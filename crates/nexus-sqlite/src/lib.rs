@@ -30,7 +30,8 @@ pub const STORE_OPERATIONS: &[(&str, &[&str])] = &[
     // DELETE: a projection rebuild clears its shadow and swaps it in for the live model.
     ("documents", &["INSERT", "UPDATE", "DELETE", "SELECT"]),
     ("checkpoints", &["INSERT", "UPDATE", "DELETE", "SELECT"]),
-    ("search_keys", &["INSERT", "UPDATE", "DELETE", "SELECT"]),
+    // Only in migrations: the search keys, columns of `documents` since migration 6.
+    ("search_keys", &["INSERT", "UPDATE", "SELECT"]),
     // Where each resource's documents are stored: a rebuild's swap repoints it.
     ("models", &["INSERT", "UPDATE", "SELECT"]),
     // Storage names a swap let go of, until the sweeper has deleted their documents.
@@ -67,7 +68,7 @@ fn tune(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     // or LIMIT value changes (measured: ~10% of a loaded server's CPU in `sqlite3Reprepare`).
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     // Reads map the file instead of copying each page into a private 2 MB cache: a search over
-    // 80,000 matches of a million documents touches most pages of `search_keys`, which then
+    // 80,000 matches of a million documents touches most pages of the search keys, which then
     // costs 0.4 µs a match instead of 0.7 (measured), and every connection shares the OS cache.
     conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))

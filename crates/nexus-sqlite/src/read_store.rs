@@ -212,6 +212,33 @@ UPDATE search_keys SET words = (
     SELECT nexus_word_count(COALESCE(json_extract(d.doc, '$.searchableText'), ''))
     FROM documents d WHERE d.resource = search_keys.resource AND d.id = search_keys.id);
 "#,
+    // One table for a document and its search key: the JSON beside the docid and the columns
+    // searches read. Writing a document was three B-trees (the documents, the search keys and
+    // their (resource, id) index) and is now two; a new document's row goes at the end of the
+    // table, in docid order, instead of among the others by id. Docids are kept, so the
+    // full-text indexes stay as they are. A document without a search key (there should be
+    // none) gets a new docid and, as before, no index entry.
+    r#"
+ALTER TABLE documents RENAME TO documents_without_keys;
+CREATE TABLE documents (
+    docid        INTEGER PRIMARY KEY,
+    resource     TEXT    NOT NULL,
+    id           TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    doc          TEXT    NOT NULL,
+    last_updated TEXT,
+    status       TEXT,
+    tags         TEXT,
+    words        INTEGER,
+    UNIQUE (resource, id)
+);
+INSERT INTO documents (docid, resource, id, version, doc, last_updated, status, tags, words)
+    SELECT k.docid, d.resource, d.id, d.version, d.doc, k.last_updated, k.status, k.tags, k.words
+    FROM documents_without_keys d LEFT JOIN search_keys k ON k.resource = d.resource AND k.id = d.id
+    ORDER BY k.docid IS NULL, k.docid;
+DROP TABLE documents_without_keys;
+DROP TABLE search_keys;
+"#,
 ];
 
 /// SQLite read store. Written only by projection runners; one write connection, many readers.
@@ -289,56 +316,57 @@ impl SqliteReadStore {
             let mut conn = writer.lock().expect("read store writer poisoned");
             let tx = conn.transaction().map_err(unavailable)?;
             let Storage { name: resource, index } = storage_for_commit(&tx, &resource).map_err(unavailable)?;
-            // (docid, row) of each search key written, for the doc values.
+            // (docid, row) of each document written, for the doc values.
             let mut written = Vec::new();
             {
-                // The version guard lives in the database too: an older document never overwrites
-                // a newer one, whoever writes it.
-                let mut upsert = tx
+                // A new document is inserted and takes the next docid; one already stored is
+                // updated only by a newer version: the version guard lives in the database too, so
+                // an older document never overwrites a newer one, whoever writes it. Not one
+                // upsert: it cannot say which it did, and with `RETURNING` (a trigger in SQLite)
+                // on a table with a second index it opens a statement journal each time, which
+                // made a rebuild's writes take 1.7 times as long (measured).
+                let mut insert = tx
                     .prepare_cached(
-                        "INSERT INTO documents (resource, id, version, doc) VALUES (?1, ?2, ?3, ?4) \
-                         ON CONFLICT (resource, id) DO UPDATE SET version = excluded.version, doc = excluded.doc \
-                         WHERE excluded.version > documents.version",
+                        "INSERT OR IGNORE INTO documents (resource, id, version, doc, last_updated, status, tags, words) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     )
                     .map_err(unavailable)?;
-                // A search key is inserted if new, else updated. One upsert with `RETURNING` made
-                // documents and keys take 1.7 times as long in a rebuild of new documents
-                // (measured): SQLite runs `RETURNING` as a trigger, and an upsert on a table with a
-                // second index opens a statement journal each time. A docid above the highest
-                // before this commit is new (docids count up), so it has no index entry to take out.
-                let mut insert_key = tx
+                let mut update = tx
                     .prepare_cached(
-                        "INSERT OR IGNORE INTO search_keys (resource, id, last_updated, status, tags, words) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "UPDATE documents SET version = ?3, doc = ?4, last_updated = ?5, status = ?6, tags = ?7, \
+                         words = ?8 WHERE resource = ?1 AND id = ?2 AND version < ?3 RETURNING docid",
                     )
                     .map_err(unavailable)?;
-                let mut update_key = tx
-                    .prepare_cached(
-                        "UPDATE search_keys SET last_updated = ?3, status = ?4, tags = ?5, words = ?6 \
-                         WHERE resource = ?1 AND id = ?2 RETURNING docid",
-                    )
-                    .map_err(unavailable)?;
+                // A docid above the highest before this commit is new (docids count up), so it has
+                // no index entry to take out.
                 let highest: i64 = tx
-                    .query_row("SELECT COALESCE(MAX(docid), 0) FROM search_keys", [], |row| row.get(0))
+                    .query_row("SELECT COALESCE(MAX(docid), 0) FROM documents", [], |row| row.get(0))
                     .map_err(unavailable)?;
-                // The search key and the index follow the document in the same transaction. FTS5
-                // writes its pending terms to disk whenever a statement savepoint opens (an upsert
-                // opens one), when a rowid comes lower than the last one, and when a rowid is
-                // deleted and inserted again (`INSERT OR REPLACE`): written per document, that is
-                // most of a commit's time (measured). So the index comes last, old entries out
-                // first, then new ones by ascending docid: it flushes once.
+                // The index follows the documents in the same transaction. FTS5 writes its pending
+                // terms to disk whenever a statement savepoint opens (an upsert opens one), when a
+                // rowid comes lower than the last one, and when a rowid is deleted and inserted
+                // again (`INSERT OR REPLACE`): written per document, that is most of a commit's
+                // time (measured). So the index comes last, old entries out first, then new ones
+                // by ascending docid: it flushes once.
                 let mut indexed: BTreeMap<i64, (bool, &str, &str)> = BTreeMap::new();
                 for row in &rows {
-                    let changed =
-                        upsert.execute(params![resource, row.id, row.version, row.json]).map_err(unavailable)?;
-                    if changed == 0 {
-                        continue;
-                    }
-                    let key = params![resource, row.id, row.last_updated, row.status, row.tags, row.words];
-                    let docid: i64 = if insert_key.execute(key).map_err(unavailable)? == 1 {
+                    let values = params![
+                        resource,
+                        row.id,
+                        row.version,
+                        row.json,
+                        row.last_updated,
+                        row.status,
+                        row.tags,
+                        row.words
+                    ];
+                    let docid: i64 = if insert.execute(values).map_err(unavailable)? == 1 {
                         tx.last_insert_rowid()
                     } else {
-                        update_key.query_row(key, |r| r.get(0)).map_err(unavailable)?
+                        match update.query_row(values, |r| r.get(0)).optional().map_err(unavailable)? {
+                            Some(docid) => docid,
+                            None => continue, // this version or a newer one is stored
+                        }
                     };
                     written.push((docid, row));
                     // A document twice in one batch: its last version is indexed, once.
@@ -515,24 +543,19 @@ impl SearchPlan {
         Ok(Self { matching, checked, words })
     }
 
-    /// The `FROM` and `WHERE` of the matches (`k` their search keys, `documents` joined when
-    /// asked or when filters need the JSON), and their parameters; only those whose docid is in
-    /// `docids` when given.
+    /// The `FROM` and `WHERE` of the matches (`k` their documents) and their parameters; only
+    /// those whose docid is in `docids` when given.
     fn clauses(
         &self,
         storage: &Storage,
-        join_documents: bool,
         docids: Option<std::ops::Range<i64>>,
     ) -> Result<(String, String, Vec<SqlValue>), StoreError> {
         let search_index = &storage.index;
         let mut values = vec![SqlValue::Text(storage.name.clone())];
-        let mut from = match &self.matching {
-            Some(_) => format!("{search_index} JOIN search_keys k ON k.docid = {search_index}.rowid"),
-            None => "search_keys k".to_owned(),
+        let from = match &self.matching {
+            Some(_) => format!("{search_index} JOIN documents k ON k.docid = {search_index}.rowid"),
+            None => "documents k".to_owned(),
         };
-        if join_documents || !self.checked.is_empty() {
-            from.push_str(" JOIN documents ON documents.resource = k.resource AND documents.id = k.id");
-        }
         let mut clause = "k.resource = ?1".to_owned();
         if let Some(matching) = &self.matching {
             values.push(SqlValue::Text(matching.clone()));
@@ -638,7 +661,7 @@ struct Pass {
 }
 
 impl Pass {
-    /// Counts one match's `status` and `tags` (a JSON array) as its search key has them.
+    /// Counts one match's `status` and `tags` (a JSON array) as its search columns have them.
     fn count_facets(&mut self, status: Option<&str>, tags: Option<&str>) -> Result<(), StoreError> {
         if let Some(value) = status {
             self.status.add(value, 1);
@@ -660,7 +683,7 @@ impl Pass {
 }
 
 /// The docids the matches lie between (first to last + 1), for splitting them into parts: read
-/// from the ends of the index's match, or of the search keys when there is no match to look up.
+/// from the ends of the index's match, or of the documents when there is no match to look up.
 fn docid_span(
     conn: &Connection,
     plan: &SearchPlan,
@@ -679,7 +702,7 @@ fn docid_span(
             (end("ASC")?, end("DESC")?)
         }
         None => conn
-            .query_row("SELECT min(docid), max(docid) FROM search_keys", [], |row| {
+            .query_row("SELECT min(docid), max(docid) FROM documents", [], |row| {
                 Ok((row.get(0)?, row.get(1)?))
             })
             .map_err(unavailable)?,
@@ -695,7 +718,7 @@ fn text<'r>(row: &'r rusqlite::Row<'_>, column: usize) -> Result<Option<&'r str>
     row.get_ref(column).and_then(|value| Ok(value.as_str_or_null()?)).map_err(unavailable)
 }
 
-/// Scans the matches whose docid is in `docids`, reading each one's search key; ranked by
+/// Scans the matches whose docid is in `docids`, reading each one's search columns; ranked by
 /// `scoring` when the query has words.
 fn scan(
     conn: &Connection,
@@ -705,7 +728,7 @@ fn scan(
     keep: usize,
     scoring: Option<&Scoring>,
 ) -> Result<Pass, StoreError> {
-    let (from, clause, values) = plan.clauses(storage, false, Some(docids))?;
+    let (from, clause, values) = plan.clauses(storage, Some(docids))?;
     let rank = match scoring {
         Some(_) => format!("nexus_frequencies({}, {})", storage.index, plan.words.len()),
         None => "k.last_updated".to_owned(),
@@ -761,7 +784,7 @@ impl Scoring {
             let index = &storage.index;
             let (sql, scope) = if storage.shares_index() {
                 let sql = format!(
-                    "SELECT COUNT(*) FROM {index} JOIN search_keys k ON k.docid = {index}.rowid \
+                    "SELECT COUNT(*) FROM {index} JOIN documents k ON k.docid = {index}.rowid \
                      WHERE {index} MATCH ?1 AND k.resource = ?2"
                 );
                 (sql, Some(&storage.name))
@@ -853,9 +876,9 @@ fn scan_values(
             values.tags(code).iter().for_each(|tag| pass.tags.add(tag, n));
         }
     }
-    // Committed since the values were last applied: read from the search keys.
+    // Committed since the values were last applied: read from the documents table.
     let mut key = conn
-        .prepare_cached("SELECT id, status, tags, words FROM search_keys WHERE docid = ?1")
+        .prepare_cached("SELECT id, status, tags, words FROM documents WHERE docid = ?1")
         .map_err(unavailable)?;
     for (docid, frequency) in missing {
         let mut rows = key.query([docid]).map_err(unavailable)?;
@@ -894,10 +917,10 @@ fn facet_from_documents(
     field: &str,
 ) -> Result<BTreeMap<String, u64>, StoreError> {
     let path = json_path(field)?;
-    let (from, clause, mut values) = plan.clauses(storage, true, None)?;
+    let (from, clause, mut values) = plan.clauses(storage, None)?;
     values.push(SqlValue::Text(path));
     let sql = format!(
-        "SELECT CAST(j.value AS TEXT), COUNT(*) FROM {from}, json_each(documents.doc, ?{}) j \
+        "SELECT CAST(j.value AS TEXT), COUNT(*) FROM {from}, json_each(k.doc, ?{}) j \
          WHERE {clause} GROUP BY 1",
         values.len()
     );
@@ -1063,21 +1086,20 @@ fn split_shared_index(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.execute(
             &format!(
                 "INSERT INTO {search_index} (rowid, text, keys) \
-                 SELECT k.docid, COALESCE(json_extract(d.doc, '$.searchableText'), ''), nexus_search_keys(d.doc) \
-                 FROM search_keys k JOIN documents d ON d.resource = k.resource AND d.id = k.id \
-                 WHERE k.resource = ?1 ORDER BY k.docid"
+                 SELECT docid, COALESCE(json_extract(doc, '$.searchableText'), ''), nexus_search_keys(doc) \
+                 FROM documents WHERE resource = ?1 ORDER BY docid"
             ),
             [&name],
         )?;
         tx.execute(
-            "DELETE FROM search_index WHERE rowid IN (SELECT docid FROM search_keys WHERE resource = ?1)",
+            "DELETE FROM search_index WHERE rowid IN (SELECT docid FROM documents WHERE resource = ?1)",
             [&name],
         )?;
     }
     tx.commit()
 }
 
-/// Retires the storage `stored` (its documents, search keys and index entries are deleted in the
+/// Retires the storage `stored` (its documents and index entries are deleted in the
 /// background) unless a resource other than `owner` is stored there. The caller points `owner`
 /// elsewhere in the same transaction, so nothing reads or writes a retired name again.
 fn retire_stored(tx: &rusqlite::Transaction<'_>, stored: &str, owner: &str) -> rusqlite::Result<()> {
@@ -1137,15 +1159,15 @@ fn sweep_chunk(conn: &mut Connection, doc_values: &DocValues) -> rusqlite::Resul
     let Some(stored) = stored else { return Ok(false) };
     let retired = Storage::named(stored);
     let stored = &retired.name;
-    let keys: Vec<(i64, String)> = tx
-        .prepare_cached("SELECT docid, id FROM search_keys WHERE resource = ?1 ORDER BY docid LIMIT ?2")?
-        .query_map(params![stored, SWEEP_CHUNK], |row| Ok((row.get(0)?, row.get(1)?)))?
+    // Through the (resource, id) index, then in docid order.
+    let mut docids: Vec<i64> = tx
+        .prepare_cached("SELECT docid FROM documents WHERE resource = ?1 LIMIT ?2")?
+        .query_map(params![stored, SWEEP_CHUNK], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
-    if keys.is_empty() {
-        // Every document has a search key; any left without one go with the name, and a
-        // generation's index last (a search that looked the storage up before the swap may
-        // still be reading it).
-        tx.execute("DELETE FROM documents WHERE resource = ?1", [&stored])?;
+    docids.sort_unstable();
+    if docids.is_empty() {
+        // A generation's index goes last: a search that looked the storage up before the swap
+        // may still be reading it.
         if !retired.shares_index() {
             tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", retired.index))?;
         }
@@ -1155,15 +1177,13 @@ fn sweep_chunk(conn: &mut Connection, doc_values: &DocValues) -> rusqlite::Resul
         if retired.shares_index() {
             // The shared index, by ascending docid, so FTS5 flushes its deletions once.
             let mut unindex = tx.prepare_cached("DELETE FROM search_index WHERE rowid = ?1")?;
-            for (docid, _) in &keys {
+            for docid in &docids {
                 unindex.execute([docid])?;
             }
         }
-        let mut delete_doc = tx.prepare_cached("DELETE FROM documents WHERE resource = ?1 AND id = ?2")?;
-        let mut delete_key = tx.prepare_cached("DELETE FROM search_keys WHERE docid = ?1")?;
-        for (docid, id) in &keys {
-            delete_doc.execute(params![stored, id])?;
-            delete_key.execute([docid])?;
+        let mut delete = tx.prepare_cached("DELETE FROM documents WHERE docid = ?1")?;
+        for docid in &docids {
+            delete.execute([docid])?;
         }
     }
     tx.commit()?;
@@ -1497,15 +1517,15 @@ mod tests {
         // Migration 5 gave it its length in words, which ranking reads.
         let words: i64 = Connection::open(dir.path().join("read.db"))
             .unwrap()
-            .query_row("SELECT words FROM search_keys WHERE id = 'o-1'", [], |row| row.get(0))
+            .query_row("SELECT words FROM documents WHERE id = 'o-1'", [], |row| row.get(0))
             .unwrap();
         assert_eq!(words, 2);
     }
 
     /// A search's doc values follow later commits, and a match committed behind their back is
-    /// read from the search keys: totals, facets and ranking are the same either way.
+    /// read from the documents table: totals, facets and ranking are the same either way.
     #[tokio::test]
-    async fn doc_values_follow_commits_and_what_they_lack_is_read_from_search_keys() {
+    async fn doc_values_follow_commits_and_what_they_lack_is_read_from_the_documents() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteReadStore::open(dir.path()).unwrap();
         // A generation of its own, as every model gets once cleared or rebuilt.
@@ -1525,7 +1545,7 @@ mod tests {
         assert_eq!(found.facets["status"], [("PLACED".to_owned(), 1), ("SHIPPED".to_owned(), 1)].into());
 
         // A document the doc values never heard of (here, written through a second store; in
-        // one store, committed and not yet applied): the search keys answer for it.
+        // one store, committed and not yet applied): the documents table answers for it.
         let other = SqliteReadStore::open(dir.path()).unwrap();
         other.commit("p", "orders", vec![document("c", 1, "CANCELLED", "widget")], 3).await.unwrap();
         let found = store.search("orders", &query).await.unwrap();
@@ -1608,7 +1628,7 @@ mod tests {
     }
 
     /// A swap answers from the rebuilt model at once and leaves the old one retired; the sweeper
-    /// then deletes it, with its search keys and index entries, over several chunks, while the
+    /// then deletes it, with its index entries, over several chunks, while the
     /// live model keeps answering.
     #[tokio::test]
     async fn a_swapped_out_model_is_swept_in_the_background() {
@@ -1636,7 +1656,6 @@ mod tests {
         }
         let live = 2 * SWEEP_CHUNK + 5;
         assert_eq!(count("SELECT COUNT(*) FROM documents"), live);
-        assert_eq!(count("SELECT COUNT(*) FROM search_keys"), live);
         // Generation 1 (the first commit) is gone with its index; 2 is live, 3 the next shadow.
         let exists =
             |table: &str| count(&format!("SELECT COUNT(*) FROM sqlite_schema WHERE name = '{table}'")) == 1;
