@@ -13,24 +13,28 @@ use tokio::sync::watch;
 
 use crate::notify::{Notifier, ProjectionUpdate};
 
-/// Applies one event to its document, stamps the document with the event's version and time, and
-/// names the update for the notifier. Both runners (change feed and core stream) fold this way.
+/// Applies one event to its document and stamps the document with the event's version and time.
+/// Both runners (change feed and core stream) fold this way.
 pub(crate) fn fold(
     projection: &dyn Projection,
-    resource: &str,
     doc: &mut ReadDocument,
     event: &nexus_core::DomainEvent,
-) -> Result<ProjectionUpdate, nexus_core::ProjectionError> {
+) -> Result<(), nexus_core::ProjectionError> {
     projection.apply(doc, event)?;
     doc.version = event.aggregate_version;
-    doc.last_updated = event.timestamp.clone();
-    Ok(ProjectionUpdate {
+    doc.last_updated.clone_from(&event.timestamp);
+    Ok(())
+}
+
+/// What the notifier announces of `event` applied to `resource`.
+pub(crate) fn update_of(resource: &str, event: &nexus_core::DomainEvent) -> ProjectionUpdate {
+    ProjectionUpdate {
         resource: resource.to_owned(),
         aggregate_id: event.aggregate_id.clone(),
         version: event.aggregate_version,
         event_id: event.event_id.clone(),
         timestamp: event.timestamp.clone(),
-    })
+    }
 }
 
 /// What the admin API and readiness checks see of a running projection.
@@ -485,10 +489,11 @@ impl ProjectionRunner {
             }
             let mut docs = load_documents(self.read.as_ref(), shadow, &stored).await?;
             docs.extend(in_commits);
-            let updates = self.apply(shadow, &mut docs, relevant)?;
-            let changed: HashSet<&str> = updates.iter().map(|u| u.aggregate_id.as_str()).collect();
-            let mut touched: Vec<ReadDocument> =
-                docs.into_values().filter(|doc| changed.contains(doc.id.as_str())).collect();
+            let applied = self.apply(&mut docs, relevant)?;
+            // Nothing is announced of a shadow: no update is made, only the ids are counted.
+            let changed: HashSet<&str> = applied.iter().map(|e| e.aggregate_id.as_str()).collect();
+            let mut touched = Vec::with_capacity(changed.len());
+            touched.extend(docs.into_values().filter(|doc| changed.contains(doc.id.as_str())));
             // By a copy of each id: sorting the documents themselves moved them around many times.
             touched.sort_by_cached_key(|doc| doc.id.clone());
             // Shared with the commit, not copied: the store only reads them.
@@ -515,14 +520,14 @@ impl ProjectionRunner {
     }
 
     /// Applies `events` to their documents in `docs` (a document not there starts empty), skipping
-    /// any its document has already seen, and counts them; the updates to announce, in order.
-    fn apply(
+    /// any its document has already seen, and counts them; the events applied, in order.
+    fn apply<'e>(
         &self,
-        resource: &str,
         docs: &mut HashMap<String, ReadDocument>,
-        events: Vec<&DomainEvent>,
-    ) -> Result<Vec<ProjectionUpdate>, String> {
-        let mut updates = Vec::new();
+        events: Vec<&'e DomainEvent>,
+    ) -> Result<Vec<&'e DomainEvent>, String> {
+        docs.reserve(events.len().saturating_sub(docs.len()));
+        let mut applied = Vec::with_capacity(events.len());
         for event in events {
             let doc = docs
                 .entry(event.aggregate_id.clone())
@@ -530,13 +535,13 @@ impl ProjectionRunner {
             if event.aggregate_version <= doc.version {
                 continue; // already applied: the version guard makes replays harmless
             }
-            let update = fold(self.projection.as_ref(), resource, doc, event)
+            fold(self.projection.as_ref(), doc, event)
                 .map_err(|e| format!("event {} at position {}: {e}", event.event_id, event.position))?;
-            updates.push(update);
+            applied.push(event);
         }
         metrics::counter!("nexus_projection_events_total", "projection" => self.projection.name())
-            .increment(updates.len() as u64);
-        Ok(updates)
+            .increment(applied.len() as u64);
+        Ok(applied)
     }
 
     /// The change feed after `after`, one batch. After a full batch the next one is read at once,
@@ -579,7 +584,7 @@ impl ProjectionRunner {
         if !relevant.is_empty() {
             docs = load_documents(self.read.as_ref(), name, &relevant).await?;
             versions_before = docs.iter().map(|(id, doc)| (id.clone(), doc.version)).collect();
-            updates = self.apply(name, &mut docs, relevant)?;
+            updates = self.apply(&mut docs, relevant)?.into_iter().map(|e| update_of(name, e)).collect();
         }
         let changed: HashSet<&str> = updates.iter().map(|u| u.aggregate_id.as_str()).collect();
         let touched: Vec<ReadDocument> =

@@ -245,9 +245,9 @@ impl StreamProjectionRunner {
                 }
                 pending.push(event.clone());
                 for event in pending.iter().filter(|e| self.projection.handles(&e.event_type)) {
-                    let update = crate::projections::fold(self.projection.as_ref(), name, doc, event)
+                    crate::projections::fold(self.projection.as_ref(), doc, event)
                         .map_err(|e| format!("event {} of {}: {e}", event.event_id, event.aggregate_id))?;
-                    updates.push(update);
+                    updates.push(crate::projections::update_of(name, event));
                 }
                 // Events of other types fill the gap too: the document's version follows the
                 // aggregate's.
