@@ -1522,6 +1522,49 @@ mod tests {
         assert_eq!(words, 2);
     }
 
+    /// Migration 6 moves the search keys into `documents`: a document keeps its docid, so its
+    /// index entry still finds it, and a document that had no search key is kept, with a new one.
+    #[tokio::test]
+    async fn merging_the_search_keys_keeps_docids_and_every_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keyed, unkeyed) = (document("o-1", 1, "PLACED", "red widget"), document("o-2", 1, "", "blue"));
+        {
+            let mut conn = Connection::open(dir.path().join("read.db")).unwrap();
+            register_search_keys(&conn).unwrap();
+            migrate(&mut conn, &MIGRATIONS[..5]).unwrap();
+            conn.execute_batch(
+                "INSERT INTO search_keys (docid, resource, id, status, words) VALUES (7, 'orders', 'o-1', 'PLACED', 2);
+                 INSERT INTO search_index (rowid, text, keys) VALUES (7, 'red widget', '');",
+            )
+            .unwrap();
+            for doc in [&keyed, &unkeyed] {
+                conn.execute(
+                    "INSERT INTO documents (resource, id, version, doc) VALUES ('orders', ?1, 1, ?2)",
+                    params![doc.id, serde_json::to_string(doc).unwrap()],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteReadStore::open(dir.path()).unwrap();
+        let found = store.search("orders", &search_for("widget", &["status"])).await.unwrap();
+        assert_eq!(found.items, [keyed]);
+        assert_eq!(found.facets["status"], [("PLACED".to_owned(), 1)].into());
+        assert_eq!(store.get("orders", "o-2").await.unwrap(), Some(unkeyed));
+        let conn = Connection::open(dir.path().join("read.db")).unwrap();
+        let docids: Vec<(String, i64)> = conn
+            .prepare("SELECT id, docid FROM documents ORDER BY id")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(docids, [("o-1".to_owned(), 7), ("o-2".to_owned(), 8)]);
+        let search_keys: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_schema WHERE name = 'search_keys'", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(search_keys, 0);
+    }
+
     /// A search's doc values follow later commits, and a match committed behind their back is
     /// read from the documents table: totals, facets and ranking are the same either way.
     #[tokio::test]
