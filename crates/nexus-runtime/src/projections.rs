@@ -526,6 +526,7 @@ impl ProjectionRunner {
         docs: &mut HashMap<String, ReadDocument>,
         events: Vec<&'e DomainEvent>,
     ) -> Result<Vec<&'e DomainEvent>, String> {
+        // Every document already here is one of the events': at most this many are new.
         docs.reserve(events.len().saturating_sub(docs.len()));
         let mut applied = Vec::with_capacity(events.len());
         for event in events {
