@@ -322,9 +322,10 @@ impl SqliteReadStore {
                 // A new document is inserted and takes the next docid; one already stored is
                 // updated only by a newer version: the version guard lives in the database too, so
                 // an older document never overwrites a newer one, whoever writes it. Not one
-                // upsert: it cannot say which it did, and with `RETURNING` (a trigger in SQLite)
-                // on a table with a second index it opens a statement journal each time, which
-                // made a rebuild's writes take 1.7 times as long (measured).
+                // upsert: it cannot say which it did without `RETURNING` (a trigger in SQLite),
+                // and an upsert with it, on a table with a second index, opens a statement journal
+                // for every document, which made a rebuild's writes take 1.7 times as long
+                // (measured). Here only the update of a stored document returns its docid.
                 let mut insert = tx
                     .prepare_cached(
                         "INSERT OR IGNORE INTO documents (resource, id, version, doc, last_updated, status, tags, words) \
