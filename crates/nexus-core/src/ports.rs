@@ -242,6 +242,12 @@ pub trait ReadStore: Send + Sync + 'static {
 
     async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError>;
 
+    /// Indexes `fields` of `resource`'s documents for lists that sort by or filter on them (see
+    /// [`Projection::list_fields`](crate::Projection::list_fields)), whatever storage the model
+    /// is in now or a rebuild moves it to. Idempotent; the server calls it at start for every
+    /// projection it runs, and on a large model the first call takes as long as building an index.
+    async fn index_fields(&self, resource: &str, fields: &[&str]) -> Result<(), StoreError>;
+
     /// Deletes every document of `resource` and the checkpoint of `projection` (a rebuild's
     /// shadow, before it starts).
     async fn clear(&self, resource: &str, projection: &str) -> Result<(), StoreError>;

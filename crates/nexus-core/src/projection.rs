@@ -64,4 +64,13 @@ pub trait Projection: Send + Sync + 'static {
     /// Folds `event` into `doc`. The runner sets `version` and `lastUpdated` afterwards and skips
     /// events at or below the document's version, so `apply` never sees a replay.
     fn apply(&self, doc: &mut ReadDocument, event: &DomainEvent) -> Result<(), ProjectionError>;
+
+    /// Fields of this projection's documents that lists sort by (`sort=total:desc`) or filter on
+    /// (`customerId=c-1`): the read store indexes each, so such a list reads a page from an index
+    /// instead of sorting or scanning every document of the model. A field is a top-level or
+    /// dotted name (`shipping.city`). `status` needs no entry: every read store indexes and counts
+    /// it. Each entry costs every document write an index entry: declare what lists use.
+    fn list_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
 }

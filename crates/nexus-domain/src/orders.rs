@@ -284,6 +284,11 @@ impl Projection for OrdersProjection {
         EVENTS.iter().any(|spec| spec.name == event_type)
     }
 
+    /// Orders by value, and a customer's orders.
+    fn list_fields(&self) -> &'static [&'static str] {
+        &["total", "customerId"]
+    }
+
     fn apply(&self, doc: &mut ReadDocument, event: &DomainEvent) -> Result<(), ProjectionError> {
         match read_event::<OrderEvent>(event)? {
             OrderEvent::OrderPlaced(placed) => {

@@ -244,6 +244,10 @@ impl nexus_core::ReadStore for AnotherProcessBeforeTheSwap {
         self.inner.list(resource, query).await
     }
 
+    async fn index_fields(&self, resource: &str, fields: &[&str]) -> Result<(), nexus_core::StoreError> {
+        self.inner.index_fields(resource, fields).await
+    }
+
     async fn clear(&self, resource: &str, projection: &str) -> Result<(), nexus_core::StoreError> {
         self.inner.clear(resource, projection).await
     }

@@ -158,6 +158,9 @@ pub async fn run(
     // Projections belong to the read side. With several query processes each runs them; the
     // version guard and monotonic checkpoints make that idempotent.
     let read_side = if config.role.runs(Role::Query) { domain.projections() } else { &[] };
+    for projection in read_side {
+        read.index_fields(projection.name(), projection.list_fields()).await?;
+    }
     // With NATS configured, the core path feeds the projections (and the router feeds NATS).
     let stream = open_stream(&config).await?;
     for projection in read_side {
@@ -323,9 +326,13 @@ pub async fn run(
     for runner in runners {
         let _ = runner.await;
     }
+    // Awaited after the abort, so their handles on the stores are gone when this returns: the
+    // last one to go closes the stores (the embedded ones empty their logs then).
     upkeep.abort();
+    let _ = upkeep.await;
     if let Some(sweep) = sweep {
         sweep.abort();
+        let _ = sweep.await;
     }
     served?;
     tracing::info!("stopped cleanly");

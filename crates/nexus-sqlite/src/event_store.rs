@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
 use crate::pool::ReaderPool;
-use crate::{corrupt, migrate, unavailable};
+use crate::{Checkpointer, corrupt, migrate, unavailable};
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -79,11 +79,23 @@ struct Job {
 
 /// SQLite event store. Appends are durable (`synchronous = FULL`) when `append` returns.
 pub struct SqliteEventStore {
-    jobs: mpsc::Sender<Job>,
-    /// Dropped with the store; tells the checkpoint thread to stop.
-    _alive: Arc<()>,
+    /// `None` once dropped: the writer then commits what is queued and stops.
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     readers: Arc<ReaderPool>,
     head: watch::Receiver<u64>,
+    /// Declared after the writer and the readers: on drop it empties the log once they are gone.
+    _checkpointer: Checkpointer,
+}
+
+impl Drop for SqliteEventStore {
+    /// Waits for the writer to commit every queued append; then the checkpointer empties the log.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl SqliteEventStore {
@@ -101,10 +113,9 @@ impl SqliteEventStore {
             .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| row.get(0))
             .map_err(unavailable)?;
         let (head_tx, head_rx) = watch::channel(head);
-        let jobs_alive = Arc::new(());
-        let checkpointer = open_writer(&path).map_err(unavailable)?;
+        let checkpointer = Checkpointer::start(&path, "events")?;
         let (jobs, queue) = mpsc::channel();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("nexus-sqlite-writer".into())
             .spawn(move || {
                 write_loop(conn, queue, head_tx);
@@ -112,12 +123,13 @@ impl SqliteEventStore {
                 drop(lock);
             })
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        let running = Arc::downgrade(&jobs_alive);
-        std::thread::Builder::new()
-            .name("nexus-sqlite-checkpoint".into())
-            .spawn(move || crate::checkpoint_loop(checkpointer, running))
-            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        Ok(Self { jobs, _alive: jobs_alive, readers: ReaderPool::new(path), head: head_rx })
+        Ok(Self {
+            jobs: Some(jobs),
+            writer: Some(writer),
+            readers: ReaderPool::new(path),
+            head: head_rx,
+            _checkpointer: checkpointer,
+        })
     }
 }
 
@@ -164,14 +176,10 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
 
 fn open_writer(path: &PathBuf) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    crate::tune_writer(&conn)?;
     // FULL: the WAL is synced at every commit, so "202 Accepted" means durable. Group commit is
     // what keeps that affordable.
     conn.pragma_update(None, "synchronous", "FULL")?;
-    // Checkpoints run on their own thread (see `crate::checkpoint_loop`), not inside a commit that
-    // a client is waiting for.
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    crate::tune(&conn)?;
     Ok(conn)
 }
 
@@ -185,7 +193,7 @@ fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Job>, head: watch::Sen
                 Err(_) => break,
             }
         }
-        let outcome = commit_batch(&mut conn, &batch);
+        let outcome = crate::retry_busy(|| commit_batch(&mut conn, &batch));
         match outcome {
             Ok((results, last_position)) => {
                 if let Some(position) = last_position {
@@ -207,9 +215,6 @@ fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Job>, head: watch::Sen
     tracing::debug!("event store writer stopped");
 }
 
-/// Copies committed WAL frames into the database file in the background (PASSIVE: never blocks
-/// the writer or readers). SQLite restarts the WAL from its start once it is fully copied, so it
-/// stays small without commits paying for the copy and its fsync.
 type BatchResult = (Vec<Result<AppendOutcome, StoreError>>, Option<u64>);
 
 fn commit_batch(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<BatchResult> {
@@ -432,6 +437,8 @@ impl SqliteEventStore {
     async fn submit(&self, work: Work) -> Result<AppendOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
+            .as_ref()
+            .expect("the writer's queue lives as long as the store")
             .send(Job { work, reply })
             .map_err(|_| StoreError::Unavailable("the event store writer has stopped".into()))?;
         answer.await.map_err(|_| StoreError::Unavailable("the event store writer has stopped".into()))?

@@ -45,6 +45,9 @@ pub const STORE_OPERATIONS: &[(&str, &[&str])] = &[
     ("subscriptions", &["INSERT", "DELETE", "SELECT"]),
     ("messages", &["INSERT", "UPDATE", "DELETE", "SELECT"]),
     ("dead_letters", &["INSERT", "UPDATE", "SELECT"]),
+    // Documents per storage and status, for list totals: commits add, a trigger moves, the sweep
+    // deletes a swept storage's.
+    ("list_counts", &["INSERT", "UPDATE", "DELETE", "SELECT"]),
 ];
 pub use read_store::SqliteReadStore;
 pub use schema_store::SqliteSchemaStore;
@@ -78,7 +81,7 @@ fn tune(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
 fn migrate(conn: &mut rusqlite::Connection, migrations: &[&str]) -> rusqlite::Result<()> {
     let applied: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     for (index, sql) in migrations.iter().enumerate().skip(applied) {
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", index + 1)?;
         tx.commit()?;
@@ -86,18 +89,137 @@ fn migrate(conn: &mut rusqlite::Connection, migrations: &[&str]) -> rusqlite::Re
     Ok(())
 }
 
-/// Checkpoints a WAL database in the background every 200 ms (PASSIVE: it never waits for a
-/// reader) while `running` is alive, then once fully on the way out. Each database that runs
-/// it turns `wal_autocheckpoint` off, so no commit a client waits for ever does a checkpoint.
-fn checkpoint_loop(conn: rusqlite::Connection, running: std::sync::Weak<()>) {
-    while running.upgrade().is_some() {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(%error, "WAL checkpoint failed; will retry");
+/// What a WAL may grow to before the checkpointer resets it: the bound on each `-wal` file is this
+/// plus what is written between two checks (200 ms) and during one reset's wait for readers.
+const WAL_RESET_BYTES: u64 = 16 << 20;
+
+/// How long a reset waits for the readers still in the log (writers wait meanwhile); past it
+/// the reset gives up and is tried again at the next check.
+const WAL_RESET_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How far the log file is cut back whenever SQLite restarts it from its start.
+const JOURNAL_SIZE_LIMIT: i64 = 16 << 20;
+
+/// Settings of a connection that writes a WAL database: see [`Checkpointer`].
+fn tune_writer(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Checkpoints run on their own thread, never inside a commit a client is waiting for.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    tune(conn)
+}
+
+/// Keeps a WAL database's log bounded from a thread of its own, and empties it on the way out.
+///
+/// Every 200 ms a PASSIVE checkpoint copies committed frames into the database file without
+/// waiting for anyone. That alone never bounds the log: SQLite starts writing it from the top
+/// again only when no reader still reads frames of it, and under steady traffic some reader
+/// always does, so the file grew by the whole write volume (0.8 GB in 45 s). So once the log
+/// passes [`WAL_RESET_BYTES`], a RESTART checkpoint takes the write lock, copies the rest and
+/// waits (at most [`WAL_RESET_WAIT`]) for the readers in the log to finish; new readers read the
+/// database file meanwhile, and the next commit writes the log from its start. Writers wait for
+/// that pause (`nexus_sqlite_wal_reset_seconds`), which is why their transactions take the write
+/// lock up front (`BEGIN IMMEDIATE`): only then does SQLite let them wait instead of failing
+/// with "database is locked".
+///
+/// Stopping (drop) runs a TRUNCATE checkpoint after the store's writers are gone, and closing the
+/// last connection deletes the log: a clean stop leaves no `-wal` file behind.
+pub(crate) struct Checkpointer {
+    /// Dropped to stop the thread.
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing `path` (a WAL database); `database` names it in metrics and logs.
+    pub(crate) fn start(path: &std::path::Path, database: &'static str) -> Result<Self, StoreError> {
+        let conn = rusqlite::Connection::open(path).map_err(unavailable)?;
+        tune(&conn).map_err(unavailable)?;
+        conn.busy_timeout(WAL_RESET_WAIT).map_err(unavailable)?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = std::path::PathBuf::from(wal);
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("nexus-{database}-checkpoint"))
+            .spawn(move || checkpoint_loop(&conn, &wal, database, &stopped))
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        Ok(Self { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
-    // A final full checkpoint on the way out keeps the next start fast.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+fn checkpoint_loop(
+    conn: &rusqlite::Connection,
+    wal: &std::path::Path,
+    database: &'static str,
+    stopped: &std::sync::mpsc::Receiver<()>,
+) {
+    let wal_bytes = metrics::gauge!("nexus_sqlite_wal_bytes", "database" => database);
+    let reset_seconds = metrics::histogram!("nexus_sqlite_wal_reset_seconds", "database" => database);
+    let size = || std::fs::metadata(wal).map_or(0, |m| m.len());
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stopped.recv_timeout(std::time::Duration::from_millis(200))
+    {
+        if let Err(error) = checkpoint(conn, "PASSIVE") {
+            tracing::warn!(%error, database, "WAL checkpoint failed; will retry");
+        }
+        if size() > WAL_RESET_BYTES {
+            let started = std::time::Instant::now();
+            match checkpoint(conn, "RESTART") {
+                Ok(true) => reset_seconds.record(started.elapsed().as_secs_f64()),
+                Ok(false) => tracing::debug!(database, "WAL reset waited for readers in vain; will retry"),
+                Err(error) => tracing::warn!(%error, database, "WAL reset failed; will retry"),
+            }
+        }
+        wal_bytes.set(size() as f64);
+    }
+    // The store's writers are gone: nothing holds the log, so this one empties it.
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+    match checkpoint(conn, "TRUNCATE") {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(database, "the final WAL checkpoint found readers still in the log"),
+        Err(error) => tracing::warn!(%error, database, "the final WAL checkpoint failed"),
+    }
+    wal_bytes.set(size() as f64);
+}
+
+/// Runs a checkpoint in `mode`; `false` when it could not finish for readers or a writer.
+fn checkpoint(conn: &rusqlite::Connection, mode: &str) -> rusqlite::Result<bool> {
+    let busy: i64 = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| row.get(0))?;
+    Ok(busy == 0)
+}
+
+/// Whether `error` is SQLite's "database is locked" (or its snapshot variant): another
+/// connection holds the lock, which goes away by itself.
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(error.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+/// Runs `f` (a whole write transaction) again while it fails with a busy lock, a few times with
+/// a growing pause: each attempt already waited the connection's busy timeout, so a lock still
+/// held is another process's or a stalled machine's, and a later attempt usually gets through.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let mut pause = std::time::Duration::from_millis(20);
+    for _ in 0..4 {
+        match f() {
+            Err(error) if is_busy(&error) => {
+                tracing::warn!(%error, "SQLite busy past its timeout; retrying");
+                std::thread::sleep(pause);
+                pause *= 4;
+            }
+            result => return result,
+        }
+    }
+    f()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use nexus_core::ports::{DeadLetter, Delivery, EventQueue, MAX_DELIVERIES};
 use nexus_core::{DomainEvent, StoreError, format_timestamp};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::Notify;
 
 use crate::{corrupt, migrate, unavailable};
@@ -150,7 +150,7 @@ impl EventQueue for SqliteEventQueue {
     async fn unsubscribe(&self, consumer: &str) -> Result<(), StoreError> {
         let consumer = consumer.to_owned();
         self.run(move |conn| {
-            let tx = conn.transaction().map_err(unavailable)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
             tx.execute("DELETE FROM subscriptions WHERE consumer = ?1", [&consumer]).map_err(unavailable)?;
             tx.execute("DELETE FROM messages WHERE consumer = ?1", [&consumer]).map_err(unavailable)?;
             tx.commit().map_err(unavailable)
@@ -167,7 +167,7 @@ impl EventQueue for SqliteEventQueue {
             .map(|e| serde_json::to_string(e).map_err(|e| StoreError::InvalidRequest(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         self.run(move |conn| {
-            let tx = conn.transaction().map_err(unavailable)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
             let consumers: Vec<String> = {
                 let mut statement = tx.prepare("SELECT consumer FROM subscriptions").map_err(unavailable)?;
                 statement
@@ -198,7 +198,7 @@ impl EventQueue for SqliteEventQueue {
             let (batch, next_visible) = self
                 .run(move |conn| {
                     let now = now_ms();
-                    let tx = conn.transaction().map_err(unavailable)?;
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
                     // A message whose last allowed delivery timed out is dead, not redelivered.
                     let exhausted: Vec<i64> = {
                         let mut statement = tx
@@ -289,7 +289,7 @@ impl EventQueue for SqliteEventQueue {
         let reason = reason.to_owned();
         let delay = delay.as_millis() as i64;
         self.run(move |conn| {
-            let tx = conn.transaction().map_err(unavailable)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
             let deliveries: Option<u32> = tx
                 .query_row("SELECT deliveries FROM messages WHERE id = ?1", [id], |row| row.get(0))
                 .optional()
@@ -374,7 +374,7 @@ impl EventQueue for SqliteEventQueue {
         let Ok(id) = id.parse::<i64>() else { return Ok(false) };
         let retried = self
             .run(move |conn| {
-                let tx = conn.transaction().map_err(unavailable)?;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
                 let found: Option<(String, String)> = tx
                     .query_row(
                         "SELECT consumer, event FROM dead_letters WHERE id = ?1 AND state = 'WAITING'",

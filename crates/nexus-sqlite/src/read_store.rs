@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::doc_values::{DocValues, Update, Values};
 use crate::pool::ReaderPool;
-use crate::{corrupt, migrate, unavailable};
+use crate::{Checkpointer, corrupt, migrate, unavailable};
 
 /// The writer connection's page cache, in KiB (as `PRAGMA cache_size` takes a negative number).
 const WRITER_CACHE_KIB: i64 = -64 * 1024;
@@ -239,6 +239,30 @@ INSERT INTO documents (docid, resource, id, version, doc, last_updated, status, 
 DROP TABLE documents_without_keys;
 DROP TABLE search_keys;
 "#,
+    // Lists by status read a page from an index, in id order, and take their total from a count
+    // kept per storage and status, instead of counting every match (see `ReadStore::list`).
+    // Commits add what they insert; a trigger moves a document whose status changes; a storage's
+    // counts go when the sweep has deleted its documents. (A document migration 6 kept without
+    // a search key gets its status from the JSON first.)
+    r#"
+UPDATE documents SET status = COALESCE(json_extract(doc, '$.status'), '') WHERE status IS NULL;
+CREATE INDEX documents_by_status ON documents (resource, status, id);
+CREATE TABLE list_counts (
+    resource  TEXT    NOT NULL,
+    status    TEXT    NOT NULL,
+    documents INTEGER NOT NULL,
+    PRIMARY KEY (resource, status)
+) WITHOUT ROWID;
+INSERT INTO list_counts (resource, status, documents)
+    SELECT resource, status, COUNT(*) FROM documents GROUP BY resource, status;
+CREATE TRIGGER documents_status_moves AFTER UPDATE OF status ON documents
+WHEN old.status IS NOT new.status OR old.resource IS NOT new.resource
+BEGIN
+    UPDATE list_counts SET documents = documents - 1 WHERE resource = old.resource AND status = old.status;
+    INSERT INTO list_counts (resource, status, documents) VALUES (new.resource, new.status, 1)
+        ON CONFLICT (resource, status) DO UPDATE SET documents = documents + 1;
+END;
+"#,
 ];
 
 /// SQLite read store. Written only by projection runners; one write connection, many readers.
@@ -250,8 +274,8 @@ pub struct SqliteReadStore {
     doc_values: Arc<DocValues>,
     /// How many parts a search scans its matches in, in parallel: one per core, up to 4.
     search_parts: usize,
-    /// Dropped with the store; tells the checkpoint thread to stop.
-    _alive: Arc<()>,
+    /// Declared last: on drop it empties the log once the writer and readers are closed.
+    _checkpointer: Checkpointer,
 }
 
 impl SqliteReadStore {
@@ -259,14 +283,12 @@ impl SqliteReadStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("read.db");
         let mut conn = Connection::open(&path).map_err(unavailable)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+        // Checkpoints run on a thread of their own (see `Checkpointer`): inline, in the commit of
+        // whichever projection crossed the threshold, they were a tenth of the server's CPU.
+        crate::tune_writer(&conn).map_err(unavailable)?;
         // NORMAL is enough: documents and checkpoint commit together, so a lost tail of commits
         // after a power cut is replayed from the event store; WAL never corrupts.
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
-        // Checkpoints run on a thread of their own: inline, in the commit of whichever
-        // projection crossed the threshold, they were a tenth of the server's CPU under load.
-        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
-        crate::tune(&conn).map_err(unavailable)?;
         // The writer's page cache holds a commit's dirty pages and the index pages it walks:
         // with SQLite's default 2 MB, a batch of 5,000 documents into a million spilled pages
         // to the WAL mid-transaction and read the B-tree interiors again per document.
@@ -274,13 +296,7 @@ impl SqliteReadStore {
         register_search_keys(&conn).map_err(unavailable)?;
         migrate(&mut conn, MIGRATIONS).map_err(unavailable)?;
         split_shared_index(&mut conn).map_err(unavailable)?;
-        let checkpointer = Connection::open(&path).map_err(unavailable)?;
-        let alive = Arc::new(());
-        let running = Arc::downgrade(&alive);
-        std::thread::Builder::new()
-            .name("nexus-read-checkpoint".into())
-            .spawn(move || crate::checkpoint_loop(checkpointer, running))
-            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let checkpointer = Checkpointer::start(&path, "read")?;
         let search_parts = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let writer = Arc::new(Mutex::new(conn));
         let doc_values = Arc::new(DocValues::default());
@@ -294,7 +310,7 @@ impl SqliteReadStore {
             readers: ReaderPool::with_setup(path, crate::rank::register),
             doc_values,
             search_parts,
-            _alive: alive,
+            _checkpointer: checkpointer,
         })
     }
 }
@@ -314,100 +330,22 @@ impl SqliteReadStore {
         rows.sort_by(|a, b| a.id.cmp(&b.id));
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().expect("read store writer poisoned");
-            let tx = conn.transaction().map_err(unavailable)?;
-            let Storage { name: resource, index } = storage_for_commit(&tx, &resource).map_err(unavailable)?;
-            // (docid, row) of each document written, for the doc values.
-            let mut written = Vec::new();
-            {
-                // A new document is inserted and takes the next docid; one already stored is
-                // updated only by a newer version: the version guard lives in the database too, so
-                // an older document never overwrites a newer one, whoever writes it. Not one
-                // upsert: it cannot say which it did without `RETURNING` (a trigger in SQLite),
-                // and an upsert with it, on a table with a second index, opens a statement journal
-                // for every document, which made a rebuild's writes take 1.7 times as long
-                // (measured). Here only the update of a stored document returns its docid.
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO documents (resource, id, version, doc, last_updated, status, tags, words) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    )
+            let (resource, written) =
+                crate::retry_busy(|| write_rows(&mut conn, &projection, &resource, &rows, position))
                     .map_err(unavailable)?;
-                let mut update = tx
-                    .prepare_cached(
-                        "UPDATE documents SET version = ?3, doc = ?4, last_updated = ?5, status = ?6, tags = ?7, \
-                         words = ?8 WHERE resource = ?1 AND id = ?2 AND version < ?3 RETURNING docid",
-                    )
-                    .map_err(unavailable)?;
-                // A docid above the highest before this commit is new (docids count up), so it has
-                // no index entry to take out.
-                let highest: i64 = tx
-                    .query_row("SELECT COALESCE(MAX(docid), 0) FROM documents", [], |row| row.get(0))
-                    .map_err(unavailable)?;
-                // The index follows the documents in the same transaction. FTS5 writes its pending
-                // terms to disk whenever a statement savepoint opens (an upsert opens one), when a
-                // rowid comes lower than the last one, and when a rowid is deleted and inserted
-                // again (`INSERT OR REPLACE`): written per document, that is most of a commit's
-                // time (measured). So the index comes last, old entries out first, then new ones
-                // by ascending docid: it flushes once.
-                let mut indexed: BTreeMap<i64, (bool, &str, &str)> = BTreeMap::new();
-                for row in &rows {
-                    let values = params![
-                        resource,
-                        row.id,
-                        row.version,
-                        row.json,
-                        row.last_updated,
-                        row.status,
-                        row.tags,
-                        row.words
-                    ];
-                    let docid: i64 = if insert.execute(values).map_err(unavailable)? == 1 {
-                        tx.last_insert_rowid()
-                    } else {
-                        match update.query_row(values, |r| r.get(0)).optional().map_err(unavailable)? {
-                            Some(docid) => docid,
-                            None => continue, // this version or a newer one is stored
-                        }
-                    };
-                    written.push((docid, row));
-                    // A document twice in one batch: its last version is indexed, once.
-                    let indexed_before = indexed.get(&docid).map_or(docid <= highest, |(before, ..)| *before);
-                    indexed.insert(docid, (indexed_before, &row.searchable_text, &row.keys));
-                }
-                let search_index = &index;
-                let mut unindex = tx
-                    .prepare_cached(&format!("DELETE FROM {search_index} WHERE rowid = ?1"))
-                    .map_err(unavailable)?;
-                for (docid, _) in indexed.iter().filter(|(_, (before, ..))| *before) {
-                    unindex.execute([docid]).map_err(unavailable)?;
-                }
-                let mut index = tx
-                    .prepare_cached(&format!("INSERT INTO {search_index} (rowid, text, keys) VALUES (?1, ?2, ?3)"))
-                    .map_err(unavailable)?;
-                for (docid, (_, text, keys)) in indexed {
-                    index.execute(params![docid, text, keys]).map_err(unavailable)?;
-                }
-                // Checkpoints only move forward: with several query processes running the same
-                // projection, a slower one never drags the shared checkpoint back.
-                tx.execute(
-                    "INSERT INTO checkpoints (projection, position) VALUES (?1, ?2) \
-                     ON CONFLICT (projection) DO UPDATE SET position = excluded.position \
-                     WHERE excluded.position > checkpoints.position",
-                    params![projection, position],
-                )
-                .map_err(unavailable)?;
-            }
-            tx.commit().map_err(unavailable)?;
             // After the commit, still holding the writer: see `DocValues`.
             doc_values.apply(&resource, || {
                 written
                     .into_iter()
-                    .map(|(docid, row)| Update {
-                        docid,
-                        id: row.id.clone(),
-                        status: Some(row.status.clone()),
-                        tags: row.tags.clone(),
-                        words: row.words,
+                    .map(|(docid, row)| {
+                        let row = &rows[row];
+                        Update {
+                            docid,
+                            id: row.id.clone(),
+                            status: Some(row.status.clone()),
+                            tags: row.tags.clone(),
+                            words: row.words,
+                        }
                     })
                     .collect()
             });
@@ -427,23 +365,122 @@ impl SqliteReadStore {
             .await
     }
 
-    /// Runs `f` in one write transaction on the blocking pool.
+    /// Runs `f` in one write transaction on the blocking pool (again, from the start, if the lock
+    /// stays busy: see `retry_busy`).
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+        F: Fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
     {
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().expect("read store writer poisoned");
-            let tx = conn.transaction().map_err(unavailable)?;
-            let value = f(&tx).map_err(unavailable)?;
-            tx.commit().map_err(unavailable)?;
-            Ok(value)
+            crate::retry_busy(|| {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let value = f(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            })
+            .map_err(unavailable)
         })
         .await
         .map_err(|e| StoreError::Unavailable(Box::new(e)))?
     }
+}
+
+/// Writes `rows` into `resource` and moves `projection`'s checkpoint, in one transaction that
+/// takes the write lock up front. Answers the storage written and `(docid, index in rows)` of
+/// each document written.
+fn write_rows(
+    conn: &mut Connection,
+    projection: &str,
+    resource: &str,
+    rows: &[Row],
+    position: u64,
+) -> rusqlite::Result<(String, Vec<(i64, usize)>)> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let Storage { name: resource, index } = storage_for_commit(&tx, resource)?;
+    let mut written = Vec::new();
+    {
+        // A new document is inserted and takes the next docid; one already stored is updated
+        // only by a newer version: the version guard lives in the database too, so an older
+        // document never overwrites a newer one, whoever writes it. Not one upsert: it cannot
+        // say which it did without `RETURNING` (a trigger in SQLite), and an upsert with it, on
+        // a table with a second index, opens a statement journal for every document, which made
+        // a rebuild's writes take 1.7 times as long (measured). Here only the update of a stored
+        // document returns its docid.
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO documents (resource, id, version, doc, last_updated, status, tags, words) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut update = tx.prepare_cached(
+            "UPDATE documents SET version = ?3, doc = ?4, last_updated = ?5, status = ?6, tags = ?7, \
+             words = ?8 WHERE resource = ?1 AND id = ?2 AND version < ?3 RETURNING docid",
+        )?;
+        // A docid above the highest before this commit is new (docids count up), so it has no
+        // index entry to take out.
+        let highest: i64 = tx.query_row("SELECT COALESCE(MAX(docid), 0) FROM documents", [], |row| row.get(0))?;
+        // The index follows the documents in the same transaction. FTS5 writes its pending terms
+        // to disk whenever a statement savepoint opens (an upsert opens one), when a rowid comes
+        // lower than the last one, and when a rowid is deleted and inserted again (`INSERT OR
+        // REPLACE`): written per document, that is most of a commit's time (measured). So the
+        // index comes last, old entries out first, then new ones by ascending docid: it flushes
+        // once.
+        let mut indexed: BTreeMap<i64, (bool, &str, &str)> = BTreeMap::new();
+        // New documents per status, for `list_counts` (updates move theirs by trigger).
+        let mut inserted: HashMap<&str, i64> = HashMap::new();
+        for (at, row) in rows.iter().enumerate() {
+            let values = params![
+                resource,
+                row.id,
+                row.version,
+                row.json,
+                row.last_updated,
+                row.status,
+                row.tags,
+                row.words
+            ];
+            let docid: i64 = if insert.execute(values)? == 1 {
+                *inserted.entry(row.status.as_str()).or_default() += 1;
+                tx.last_insert_rowid()
+            } else {
+                match update.query_row(values, |r| r.get(0)).optional()? {
+                    Some(docid) => docid,
+                    None => continue, // this version or a newer one is stored
+                }
+            };
+            written.push((docid, at));
+            // A document twice in one batch: its last version is indexed, once.
+            let indexed_before = indexed.get(&docid).map_or(docid <= highest, |(before, ..)| *before);
+            indexed.insert(docid, (indexed_before, &row.searchable_text, &row.keys));
+        }
+        let mut count = tx.prepare_cached(
+            "INSERT INTO list_counts (resource, status, documents) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (resource, status) DO UPDATE SET documents = documents + excluded.documents",
+        )?;
+        for (status, documents) in inserted {
+            count.execute(params![resource, status, documents])?;
+        }
+        let search_index = &index;
+        let mut unindex = tx.prepare_cached(&format!("DELETE FROM {search_index} WHERE rowid = ?1"))?;
+        for (docid, _) in indexed.iter().filter(|(_, (before, ..))| *before) {
+            unindex.execute([docid])?;
+        }
+        let mut index = tx.prepare_cached(&format!("INSERT INTO {search_index} (rowid, text, keys) VALUES (?1, ?2, ?3)"))?;
+        for (docid, (_, text, keys)) in indexed {
+            index.execute(params![docid, text, keys])?;
+        }
+        // Checkpoints only move forward: with several query processes running the same
+        // projection, a slower one never drags the shared checkpoint back.
+        tx.execute(
+            "INSERT INTO checkpoints (projection, position) VALUES (?1, ?2) \
+             ON CONFLICT (projection) DO UPDATE SET position = excluded.position \
+             WHERE excluded.position > checkpoints.position",
+            params![projection, position],
+        )?;
+    }
+    tx.commit()?;
+    Ok((resource, written))
 }
 
 fn parse_doc(text: &str) -> Result<ReadDocument, StoreError> {
@@ -463,11 +500,27 @@ fn json_path(field: &str) -> Result<String, StoreError> {
     }
 }
 
-/// `WHERE` clause and parameters for a list query (parameter 1 is the resource).
+/// A field's value in a document, as SQL; the same text in a list's `ORDER BY` and in the index
+/// [`ReadStore::index_fields`] makes, so the planner reads one for the other.
+fn field_expression(field: &str) -> Result<String, StoreError> {
+    // `json_path` admits letters, digits, `_` and `.`: nothing to escape inside the quotes.
+    Ok(format!("json_extract(doc, '{}')", json_path(field)?))
+}
+
+/// `WHERE` clause and parameters for a list query (parameter 1 is the resource). A filter on
+/// `status` reads the column (and its index): it holds the document's `status`, always a string,
+/// so the two agree on every value.
 fn where_clause(resource: &str, filters: &[Filter]) -> Result<(String, Vec<SqlValue>), StoreError> {
     let mut values = vec![SqlValue::Text(resource.to_owned())];
-    let predicates = filter_predicates(filters, &mut values)?;
-    Ok((format!("resource = ?1{predicates}"), values))
+    let (status, others): (Vec<&Filter>, Vec<&Filter>) = filters.iter().partition(|f| f.field == "status");
+    let mut sql = "resource = ?1".to_owned();
+    for filter in status {
+        values.push(SqlValue::Text(filter.value.clone()));
+        sql.push_str(&format!(" AND status = ?{}", values.len()));
+    }
+    let others: Vec<Filter> = others.into_iter().cloned().collect();
+    sql.push_str(&filter_predicates(&others, &mut values)?);
+    Ok((sql, values))
 }
 
 /// ` AND ...` for each filter, on the JSON column `doc`, numbering parameters after `values`.
@@ -1064,7 +1117,7 @@ fn new_generation(tx: &rusqlite::Transaction<'_>, resource: &str) -> rusqlite::R
 /// Gives every generation written before generations had indexes of their own its index: built
 /// from its documents, its entries taken out of the shared one. Runs when the store opens.
 fn split_shared_index(conn: &mut Connection) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let stored: Vec<String> = tx
         .prepare("SELECT stored FROM models UNION SELECT stored FROM retired")?
         .query_map([], |row| row.get(0))?
@@ -1148,7 +1201,7 @@ fn sweep_loop(writer: std::sync::Weak<Mutex<Connection>>, doc_values: &DocValues
 
 /// Deletes up to [`SWEEP_CHUNK`] documents of one retired storage; `false` when none is left.
 fn sweep_chunk(conn: &mut Connection, doc_values: &DocValues) -> rusqlite::Result<bool> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     // Queries that looked the storage up before it was retired get a few seconds to finish.
     let stored: Option<String> = tx
         .query_row(
@@ -1173,6 +1226,7 @@ fn sweep_chunk(conn: &mut Connection, doc_values: &DocValues) -> rusqlite::Resul
             tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", retired.index))?;
         }
         tx.execute("DELETE FROM retired WHERE stored = ?1", [&stored])?;
+        tx.execute("DELETE FROM list_counts WHERE resource = ?1", [&stored])?;
         doc_values.forget(stored);
     } else {
         if retired.shares_index() {
@@ -1276,14 +1330,22 @@ impl ReadStore for SqliteReadStore {
     async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError> {
         let (clause, mut values) = where_clause(resource, &query.filters)?;
         let order = match &query.sort {
+            // The path inline, not bound: an index on a declared field (`index_fields`) is on
+            // this very expression, so the page is read from it in order.
             Some((field, order)) => {
-                values.push(SqlValue::Text(json_path(field)?));
                 let direction = if *order == SortOrder::Asc { "ASC" } else { "DESC" };
-                format!("json_extract(doc, ?{}) {direction}, id ASC", values.len())
+                format!("{} {direction}, id ASC", field_expression(field)?)
             }
             None => "id ASC".to_owned(),
         };
-        let count_values = values.len() - usize::from(query.sort.is_some());
+        // The total of a list with no filter, or by status alone, is kept; others are counted.
+        let kept_total = match query.filters.as_slice() {
+            [] => Some("SELECT COALESCE(SUM(documents), 0) FROM list_counts WHERE resource = ?1"),
+            [Filter { field, .. }] if field == "status" => {
+                Some("SELECT COALESCE(SUM(documents), 0) FROM list_counts WHERE resource = ?1 AND status = ?2")
+            }
+            _ => None,
+        };
         let limit = query.limit as i64;
         let offset = query.offset as i64;
         let resource = resource.to_owned();
@@ -1291,12 +1353,13 @@ impl ReadStore for SqliteReadStore {
             .run(move |conn| {
                 let tx = conn.unchecked_transaction().map_err(unavailable)?;
                 let conn = &*tx;
-                let mut values = values;
                 values[0] = SqlValue::Text(storage(conn, &resource).map_err(unavailable)?.name);
+                let count = kept_total.map_or_else(|| format!("SELECT COUNT(*) FROM documents WHERE {clause}"), str::to_owned);
                 let total: u64 = conn
-                    .prepare_cached(&format!("SELECT COUNT(*) FROM documents WHERE {clause}"))
+                    .prepare_cached(&count)
                     .and_then(|mut stmt| {
-                        stmt.query_row(params_from_iter(values[..count_values].iter()), |row| row.get(0))
+                        let used = stmt.parameter_count();
+                        stmt.query_row(params_from_iter(values[..used].iter()), |row| row.get(0))
                     })
                     .map_err(unavailable)?;
                 let sql = format!(
@@ -1312,6 +1375,28 @@ impl ReadStore for SqliteReadStore {
                 Ok(Page { items, total })
             })
             .await
+    }
+
+    async fn index_fields(&self, _resource: &str, fields: &[&str]) -> Result<(), StoreError> {
+        // One index per field over every model's documents (storage first): a rebuild's new
+        // generation is covered from its first document.
+        let statements = fields
+            .iter()
+            .filter(|field| **field != "status")
+            .map(|field| {
+                Ok(format!(
+                    "CREATE INDEX IF NOT EXISTS \"documents_by_{field}\" ON documents (resource, {})",
+                    field_expression(field)?
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.write(move |tx| {
+            for statement in &statements {
+                tx.execute_batch(statement)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn clear(&self, resource: &str, projection: &str) -> Result<(), StoreError> {
