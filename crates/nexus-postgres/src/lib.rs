@@ -24,7 +24,7 @@
 //!    a statement trigger on `INSERT INTO events` takes it too, so a writer that bypasses this
 //!    crate still commits in lock order (it must still draw positions after the lock to succeed).
 //!
-//! # Why this design (design D of `shared/design/change-feed.md`)
+//! # Why this design
 //!
 //! With a sequence (`bigserial`) position, a transaction that drew 41 can commit after one that
 //! drew 42; a tailer that saw 42 never sees 41. Measured on this kind of machine with 16 writers,

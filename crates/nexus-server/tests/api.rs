@@ -1,4 +1,4 @@
-//! The external contract (`shared/design/api-contract.md` §2–§5, §8, §10), checked over real HTTP
+//! The external contract (§2–§5, §8, §10 of the API contract), checked over real HTTP
 //! and WebSocket against real servers on port 0 with the reference domain.
 
 mod support;

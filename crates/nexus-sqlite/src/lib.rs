@@ -62,18 +62,17 @@ fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {error}"))
 }
 
-/// How much of a database file a connection maps into memory (address space, not RAM).
-const MMAP_SIZE: i64 = 1 << 30;
-
 /// Settings every connection gets.
+///
+/// No `mmap_size`: a mapping is per connection, so each reader's mapped pages counted again in
+/// the process's resident memory (750 MB for a 25 MB `read.db` read by 30 connections), and a
+/// mapping grows with the file. Pages are read into each connection's page cache instead,
+/// bounded by its `cache_size`, with the OS's file cache (shared, and outside the process)
+/// behind it.
 fn tune(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     // Query-planner stability: without it, SQLite re-prepares a statement whenever a bound range
     // or LIMIT value changes (measured: ~10% of a loaded server's CPU in `sqlite3Reprepare`).
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-    // Reads map the file instead of copying each page into a private 2 MB cache: a search over
-    // 80,000 matches of a million documents touches most pages of the search keys, which then
-    // costs 0.4 µs a match instead of 0.7 (measured), and every connection shares the OS cache.
-    conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
 }
 
@@ -163,8 +162,9 @@ fn checkpoint_loop(
     database: &'static str,
     stopped: &std::sync::mpsc::Receiver<()>,
 ) {
-    let wal_bytes = metrics::gauge!("nexus_sqlite_wal_bytes", "database" => database);
-    let reset_seconds = metrics::histogram!("nexus_sqlite_wal_reset_seconds", "database" => database);
+    // Looked up at each use, not once: the process's recorder may be installed after the store
+    // opens (the server opens its stores first).
+    let wal_bytes = |bytes: u64| metrics::gauge!("nexus_sqlite_wal_bytes", "database" => database).set(bytes as f64);
     let size = || std::fs::metadata(wal).map_or(0, |m| m.len());
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
         stopped.recv_timeout(std::time::Duration::from_millis(200))
@@ -175,12 +175,13 @@ fn checkpoint_loop(
         if size() > WAL_RESET_BYTES {
             let started = std::time::Instant::now();
             match checkpoint(conn, "RESTART") {
-                Ok(true) => reset_seconds.record(started.elapsed().as_secs_f64()),
+                Ok(true) => metrics::histogram!("nexus_sqlite_wal_reset_seconds", "database" => database)
+                    .record(started.elapsed().as_secs_f64()),
                 Ok(false) => tracing::debug!(database, "WAL reset waited for readers in vain; will retry"),
                 Err(error) => tracing::warn!(%error, database, "WAL reset failed; will retry"),
             }
         }
-        wal_bytes.set(size() as f64);
+        wal_bytes(size());
     }
     // The store's writers are gone: nothing holds the log, so this one empties it.
     let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
@@ -189,7 +190,7 @@ fn checkpoint_loop(
         Ok(false) => tracing::warn!(database, "the final WAL checkpoint found readers still in the log"),
         Err(error) => tracing::warn!(%error, database, "the final WAL checkpoint failed"),
     }
-    wal_bytes.set(size() as f64);
+    wal_bytes(size());
 }
 
 /// Runs a checkpoint in `mode`; `false` when it could not finish for readers or a writer.

@@ -12,11 +12,23 @@
 //!   schedule, and each latency is counted from the time its request was *due*, not sent, so a
 //!   stalled server cannot hide its queueing delay by slowing the generator down (the coordinated
 //!   omission `wrk2` corrects the same way).
+//!
+//! Soak mode (`--sample-every SECS`): for sustained-load tests, every SECS seconds a sample of
+//! the server is printed on stderr (and kept under `"samples"` in the JSON report): the elapsed
+//! time, the server's resident memory (`VmRSS` and `RssAnon` from `/proc/<pid>/status`), the size
+//! of each file in its data directory (`events.db`, `events.db-wal`, `read.db`, …), and the
+//! throughput, p50 and p99 of each operation and the lag p99 over that interval alone. The final
+//! report ends with the last sample. MB are MiB (2^20 bytes) throughout. The embedded server is
+//! sampled without further flags: its process is this one, its directory the temporary one. A
+//! server driven with `--url` is sampled through `--server-pid` and `--data-dir`; without them a
+//! sample has the latencies only. The embedded server's RSS includes the bench's own latency
+//! buffers (4 bytes per operation), so its samples also give their size, to subtract.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -52,6 +64,16 @@ pub struct BenchArgs {
     /// Lag samples per second taken by the WebSocket sampler (0 disables it).
     #[arg(long, default_value_t = 50)]
     lag_samples: u32,
+    /// Soak mode: every SECS seconds, sample the server's memory, the size of each file in its
+    /// data directory, and the throughput and latencies of the interval.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    sample_every: Option<u64>,
+    /// With --url: the server process whose memory the samples read (`/proc/<pid>/status`).
+    #[arg(long, value_name = "PID", requires_all = ["url", "sample_every"])]
+    server_pid: Option<u32>,
+    /// With --url: the server's data directory, whose files the samples measure.
+    #[arg(long, value_name = "DIR", requires_all = ["url", "sample_every"])]
+    data_dir: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -102,21 +124,55 @@ fn parse_mix(mix: &str) -> anyhow::Result<Vec<(Op, u32)>> {
     Ok(weights)
 }
 
+/// Latencies and lags in microseconds, errors by code.
 #[derive(Default)]
 struct Stats {
     latencies: BTreeMap<Op, Vec<u32>>,
+    lags: Vec<u32>,
     errors: BTreeMap<String, u64>,
 }
 
 impl Stats {
-    fn merge(&mut self, other: Stats) {
+    fn merge(&mut self, mut other: Stats) {
         for (op, mut values) in other.latencies {
             self.latencies.entry(op).or_default().append(&mut values);
         }
+        self.lags.append(&mut other.lags);
         for (code, n) in other.errors {
             *self.errors.entry(code).or_default() += n;
         }
     }
+
+    /// The memory the buffers hold, which the embedded server's RSS includes.
+    fn buffer_bytes(&self) -> usize {
+        let values: usize = self.latencies.values().map(Vec::capacity).sum::<usize>() + self.lags.capacity();
+        values * size_of::<u32>()
+    }
+}
+
+/// Where one client (or the lag sampler) records. Each has its own, so the lock is uncontended
+/// but for the soak sampler taking the interval's figures; a std mutex, as it is never held
+/// across an `.await`.
+#[derive(Default)]
+struct Recorder(Mutex<Stats>);
+
+impl Recorder {
+    fn record(&self, add: impl FnOnce(&mut Stats)) {
+        add(&mut self.0.lock().expect("a recorder is never poisoned"));
+    }
+
+    fn take(&self) -> Stats {
+        std::mem::take(&mut self.0.lock().expect("a recorder is never poisoned"))
+    }
+}
+
+/// What every recorder holds, leaving them empty.
+fn drain(recorders: &[Arc<Recorder>]) -> Stats {
+    let mut stats = Stats::default();
+    for recorder in recorders {
+        stats.merge(recorder.take());
+    }
+    stats
 }
 
 pub async fn run(args: BenchArgs, credentials: &crate::Credentials) -> anyhow::Result<()> {
@@ -124,13 +180,30 @@ pub async fn run(args: BenchArgs, credentials: &crate::Credentials) -> anyhow::R
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let (base, _embedded) = match &args.url {
+    let (base, embedded) = match &args.url {
         Some(url) => (url.trim_end_matches('/').to_owned(), None),
         None => {
-            let (url, guard) = start_embedded().await?;
-            (url, Some(guard))
+            let (url, embedded) = start_embedded().await?;
+            (url, Some(embedded))
         }
     };
+    let watched = match &embedded {
+        Some(embedded) => {
+            Watched { pid: Some(std::process::id()), data_dir: Some(embedded.dir.path().to_owned()) }
+        }
+        None => Watched { pid: args.server_pid, data_dir: args.data_dir.clone() },
+    };
+    if args.sample_every.is_some() {
+        let missing = [
+            (watched.pid.is_none(), "memory (no --server-pid)"),
+            (watched.data_dir.is_none(), "files (no --data-dir)"),
+        ];
+        let missing: Vec<&str> =
+            missing.into_iter().filter_map(|(missing, what)| missing.then_some(what)).collect();
+        if !missing.is_empty() {
+            eprintln!("nexus bench: samples leave out the server's {}", missing.join(" and "));
+        }
+    }
     let client = credentials.client()?.pool_max_idle_per_host(args.concurrency).build()?;
     client
         .get(format!("{base}/health/ready"))
@@ -153,10 +226,12 @@ pub async fn run(args: BenchArgs, credentials: &crate::Credentials) -> anyhow::R
         args.rate.map_or("closed loop".to_owned(), |r| format!("open loop at {r} ops/s")),
     );
     let started = Instant::now();
+    // One per client, and the last for the lag sampler.
+    let recorders: Vec<Arc<Recorder>> = (0..=args.concurrency).map(|_| Arc::default()).collect();
     // Client i of n starts i/n of a period late, so the open-loop schedule is spread evenly.
     let period = args.rate.map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate as f64));
     let mut workers = Vec::new();
-    for seed in 0..args.concurrency {
+    for (seed, recorder) in recorders[..args.concurrency].iter().enumerate() {
         let pacing = period.map(|period| {
             let first = tokio::time::Instant::from_std(started)
                 + period.mul_f64(seed as f64 / args.concurrency as f64);
@@ -170,6 +245,7 @@ pub async fn run(args: BenchArgs, credentials: &crate::Credentials) -> anyhow::R
             base.clone(),
             mix.clone(),
             seed as u64 + 1,
+            recorder.clone(),
             remaining.clone(),
             done.clone(),
             deadline,
@@ -182,29 +258,182 @@ pub async fn run(args: BenchArgs, credentials: &crate::Credentials) -> anyhow::R
             base.clone(),
             credentials.access_token().map(str::to_owned),
             args.lag_samples,
+            recorders[args.concurrency].clone(),
             remaining.clone(),
             deadline,
         ))
     });
-    let progress =
-        tokio::spawn(show_progress(progress_bar(&args), args.count, args.duration, done.clone(), started));
-    let mut stats = Stats::default();
+    let bar = progress_bar(&args);
+    let progress = tokio::spawn(show_progress(bar.clone(), args.count, args.duration, done.clone(), started));
+    let (stop_soak, stopped) = tokio::sync::oneshot::channel();
+    let soak = args.sample_every.map(|every| {
+        let print = (!args.json).then_some(bar);
+        tokio::spawn(soak(watched, Duration::from_secs(every), recorders.clone(), print, started, stopped))
+    });
     for worker in workers {
-        stats.merge(worker.await?);
+        worker.await?;
     }
     let elapsed = started.elapsed();
+    // The last sample covers the load only, not the lag sampler's wind-down.
+    let _ = stop_soak.send(());
+    let (mut stats, samples) = match soak {
+        Some(soak) => soak.await?,
+        None => (Stats::default(), Vec::new()),
+    };
     progress.abort();
     // The bar is cleared when the task (and the bar it owns) is dropped.
     let _ = progress.await;
-    let lags = match sampler {
-        Some(sampler) => {
-            remaining.store(0, Ordering::Relaxed);
-            sampler.await?
-        }
-        None => Vec::new(),
-    };
-    report(&args, &stats, elapsed, lags);
+    if let Some(sampler) = sampler {
+        remaining.store(0, Ordering::Relaxed);
+        sampler.await?;
+    }
+    stats.merge(drain(&recorders));
+    report(&args, &mut stats, elapsed, samples);
     Ok(())
+}
+
+/// What a soak sample reads besides latencies: the server's process and data directory, where
+/// known.
+struct Watched {
+    pid: Option<u32>,
+    data_dir: Option<PathBuf>,
+}
+
+/// Takes a sample every `every` and once more when `stop` fires (unless the last one is less
+/// than a tenth of a period old), and returns what it drained from the recorders with the
+/// samples. Prints each sample through the bar, if given, so the two do not overwrite each other.
+async fn soak(
+    watched: Watched,
+    every: Duration,
+    recorders: Vec<Arc<Recorder>>,
+    print: Option<ProgressBar>,
+    started: Instant,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> (Stats, Vec<Value>) {
+    let mut total = Stats::default();
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::from_std(started) + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = started;
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = &mut stop => true,
+        };
+        let now = Instant::now();
+        let mut window = drain(&recorders);
+        let too_soon = stopping && now - last < every / 10 && !samples.is_empty();
+        if !too_soon {
+            let mut sample = sample(&watched, &mut window, now - started, now - last);
+            if watched.pid == Some(std::process::id()) {
+                sample["benchBuffersMb"] = json!(megabytes(total.buffer_bytes() + window.buffer_bytes()));
+            }
+            if let Some(bar) = &print {
+                bar.suspend(|| eprintln!("{}", sample_line(&sample)));
+            }
+            samples.push(sample);
+            last = now;
+        }
+        total.merge(window);
+        if stopping {
+            return (total, samples);
+        }
+    }
+}
+
+/// One soak sample: the server's memory and files now, and the operations of `window`, which
+/// lasted `interval`.
+fn sample(watched: &Watched, window: &mut Stats, elapsed: Duration, interval: Duration) -> Value {
+    let memory = watched.pid.and_then(memory_mb);
+    json!({
+        "elapsedSeconds": round2(elapsed.as_secs_f64()),
+        "intervalSeconds": round2(interval.as_secs_f64()),
+        "rssMb": memory.map(|(rss, _)| rss),
+        "rssAnonMb": memory.map(|(_, anon)| anon),
+        "filesMb": watched.data_dir.as_deref().map(files_mb),
+        "operations": summarize(&mut window.latencies, interval.as_secs_f64()),
+        "errors": window.errors.values().sum::<u64>(),
+        "lag": (!window.lags.is_empty()).then(|| percentiles(&mut window.lags)),
+    })
+}
+
+/// `VmRSS` and `RssAnon` of a process in MB, from `/proc` (so Linux only).
+fn memory_mb(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        let kilobytes = status.lines().find_map(|line| line.strip_prefix(name))?;
+        let kilobytes: u64 = kilobytes.trim().strip_suffix("kB")?.trim().parse().ok()?;
+        Some(megabytes(kilobytes as usize * 1024))
+    };
+    Some((field("VmRSS:")?, field("RssAnon:")?))
+}
+
+/// The size in MB of each file in `dir` and its subdirectories, by path relative to `dir`. A file
+/// that vanishes while being listed (a SQLite journal) is left out.
+fn files_mb(dir: &Path) -> BTreeMap<String, f64> {
+    fn walk(dir: &Path, prefix: &str, sizes: &mut BTreeMap<String, f64>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => walk(&entry.path(), &format!("{name}/"), sizes),
+                Ok(meta) => {
+                    sizes.insert(name, megabytes(meta.len() as usize));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    let mut sizes = BTreeMap::new();
+    walk(dir, "", &mut sizes);
+    sizes
+}
+
+fn megabytes(bytes: usize) -> f64 {
+    round2(bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+/// A sample on one line: `at 5.0 s: rss 80.1 MB (anon 61.2) | events.db 3.1, … MB | PlaceOrder
+/// 2100/s p50 3.20 p99 9.10 ms, … | lag p99 4.00 ms`.
+fn sample_line(sample: &Value) -> String {
+    let number = |value: &Value| value.as_f64().unwrap_or(0.0);
+    let mut parts = Vec::new();
+    if !sample["rssMb"].is_null() {
+        let mut memory =
+            format!("rss {:.1} MB (anon {:.1})", number(&sample["rssMb"]), number(&sample["rssAnonMb"]));
+        if !sample["benchBuffersMb"].is_null() {
+            memory += &format!(", of which bench buffers {:.1}", number(&sample["benchBuffersMb"]));
+        }
+        parts.push(memory);
+    }
+    if let Some(files) = sample["filesMb"].as_object() {
+        let files: Vec<String> = files.iter().map(|(name, mb)| format!("{name} {:.1}", number(mb))).collect();
+        parts.push(format!("{} MB", files.join(", ")));
+    }
+    let mut operations: Vec<String> = sample["operations"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, s)| {
+            format!(
+                "{name} {:.0}/s p50 {:.2} p99 {:.2} ms",
+                number(&s["perSecond"]),
+                number(&s["p50Ms"]),
+                number(&s["p99Ms"])
+            )
+        })
+        .collect();
+    if sample["errors"].as_u64().unwrap_or(0) > 0 {
+        operations.push(format!("{} errors", sample["errors"]));
+    }
+    parts.push(if operations.is_empty() { "no operations".to_owned() } else { operations.join(", ") });
+    if !sample["lag"].is_null() {
+        parts.push(format!("lag p99 {:.2} ms", number(&sample["lag"]["p99Ms"])));
+    }
+    format!("at {:.1} s: {}", number(&sample["elapsedSeconds"]), parts.join(" | "))
 }
 
 /// A bar on stderr when a person is watching; hidden for `--json` and when stderr is a file or
@@ -272,7 +501,7 @@ async fn show_progress(
 
 /// Keeps the embedded server's directory and task alive for the run.
 struct Embedded {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -295,7 +524,7 @@ async fn start_embedded() -> anyhow::Result<(String, Embedded)> {
         }
     });
     eprintln!("started an embedded server on {addr} in {}", dir.path().display());
-    Ok((format!("http://{addr}"), Embedded { _dir: dir, _server: server }))
+    Ok((format!("http://{addr}"), Embedded { dir, _server: server }))
 }
 
 /// xorshift: enough randomness for picking operations, no dependency.
@@ -330,14 +559,14 @@ async fn worker(
     base: String,
     mix: Vec<(Op, u32)>,
     seed: u64,
+    recorder: Arc<Recorder>,
     remaining: Arc<AtomicU64>,
     done: Arc<AtomicU64>,
     deadline: Option<Instant>,
     mut pacing: Option<tokio::time::Interval>,
-) -> Stats {
+) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let total: u32 = mix.iter().map(|(_, w)| w).sum();
-    let mut stats = Stats::default();
     let mut placed: Vec<String> = Vec::new();
     loop {
         // Open loop: the latency counts from when the request was due.
@@ -393,7 +622,7 @@ async fn worker(
         let micros = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
         match outcome {
             Ok((status, body)) if status.is_success() => {
-                stats.latencies.entry(op).or_default().push(micros);
+                recorder.record(|stats| stats.latencies.entry(op).or_default().push(micros));
                 if op == Op::Place
                     && placed.len() < 10_000
                     && let Ok(body) = serde_json::from_slice::<Value>(&body)
@@ -405,16 +634,16 @@ async fn worker(
             Ok((status, body)) => {
                 let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let code = body["code"].as_str().unwrap_or("?");
-                *stats.errors.entry(format!("{} {code}", status.as_u16())).or_default() += 1;
+                let code = format!("{} {code}", status.as_u16());
+                recorder.record(|stats| *stats.errors.entry(code).or_default() += 1);
             }
             Err(error) => {
                 let kind = if error.is_timeout() { "timeout" } else { "connection" };
-                *stats.errors.entry(kind.to_owned()).or_default() += 1;
+                recorder.record(|stats| *stats.errors.entry(kind.to_owned()).or_default() += 1);
             }
         }
         done.fetch_add(1, Ordering::Relaxed);
     }
-    stats
 }
 
 /// Samples command→read-model lag: subscribe to a fresh id, place an order on it, and time from
@@ -424,26 +653,26 @@ async fn lag_sampler(
     base: String,
     access_token: Option<String>,
     per_second: u32,
+    recorder: Arc<Recorder>,
     remaining: Arc<AtomicU64>,
     deadline: Option<Instant>,
-) -> Vec<u32> {
+) {
     let ws_url = format!("{}/api/subscriptions", base.replacen("http", "ws", 1));
     let with_token = match access_token {
         Some(token) => match reqwest::Url::parse_with_params(&ws_url, [("access_token", token)]) {
             Ok(url) => url.to_string(),
             Err(error) => {
                 eprintln!("lag sampler: bad URL {ws_url}: {error}");
-                return Vec::new();
+                return;
             }
         },
         None => ws_url.clone(),
     };
     let Ok((mut socket, _)) = tokio_tungstenite::connect_async(&with_token).await else {
         eprintln!("lag sampler: cannot connect to {ws_url}");
-        return Vec::new();
+        return;
     };
     let mut rng = Rng(0xDEAD_BEEF);
-    let mut lags = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);
     while deadline.is_none_or(|d| Instant::now() < d) && remaining.load(Ordering::Relaxed) > 0 {
         tick.tick().await;
@@ -465,12 +694,12 @@ async fn lag_sampler(
         if accepted
             && wait_for(&mut socket, |m| m["type"] == "projection_updated" && m["aggregateId"] == id).await
         {
-            lags.push(at.elapsed().as_micros() as u32);
+            let lag = at.elapsed().as_micros() as u32;
+            recorder.record(|stats| stats.lags.push(lag));
         }
         let unsubscribe = json!({"type": "unsubscribe", "aggregateIds": [id]}).to_string();
         let _ = socket.send(Message::text(unsubscribe)).await;
     }
-    lags
 }
 
 async fn wait_for<S>(socket: &mut S, wanted: impl Fn(&Value) -> bool) -> bool
@@ -504,17 +733,21 @@ fn percentiles(values: &mut [u32]) -> Value {
     })
 }
 
-fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, mut lags: Vec<u32>) {
-    let seconds = elapsed.as_secs_f64();
+/// Percentiles and rate of each operation over `seconds`.
+fn summarize(latencies: &mut BTreeMap<Op, Vec<u32>>, seconds: f64) -> serde_json::Map<String, Value> {
     let mut operations = serde_json::Map::new();
-    let mut total_ok = 0;
-    for (op, values) in &stats.latencies {
-        total_ok += values.len();
-        let mut values = values.clone();
-        let mut summary = percentiles(&mut values);
+    for (op, values) in latencies {
+        let mut summary = percentiles(values);
         summary["perSecond"] = json!((values.len() as f64 / seconds).round());
         operations.insert(op.name().to_owned(), summary);
     }
+    operations
+}
+
+fn report(args: &BenchArgs, stats: &mut Stats, elapsed: Duration, samples: Vec<Value>) {
+    let seconds = elapsed.as_secs_f64();
+    let total_ok: usize = stats.latencies.values().map(Vec::len).sum();
+    let operations = summarize(&mut stats.latencies, seconds);
     let total_errors: u64 = stats.errors.values().sum();
     let commands: usize =
         [Op::Place, Op::Ship].iter().filter_map(|op| stats.latencies.get(op)).map(Vec::len).sum();
@@ -522,7 +755,7 @@ fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, mut lags: Vec<u32>
     let report = json!({
         "concurrency": args.concurrency,
         "mix": args.mix,
-        "seconds": (seconds * 100.0).round() / 100.0,
+        "seconds": round2(seconds),
         "ok": total_ok,
         "errors": total_errors,
         "opsPerSecond": (total_ok as f64 / seconds).round(),
@@ -532,7 +765,8 @@ fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, mut lags: Vec<u32>
         "achievedRate": args.rate.map(|_| (attempted / seconds).round()),
         "operations": operations,
         "errorsByCode": stats.errors,
-        "lag": percentiles(&mut lags),
+        "lag": percentiles(&mut stats.lags),
+        "samples": (!samples.is_empty()).then_some(&samples),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("serializable"));
@@ -576,5 +810,8 @@ fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, mut lags: Vec<u32>
     );
     for (code, n) in &stats.errors {
         println!("error {code}: {n}");
+    }
+    if let Some(last) = samples.last() {
+        println!("last sample {}", sample_line(last));
     }
 }
