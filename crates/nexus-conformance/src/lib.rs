@@ -66,6 +66,8 @@ macro_rules! read_store_suite {
             search_filters_match_like_list_filters,
             one_word_ranks_by_frequency_and_length_in_pages,
             a_shadow_swaps_in_atomically,
+            list_totals_stay_exact_as_documents_change,
+            list_sorts_on_indexed_fields_in_pages,
         );
     };
     (@cases $factory:ident; $($case:ident),* $(,)?) => {

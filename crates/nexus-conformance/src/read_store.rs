@@ -327,3 +327,233 @@ pub async fn a_shadow_swaps_in_atomically(store: Arc<dyn ReadStore>) {
         store.list("orders", &ListQuery { filters: vec![], sort: None, limit: 10, offset: 0 }).await.unwrap();
     assert_eq!(listed.total, 1);
 }
+
+/// A list query from `(field, value)` filters.
+fn list_query(
+    filters: &[(&str, &str)],
+    sort: Option<(&str, SortOrder)>,
+    limit: usize,
+    offset: usize,
+) -> ListQuery {
+    ListQuery {
+        filters: filters.iter().map(|(f, v)| Filter { field: (*f).into(), value: (*v).into() }).collect(),
+        sort: sort.map(|(f, o)| (f.to_owned(), o)),
+        limit,
+        offset,
+    }
+}
+
+/// Lists `resource` with `filters` in one page and checks both the ids (in id order) and that
+/// the total is exactly how many there are.
+async fn assert_listed(
+    store: &Arc<dyn ReadStore>,
+    resource: &str,
+    filters: &[(&str, &str)],
+    expected: &[&str],
+) {
+    let page = store.list(resource, &list_query(filters, None, 100, 0)).await.unwrap();
+    let ids: Vec<&str> = page.items.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, expected, "{resource} with {filters:?}");
+    assert_eq!(page.total, expected.len() as u64, "total of {resource} with {filters:?}");
+}
+
+/// A list's total is exact however it is answered (a backend may keep counts per status rather
+/// than count): with no filter, with `status` alone, with `status` and another filter, as
+/// documents move from one status to another, when a stale version is refused, and after a
+/// rebuild's clear and swap.
+pub async fn list_totals_stay_exact_as_documents_change(store: Arc<dyn ReadStore>) {
+    store.index_fields("orders", &["total", "customerId"]).await.unwrap();
+    store.index_fields("orders", &["total", "customerId"]).await.unwrap();
+    assert!(
+        matches!(
+            store.index_fields("orders", &["bad field!"]).await,
+            Err(nexus_core::StoreError::InvalidRequest(_))
+        ),
+        "field names are checked"
+    );
+    let docs = vec![
+        doc("a", 1, "PLACED", 10.0, &[]),
+        doc("b", 2, "PLACED", 20.0, &[]),
+        doc("c", 3, "SHIPPED", 30.0, &[]),
+        doc("d", 4, "PLACED", 40.0, &[]),
+        doc("e", 5, "CANCELLED", 50.0, &[]),
+    ];
+    store.commit("p", "orders", docs, 5).await.unwrap();
+    store.commit("q", "other", vec![doc("z", 1, "PLACED", 1.0, &[])], 1).await.unwrap();
+    assert_listed(&store, "orders", &[], &["a", "b", "c", "d", "e"]).await;
+    assert_listed(&store, "orders", &[("status", "PLACED")], &["a", "b", "d"]).await;
+    assert_listed(&store, "orders", &[("status", "SHIPPED")], &["c"]).await;
+    assert_listed(&store, "orders", &[("status", "placed")], &[]).await;
+    assert_listed(&store, "orders", &[("status", "")], &[]).await;
+    assert_listed(&store, "orders", &[("status", "PLACED"), ("customerId", "c-0")], &["b", "d"]).await;
+    assert_listed(&store, "orders", &[("customerId", "c-1")], &["a", "c", "e"]).await;
+    assert_listed(&store, "nothing", &[], &[]).await;
+    assert_listed(&store, "nothing", &[("status", "PLACED")], &[]).await;
+    let page = store.list("orders", &list_query(&[("status", "PLACED")], None, 1, 1)).await.unwrap();
+    assert_eq!((page.items[0].id.as_str(), page.total), ("b", 3), "a page's total is every match's");
+    let page = store.list("orders", &list_query(&[("status", "PLACED")], None, 2, 5)).await.unwrap();
+    assert_eq!((page.items.len(), page.total), (0, 3), "past the end");
+
+    // PLACED → SHIPPED, an update that keeps its status, a stale version (refused), a new one.
+    store.commit("p", "orders", vec![doc("a", 2, "SHIPPED", 10.0, &[])], 6).await.unwrap();
+    store.commit("p", "orders", vec![doc("b", 3, "PLACED", 25.0, &[])], 7).await.unwrap();
+    store.commit("p", "orders", vec![doc("d", 1, "CANCELLED", 40.0, &[])], 8).await.unwrap();
+    store.commit("p", "orders", vec![doc("f", 1, "PLACED", 60.0, &[])], 9).await.unwrap();
+    assert_listed(&store, "orders", &[], &["a", "b", "c", "d", "e", "f"]).await;
+    assert_listed(&store, "orders", &[("status", "PLACED")], &["b", "d", "f"]).await;
+    assert_listed(&store, "orders", &[("status", "SHIPPED")], &["a", "c"]).await;
+    assert_listed(&store, "orders", &[("status", "CANCELLED")], &["e"]).await;
+    assert_listed(&store, "orders", &[("status", "PLACED"), ("customerId", "c-1")], &["b", "f"]).await;
+    // One batch moving a document twice, and one moving several at once.
+    store
+        .commit(
+            "p",
+            "orders",
+            vec![
+                doc("c", 4, "CANCELLED", 30.0, &[]),
+                doc("c", 5, "PLACED", 30.0, &[]),
+                doc("e", 6, "SHIPPED", 50.0, &[]),
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    assert_listed(&store, "orders", &[("status", "PLACED")], &["b", "c", "d", "f"]).await;
+    assert_listed(&store, "orders", &[("status", "SHIPPED")], &["a", "e"]).await;
+    assert_listed(&store, "orders", &[("status", "CANCELLED")], &[]).await;
+    assert_listed(&store, "other", &[("status", "PLACED")], &["z"]).await;
+
+    // A rebuild: the shadow's totals are its own, the live model's stay until the swap.
+    store.commit("orders~rebuild", "orders~rebuild", vec![doc("x", 1, "PLACED", 1.0, &[])], 1).await.unwrap();
+    store.clear("orders~rebuild", "orders~rebuild").await.unwrap();
+    assert_listed(&store, "orders~rebuild", &[], &[]).await;
+    let shadow = vec![
+        doc("a", 2, "SHIPPED", 10.0, &[]),
+        doc("g", 1, "PLACED", 70.0, &[]),
+        doc("h", 1, "NEW", 80.0, &[]),
+    ];
+    store.commit("orders~rebuild", "orders~rebuild", shadow, 20).await.unwrap();
+    assert_listed(&store, "orders~rebuild", &[("status", "PLACED")], &["g"]).await;
+    assert_listed(&store, "orders", &[("status", "PLACED")], &["b", "c", "d", "f"]).await;
+    store.swap("orders", "orders~rebuild").await.unwrap();
+    assert_listed(&store, "orders", &[], &["a", "g", "h"]).await;
+    assert_listed(&store, "orders", &[("status", "PLACED")], &["g"]).await;
+    assert_listed(&store, "orders", &[("status", "SHIPPED")], &["a"]).await;
+    assert_listed(&store, "orders", &[("status", "NEW"), ("customerId", "c-1")], &["h"]).await;
+    assert_listed(&store, "orders~rebuild", &[], &[]).await;
+    store.commit("orders", "orders", vec![doc("g", 2, "SHIPPED", 70.0, &[])], 21).await.unwrap();
+    assert_listed(&store, "orders", &[("status", "SHIPPED")], &["a", "g"]).await;
+    assert_listed(&store, "orders", &[("status", "PLACED")], &[]).await;
+    // Cleared and swapped in empty: nothing left to count.
+    store.clear("orders~rebuild", "orders~rebuild").await.unwrap();
+    store.swap("orders", "orders~rebuild").await.unwrap();
+    assert_listed(&store, "orders", &[], &[]).await;
+    assert_listed(&store, "orders", &[("status", "SHIPPED")], &[]).await;
+}
+
+/// A sort on an indexed field orders exactly as a sort on any field: missing and null first,
+/// then numbers and booleans (as 0/1) by value, then text bytewise; ties by id ascending in both
+/// directions; pages of any size follow one order; filters combine; a rebuild keeps it.
+pub async fn list_sorts_on_indexed_fields_in_pages(store: Arc<dyn ReadStore>) {
+    store.index_fields("orders", &["total", "shipping.city"]).await.unwrap();
+    let values = [
+        ("m1", None),
+        ("n1", Some(json!(null))),
+        ("t1", Some(json!(true))),
+        ("f1", Some(json!(false))),
+        ("a", Some(json!(10))),
+        ("b", Some(json!(10.0))),
+        ("c", Some(json!(2.5))),
+        ("d", Some(json!(-3))),
+        ("e", Some(json!(1))),
+        ("s1", Some(json!("20"))),
+        ("s2", Some(json!("Zeta"))),
+        ("s3", Some(json!("alpha"))),
+        ("s4", Some(json!("alpha"))),
+        ("s5", Some(json!("é"))),
+        ("s6", Some(json!(""))),
+    ];
+    let mut docs = Vec::new();
+    for (n, (id, value)) in values.iter().enumerate() {
+        let mut d = doc(id, 1, if n % 3 == 0 { "SHIPPED" } else { "PLACED" }, 0.0, &[]);
+        d.fields.remove("total");
+        if let Some(value) = value {
+            // The same value in an indexed field and in one that is not.
+            d.set("total", value.clone());
+            d.set("amount", value.clone());
+        }
+        if let Some(city) = [Some("Oslo"), Some("Bergen"), None][n % 3] {
+            d.set("shipping", json!({ "city": city }));
+        }
+        docs.push(d);
+    }
+    store.commit("p", "orders", docs.clone(), 1).await.unwrap();
+    let ascending = ["m1", "n1", "d", "f1", "e", "t1", "c", "a", "b", "s6", "s1", "s2", "s3", "s4", "s5"];
+    let descending = ["s5", "s3", "s4", "s2", "s1", "s6", "a", "b", "c", "e", "t1", "f1", "d", "m1", "n1"];
+    let ids = |page: &nexus_core::ports::Page| page.items.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+    let shipped: Vec<&str> =
+        values.iter().enumerate().filter(|(n, _)| n % 3 == 0).map(|(_, (id, _))| *id).collect();
+
+    for resource in ["orders", "orders~rebuild"] {
+        for (order, expected) in [(SortOrder::Asc, ascending), (SortOrder::Desc, descending)] {
+            for field in ["total", "amount"] {
+                let all = store.list(resource, &list_query(&[], Some((field, order)), 100, 0)).await.unwrap();
+                assert_eq!(ids(&all), expected, "{resource} by {field} {order:?}");
+                assert_eq!(all.total, 15);
+                for size in [1, 2, 4] {
+                    let mut paged = Vec::new();
+                    for offset in (0..16).step_by(size) {
+                        let page = store
+                            .list(resource, &list_query(&[], Some((field, order)), size, offset))
+                            .await
+                            .unwrap();
+                        assert_eq!(page.total, 15, "total of a page");
+                        paged.extend(ids(&page));
+                    }
+                    assert_eq!(paged, expected, "{resource} by {field} {order:?} in pages of {size}");
+                }
+                let filtered = store
+                    .list(resource, &list_query(&[("status", "SHIPPED")], Some((field, order)), 100, 0))
+                    .await
+                    .unwrap();
+                let wanted: Vec<&str> = expected.iter().copied().filter(|id| shipped.contains(id)).collect();
+                assert_eq!(ids(&filtered), wanted, "{resource} SHIPPED by {field} {order:?}");
+                assert_eq!(filtered.total, wanted.len() as u64);
+                let page = store
+                    .list(resource, &list_query(&[("status", "SHIPPED")], Some((field, order)), 2, 1))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    (ids(&page), page.total),
+                    (wanted[1..3].iter().map(|s| (*s).to_owned()).collect(), 5)
+                );
+            }
+        }
+        let by_city = store
+            .list(resource, &list_query(&[], Some(("shipping.city", SortOrder::Asc)), 100, 0))
+            .await
+            .unwrap();
+        let cities: Vec<String> = ids(&by_city);
+        // Without a city (n % 3 == 2) first, by id; then Bergen (n % 3 == 1), then Oslo (n % 3 == 0).
+        let mut expected: Vec<(usize, &str)> =
+            values.iter().enumerate().map(|(n, (id, _))| ([2, 1, 0][n % 3], *id)).collect();
+        expected.sort();
+        assert_eq!(
+            cities,
+            expected.iter().map(|(_, id)| (*id).to_owned()).collect::<Vec<_>>(),
+            "{resource} by a nested field"
+        );
+
+        // The same documents rebuilt into a shadow and swapped in sort the same.
+        if resource == "orders" {
+            store.clear("orders~rebuild", "orders~rebuild").await.unwrap();
+            store.commit("orders~rebuild", "orders~rebuild", docs.clone(), 1).await.unwrap();
+        } else {
+            store.swap("orders", "orders~rebuild").await.unwrap();
+        }
+    }
+    for (order, expected) in [(SortOrder::Asc, ascending), (SortOrder::Desc, descending)] {
+        let all = store.list("orders", &list_query(&[], Some(("total", order)), 100, 0)).await.unwrap();
+        assert_eq!(ids(&all), expected, "swapped in, by total {order:?}");
+    }
+}

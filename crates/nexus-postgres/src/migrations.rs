@@ -398,6 +398,112 @@ INSERT INTO search_statistics (resource, documents, words)
     SELECT resource, count(*), sum(nexus_word_count(search)) FROM documents GROUP BY resource;
 "#,
     },
+    Migration {
+        version: 10,
+        name: "list counts and status index",
+        sql: r#"
+-- A list's total was a COUNT(*) over every document of the model it matched (about 1 s a
+-- million): `list_counts` keeps how many documents each storage has per status, so a list with
+-- no filter, or with `status` alone, reads its total from a row or a few. A list by status reads
+-- its page from `documents_status` in id order. A document's `status` is always a JSON string
+-- (`ReadDocument` writes one), so `doc ->> 'status'` is what a `status` filter compares.
+-- Writers wait until the counts are filled: none is missed.
+LOCK TABLE documents IN SHARE ROW EXCLUSIVE MODE;
+CREATE TABLE list_counts (
+    resource  TEXT COLLATE "C" NOT NULL,
+    status    TEXT COLLATE "C" NOT NULL,
+    documents BIGINT NOT NULL,
+    PRIMARY KEY (resource, status)
+);
+CREATE INDEX documents_status ON documents (resource, (doc ->> 'status') COLLATE "C", id);
+
+-- Migration 9's function, and the counts after the statistics: every writer changes the rows of a
+-- storage in the order statistics, then counts by status, so writers never wait in a cycle (and
+-- two writers to one storage queue on its statistics row first). A status no document has any
+-- more keeps its row at 0 until the storage is swept.
+CREATE OR REPLACE FUNCTION nexus_follow_documents() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        WITH entries AS (DELETE FROM search_entries s USING removed r WHERE s.resource = r.resource AND s.id = r.id)
+        DELETE FROM search_postings p USING removed r, unnest(r.search) u
+            WHERE p.resource = r.resource AND p.word = u.lexeme AND p.id = r.id;
+    END IF;
+    -- The statistics change once per trigger, in resource order, so writers to several storages
+    -- never wait for each other in a cycle.
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        -- Each document's facet values and length worked out once, for all four tables.
+        WITH a AS MATERIALIZED (
+            SELECT *, nexus_facet_code(facets) AS code FROM (
+                SELECT resource, id, search, nexus_search_facets(doc) AS facets,
+                       doc ->> 'lastUpdated' AS last_updated, nexus_word_count(search) AS words
+                FROM added) AS documents),
+        entries AS (
+            INSERT INTO search_entries (resource, id, facets, last_updated)
+                SELECT resource, id, facets, last_updated FROM a
+            ON CONFLICT (resource, id) DO UPDATE
+                SET facets = excluded.facets, last_updated = excluded.last_updated),
+        -- In code order, so two writers adding the same new sets never wait in a cycle.
+        sets AS (
+            INSERT INTO search_facet_sets (code, facets) SELECT DISTINCT code, facets FROM a ORDER BY code
+            ON CONFLICT (code) DO NOTHING),
+        postings AS (
+            INSERT INTO search_postings (resource, word, id, frequency, length, facets)
+                SELECT a.resource, u.lexeme, a.id, coalesce(cardinality(u.positions), 1), a.words, a.code
+                FROM a, unnest(a.search) u
+            -- In index order, so a commit's postings of one word land on the same pages. The
+            -- old ones are out (and a TRUNCATE empties this table too), so none conflicts.
+            ORDER BY a.resource, u.lexeme COLLATE "C", a.id)
+        INSERT INTO search_statistics AS s (resource, documents, words)
+            SELECT resource, count(*), sum(words) FROM a WHERE TG_OP = 'INSERT' GROUP BY resource ORDER BY resource
+        ON CONFLICT (resource) DO UPDATE
+            SET documents = s.documents + excluded.documents, words = s.words + excluded.words;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO search_statistics AS s (resource, documents, words)
+            SELECT resource, -count(*), -sum(nexus_word_count(search)) FROM removed GROUP BY resource ORDER BY resource
+        ON CONFLICT (resource) DO UPDATE
+            SET documents = s.documents + excluded.documents, words = s.words + excluded.words;
+        INSERT INTO list_counts AS c (resource, status, documents)
+            SELECT resource, coalesce(doc ->> 'status', ''), -count(*) FROM removed
+            GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (resource, status) DO UPDATE SET documents = c.documents + excluded.documents;
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO search_statistics AS s (resource, documents, words)
+            SELECT resource, sum(documents), sum(words) FROM (
+                SELECT resource, -1 AS documents, -nexus_word_count(search) AS words FROM removed
+                UNION ALL
+                SELECT resource, 1, nexus_word_count(search) FROM added
+            ) AS changes GROUP BY resource ORDER BY resource
+        ON CONFLICT (resource) DO UPDATE
+            SET documents = s.documents + excluded.documents, words = s.words + excluded.words;
+        -- Only the statuses that changed: an update that keeps its status touches no count.
+        INSERT INTO list_counts AS c (resource, status, documents)
+            SELECT resource, status, sum(documents) FROM (
+                SELECT resource, coalesce(doc ->> 'status', '') AS status, -1 AS documents FROM removed
+                UNION ALL
+                SELECT resource, coalesce(doc ->> 'status', ''), 1 FROM added
+            ) AS changes GROUP BY 1, 2 HAVING sum(documents) <> 0 ORDER BY 1, 2
+        ON CONFLICT (resource, status) DO UPDATE SET documents = c.documents + excluded.documents;
+    ELSE -- INSERT
+        INSERT INTO list_counts AS c (resource, status, documents)
+            SELECT resource, coalesce(doc ->> 'status', ''), count(*) FROM added
+            GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (resource, status) DO UPDATE SET documents = c.documents + excluded.documents;
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- A TRUNCATE of the documents empties the counts too.
+CREATE OR REPLACE FUNCTION nexus_truncate_search() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    TRUNCATE search_entries, search_postings, search_statistics, list_counts;
+    RETURN NULL;
+END $$;
+
+INSERT INTO list_counts (resource, status, documents)
+    SELECT resource, coalesce(doc ->> 'status', ''), count(*) FROM documents GROUP BY 1, 2;
+"#,
+    },
 ];
 
 /// Creates `schema` if needed and applies the migrations it has not seen, atomically.

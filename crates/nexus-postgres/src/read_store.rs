@@ -176,7 +176,7 @@ fn json_path(field: &str) -> Result<Vec<String>, StoreError> {
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
-/// `WHERE` clause and parameters for a list query (parameter 1 is the resource, matched on
+/// `WHERE` clause and parameters for a search's filters (parameter 1 is the resource, matched on
 /// `resource_column`; the filters read `doc`).
 fn where_clause(
     resource_column: &str,
@@ -186,38 +186,130 @@ fn where_clause(
     let mut sql = format!("{resource_column} = (SELECT nexus_storage($1))");
     let mut values: Vec<Param> = vec![Box::new(resource.to_owned())];
     for filter in filters {
-        let path = values.len() + 1;
-        let text = path + 1;
-        let number = path + 2;
-        // Arrays (tags) match by membership, numbers by value (`?total=20` matches 20.0), the
-        // rest by their text form, so every filter can come from a query string.
-        sql.push_str(&format!(
-            " AND (CASE jsonb_typeof(doc #> ${path}) \
-               WHEN 'array' THEN EXISTS (SELECT 1 FROM jsonb_array_elements(doc #> ${path}) AS e(v) \
-                                         WHERE e.v #>> '{{}}' = ${text}) \
-               WHEN 'number' THEN (doc #> ${path})::float8 = ${number} \
-               ELSE (doc #>> ${path}) = ${text} END)"
-        ));
-        values.push(Box::new(json_path(&filter.field)?));
-        values.push(Box::new(filter.value.clone()));
-        values.push(Box::new(filter.value.parse::<f64>().ok()));
+        sql.push_str(&format!(" AND {}", filter_predicate(filter, &mut values)?));
     }
     Ok((sql, values))
 }
 
-/// `ORDER BY` keys for a sort on the JSON value at parameter `$p`, ordered like SQLite orders
-/// `json_extract`: NULL < numbers (booleans as 0/1) < text, text bytewise.
-fn order_by(p: usize, order: SortOrder) -> String {
-    let direction = if order == SortOrder::Asc { "ASC" } else { "DESC" };
-    format!(
-        "CASE jsonb_typeof(doc #> ${p}) WHEN 'number' THEN 1 WHEN 'boolean' THEN 1 \
-           WHEN 'string' THEN 2 WHEN 'array' THEN 2 WHEN 'object' THEN 2 ELSE 0 END {direction}, \
-         CASE jsonb_typeof(doc #> ${p}) WHEN 'number' THEN (doc #> ${p})::float8 \
-           WHEN 'boolean' THEN CASE WHEN doc #> ${p} = 'true'::jsonb THEN 1 ELSE 0 END END {direction}, \
-         (CASE jsonb_typeof(doc #> ${p}) WHEN 'string' THEN doc #>> ${p} \
-           WHEN 'array' THEN (doc #> ${p})::text WHEN 'object' THEN (doc #> ${p})::text END) COLLATE \"C\" {direction}, \
-         id ASC"
-    )
+/// `filter` as SQL over `doc`, its parameters added to `values`.
+fn filter_predicate(filter: &Filter, values: &mut Vec<Param>) -> Result<String, StoreError> {
+    let path = values.len() + 1;
+    let text = path + 1;
+    let number = path + 2;
+    values.push(Box::new(json_path(&filter.field)?));
+    values.push(Box::new(filter.value.clone()));
+    values.push(Box::new(filter.value.parse::<f64>().ok()));
+    // Arrays (tags) match by membership, numbers by value (`?total=20` matches 20.0), the
+    // rest by their text form, so every filter can come from a query string.
+    Ok(format!(
+        "(CASE jsonb_typeof(doc #> ${path}) \
+           WHEN 'array' THEN EXISTS (SELECT 1 FROM jsonb_array_elements(doc #> ${path}) AS e(v) \
+                                     WHERE e.v #>> '{{}}' = ${text}) \
+           WHEN 'number' THEN (doc #> ${path})::float8 = ${number} \
+           ELSE (doc #>> ${path}) = ${text} END)"
+    ))
+}
+
+/// `WHERE` clause and parameters for a list: parameter 1 is the storage itself (not a model's
+/// name), so the planner knows it (the pool plans every statement with its parameters) and can
+/// use a partial index of [`PostgresReadStore::index_fields`]. Each filter reads an index where
+/// one answers it: `status` the `documents_status` index (a status is always a JSON string, so
+/// its text form is what the filter compares), a top-level field the GIN index on `doc`.
+fn list_clause(storage: &str, filters: &[Filter]) -> Result<(String, Vec<Param>), StoreError> {
+    let mut sql = "resource = $1".to_owned();
+    let mut values: Vec<Param> = vec![Box::new(storage.to_owned())];
+    for filter in filters {
+        if filter.field == "status" {
+            values.push(Box::new(filter.value.clone()));
+            sql.push_str(&format!(" AND {STATUS} = ${}", values.len()));
+            continue;
+        }
+        sql.push_str(&format!(" AND {}", filter_predicate(filter, &mut values)?));
+        let candidates = containment(filter);
+        if !candidates.is_empty() {
+            let mut alternatives = Vec::new();
+            for candidate in candidates {
+                values.push(Box::new(Json(candidate)));
+                alternatives.push(format!("doc @> ${}", values.len()));
+            }
+            sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+        }
+    }
+    Ok((sql, values))
+}
+
+/// A document's status as `documents_status` (migration 10) indexes it.
+const STATUS: &str = r#"(doc ->> 'status') COLLATE "C""#;
+
+/// A JSON path as a SQL literal (`'{"shipping","city"}'`): [`json_path`] checked its names, so
+/// they need no escaping; each is quoted, so a name like `null` stays a name.
+fn path_literal(path: &[String]) -> String {
+    let names: Vec<String> = path.iter().map(|name| format!("\"{name}\"")).collect();
+    format!("'{{{}}}'::text[]", names.join(","))
+}
+
+/// The keys a sort on the JSON value at `path` (SQL: a parameter or a literal) orders by, ordered
+/// like SQLite orders `json_extract`: NULL < numbers (booleans as 0/1) < text, text bytewise.
+/// Then `id`, ascending whatever the direction.
+fn sort_keys(path: &str) -> [String; 3] {
+    [
+        format!(
+            "(CASE jsonb_typeof(doc #> {path}) WHEN 'number' THEN 1 WHEN 'boolean' THEN 1 \
+               WHEN 'string' THEN 2 WHEN 'array' THEN 2 WHEN 'object' THEN 2 ELSE 0 END)"
+        ),
+        format!(
+            "(CASE jsonb_typeof(doc #> {path}) WHEN 'number' THEN (doc #> {path})::float8 \
+               WHEN 'boolean' THEN CASE WHEN doc #> {path} = 'true'::jsonb THEN 1 ELSE 0 END END)"
+        ),
+        format!(
+            "((CASE jsonb_typeof(doc #> {path}) WHEN 'string' THEN doc #>> {path} \
+               WHEN 'array' THEN (doc #> {path})::text WHEN 'object' THEN (doc #> {path})::text END) COLLATE \"C\")"
+        ),
+    ]
+}
+
+fn direction(order: SortOrder) -> &'static str {
+    if order == SortOrder::Asc { "ASC" } else { "DESC" }
+}
+
+/// `ORDER BY` keys for a sort on the JSON value at `path` (see [`sort_keys`]).
+fn order_by(path: &str, order: SortOrder) -> String {
+    let direction = direction(order);
+    let keys: Vec<String> = sort_keys(path).iter().map(|key| format!("{key} {direction}")).collect();
+    format!("{}, id ASC", keys.join(", "))
+}
+
+/// The index [`PostgresReadStore::index_fields`] keeps for sorting `resource`'s documents on
+/// `field` in `order`: its name and its `CREATE INDEX` statement. The keys are those of
+/// [`order_by`] with the path as a literal, in the sort's directions with `id` ascending, so a
+/// list sorted on the field reads its page from the index in order. (A backward scan of the
+/// other direction's index would order ties by id descending: hence one index a direction.)
+///
+/// Partial, on the storages the model can be in: its own name, its generations (`{name}#{n}`)
+/// and those of a rebuild's shadow (`{name}~…`, which a swap makes the model's); the planner
+/// uses it for a statement naming one of them. The name ends in a hash of the definition, so a
+/// changed definition is a new index, and the same one is found again.
+fn sort_index(resource: &str, field: &str, order: SortOrder) -> Result<(String, String), StoreError> {
+    let path = path_literal(&json_path(field)?);
+    let direction = direction(order);
+    let keys: Vec<String> = sort_keys(&path).iter().map(|key| format!("{key} {direction}")).collect();
+    let name = resource.replace('\'', "''");
+    let definition = format!(
+        "ON documents (resource, {}, id) WHERE resource = '{name}' \
+         OR (resource >= '{name}#' AND resource < '{name}$') \
+         OR (resource >= '{name}~' AND resource < ('{name}' || chr(127)))",
+        keys.join(", ")
+    );
+    let hash = definition.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut slug: String = format!("{resource}_{field}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
+    slug.truncate(36);
+    let index = format!("list_{slug}_{}_{:012x}", direction.to_lowercase(), hash & 0xffff_ffff_ffff);
+    Ok((index.clone(), format!("CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} {definition}")))
 }
 
 /// Where a search's matches come from, as SQL over the search's parameters (`$1` the model).
@@ -462,6 +554,10 @@ async fn sweep(pool: &Pool) -> Result<(), StoreError> {
             .await
             .map_err(unavailable)?;
         client
+            .execute("DELETE FROM list_counts WHERE resource = $1", &[&storage])
+            .await
+            .map_err(unavailable)?;
+        client
             .execute("DELETE FROM retired_models WHERE storage = $1", &[&storage])
             .await
             .map_err(unavailable)?;
@@ -472,6 +568,73 @@ async fn sweep(pool: &Pool) -> Result<(), StoreError> {
             "retired read model swept"
         );
     }
+}
+
+/// The first key of the session lock under which the indexes of
+/// [`PostgresReadStore::index_fields`] are built; the second is `hashtext(schema)`.
+const INDEX_LOCK_CLASS: i32 = 0x4E58_4958; // "NXIX"
+
+/// How often a process waiting for another's index builds tries the lock again.
+const INDEX_LOCK_RETRY: Duration = Duration::from_millis(250);
+
+/// Builds each `(name, create)` index (`create` a `CREATE INDEX CONCURRENTLY IF NOT EXISTS`)
+/// that is not there and valid, on `client`, which closes after (releasing the lock, whatever
+/// happened).
+///
+/// Concurrently, so the projections of every process keep writing while it builds (a plain
+/// `CREATE INDEX` would hold every document write of every model for as long as it takes, on a
+/// million documents tens of seconds). Such a build cannot run in a transaction, so the
+/// processes that start together take turns under a session lock of the schema instead: the
+/// first builds, the others then find the indexes valid. A build that died (its process, or a
+/// failed build) leaves an invalid index of its name, which `IF NOT EXISTS` would keep forever:
+/// under the lock nobody else is building it, so it is dropped and built again.
+///
+/// The lock is tried, not waited for: a statement waiting for it holds a snapshot, and the build
+/// of the process holding it waits for every older snapshot to end before it finishes. (Builds
+/// of one table take turns anyway: each holds a lock on `documents` that excludes the others.)
+async fn build_indexes(
+    client: &tokio_postgres::Client,
+    indexes: &[(String, String)],
+) -> Result<(), StoreError> {
+    loop {
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))", &[&INDEX_LOCK_CLASS])
+            .await
+            .map_err(unavailable)?
+            .try_get(0)
+            .map_err(|e| corrupt("lock", e))?;
+        if locked {
+            break;
+        }
+        tokio::time::sleep(INDEX_LOCK_RETRY).await;
+    }
+    for (name, create) in indexes {
+        let valid: Option<bool> = client
+            .query_opt(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                 WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = $1",
+                &[name],
+            )
+            .await
+            .map_err(unavailable)?
+            .map(|row| row.try_get(0))
+            .transpose()
+            .map_err(|e| corrupt("index", e))?;
+        if valid == Some(true) {
+            continue;
+        }
+        let started = Instant::now();
+        if valid == Some(false) {
+            tracing::warn!(index = name, "an earlier build of this index did not finish; building it again");
+            client
+                .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                .await
+                .map_err(unavailable)?;
+        }
+        client.batch_execute(create).await.map_err(unavailable)?;
+        tracing::info!(index = name, seconds = started.elapsed().as_secs_f64(), "list index built");
+    }
+    Ok(())
 }
 
 /// Retires the generation `name` points to (its documents are deleted once no name points to it).
@@ -575,31 +738,80 @@ impl ReadStore for PostgresReadStore {
     }
 
     async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError> {
-        let (clause, mut values) = where_clause("resource", resource, &query.filters)?;
-        let count_values = values.len();
-        let order = match &query.sort {
-            Some((field, order)) => {
-                values.push(Box::new(json_path(field)?));
-                order_by(values.len(), *order)
+        // The filters are checked before anything is read. The storage is looked up first, so the
+        // page's statement names it (see `list_clause`); with no filter or `status` alone, the
+        // total is a kept count (`list_counts`), read in the same statement.
+        list_clause(resource, &query.filters)?;
+        let kept = match query.filters.as_slice() {
+            [] => Some(None),
+            [Filter { field, value }] if field == "status" => Some(Some(value)),
+            _ => None,
+        };
+        let rows = match kept {
+            Some(None) => {
+                self.query(
+                    "SELECT s, (SELECT coalesce(sum(documents), 0)::bigint FROM list_counts WHERE resource = s) \
+                     FROM nexus_storage($1) AS s",
+                    &[&resource],
+                )
+                .await?
             }
+            Some(Some(status)) => {
+                self.query(
+                    "SELECT s, (SELECT coalesce(sum(documents), 0)::bigint FROM list_counts \
+                                WHERE resource = s AND status = $2) \
+                     FROM nexus_storage($1) AS s",
+                    &[&resource, status],
+                )
+                .await?
+            }
+            None => self.query("SELECT nexus_storage($1), NULL::bigint", &[&resource]).await?,
+        };
+        let storage: String = rows[0].try_get(0).map_err(|e| corrupt("storage", e))?;
+        let kept_total: Option<i64> = rows[0].try_get(1).map_err(|e| corrupt("count", e))?;
+
+        let (clause, values) = list_clause(&storage, &query.filters)?;
+        let order = match &query.sort {
+            // The path as a literal: an index of `index_fields` is used only for the very
+            // expressions it was built on.
+            Some((field, order)) => order_by(&path_literal(&json_path(field)?), *order),
             None => "id ASC".to_owned(),
         };
         let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
-        let rows = self
-            .query(&format!("SELECT COUNT(*) FROM documents WHERE {clause}"), &params[..count_values])
-            .await?;
-        let total: i64 = rows[0].try_get(0).map_err(|e| corrupt("count", e))?;
         // Limit and offset as parameters: one prepared statement per query shape, not per page.
         let (limit, offset) = (bigint(query.limit as u64), bigint(query.offset as u64));
-        let mut params = params;
-        params.extend([&limit as &(dyn ToSql + Sync), &offset]);
-        let sql = format!(
+        let mut page_params = params.clone();
+        page_params.extend([&limit as &(dyn ToSql + Sync), &offset]);
+        let page_sql = format!(
             "SELECT doc FROM documents WHERE {clause} ORDER BY {order} LIMIT ${} OFFSET ${}",
-            params.len() - 1,
-            params.len()
+            page_params.len() - 1,
+            page_params.len()
         );
-        let items = self.query(&sql, &params).await?.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?;
+        let count_sql = format!("SELECT COUNT(*) FROM documents WHERE {clause}");
+        let count = async {
+            match kept_total {
+                Some(total) => Ok(total),
+                None => self.query(&count_sql, &params).await?[0].try_get(0).map_err(|e| corrupt("count", e)),
+            }
+        };
+        let (total, rows) = tokio::try_join!(count, self.query(&page_sql, &page_params))?;
+        let items = rows.iter().map(decode_doc).collect::<Result<Vec<_>, _>>()?;
         Ok(Page { items, total: unsigned(total, "count")? })
+    }
+
+    async fn index_fields(&self, resource: &str, fields: &[&str]) -> Result<(), StoreError> {
+        let mut indexes = Vec::new();
+        for field in fields {
+            for order in [SortOrder::Asc, SortOrder::Desc] {
+                indexes.push(sort_index(resource, field, order)?);
+            }
+        }
+        if indexes.is_empty() {
+            return Ok(());
+        }
+        // A connection of its own, closed after: it holds a session lock while it builds.
+        let client = deadpool_postgres::Object::take(self.pool.get().await.map_err(pool_unavailable)?);
+        build_indexes(&client, &indexes).await
     }
 
     async fn clear(&self, resource: &str, projection: &str) -> Result<(), StoreError> {

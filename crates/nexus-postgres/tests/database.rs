@@ -252,7 +252,8 @@ async fn an_older_schema_gets_its_search_entries() {
     let raw = common::raw_client(&guard).await;
     // Back to the schema as migration 6 left it, with a document written then.
     raw.batch_execute(
-        "DROP TABLE search_entries, models, retired_models, search_postings, search_facet_sets, search_statistics;
+        "DROP TABLE search_entries, models, retired_models, search_postings, search_facet_sets, search_statistics, list_counts;
+         DROP INDEX documents_status;
          DROP FUNCTION nexus_facet_code(text[]);
          DROP FUNCTION nexus_word_count(tsvector);
          DROP SEQUENCE model_generations;

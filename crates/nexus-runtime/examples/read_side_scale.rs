@@ -1,18 +1,19 @@
 //! The read side at scale, through the real ports: the orders projection run from N events, then
 //! rebuilt beside the live model and swapped in, then full-text search with facets over the N
-//! resulting documents.
+//! resulting documents, then one order in five moved on (shipped or cancelled) and lists by
+//! status, by total and by customer over them.
 //!
 //! `cargo run --release -p nexus-runtime --example read_side_scale -- [sqlite|postgres] [N]`
 //! (PostgreSQL from `NEXUS_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`,
 //! in a fresh schema `scale_<pid>` left for inspection: drop it with `DROP SCHEMA … CASCADE`).
 //! With `NEXUS_SCALE_DIR=<dir>` the embedded stores live there and are kept; a second run on
-//! the same directory only searches (for profiling the searches); so does
+//! the same directory only searches and lists (for profiling them); so does
 //! `NEXUS_SCALE_SCHEMA=<schema>` on PostgreSQL, naming a schema an earlier run left.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nexus_core::ports::{AppendRequest, NewEvent};
+use nexus_core::ports::{AppendRequest, Filter, ListQuery, NewEvent, SortOrder};
 use nexus_core::{EventMetadata, EventStore, ReadStore, SearchQuery};
 use nexus_runtime::{Notifier, ProjectionRunner};
 use serde_json::json;
@@ -61,10 +62,161 @@ async fn main() {
         other => panic!("unknown backend {other}"),
     };
     println!("backend {backend}, {total} orders");
+    // What the server does at start for the orders projection: index the fields its lists use.
+    let started = Instant::now();
+    let projection = nexus_domain::domain().projection_named("orders").unwrap().clone();
+    read.index_fields("orders", projection.list_fields()).await.unwrap();
+    println!("indexed {:?} for lists in {:.1} s", projection.list_fields(), started.elapsed().as_secs_f64());
     if !search_only {
         load(total, &events, &read, embedded, postgres).await;
     }
     search(total, &read).await;
+    if !search_only {
+        move_orders(total, &events, &read).await;
+    }
+    // A schema or directory an earlier run left may hold other statuses: totals are checked
+    // only against what this run wrote.
+    list(total, &read, !search_only).await;
+}
+
+/// Appends one request per order id in `ids`, 1,000 at a time by 4 writers (the store's group
+/// commit puts concurrent appends in few transactions).
+async fn append_orders(events: &Arc<dyn EventStore>, ids: Vec<u64>, request: fn(u64) -> AppendRequest) {
+    let mut writers = Vec::new();
+    for part in ids.chunks(ids.len().div_ceil(4).max(1)) {
+        let (events, part) = (events.clone(), part.to_vec());
+        writers.push(tokio::spawn(async move {
+            for chunk in part.chunks(1000) {
+                let requests: Vec<_> = chunk
+                    .iter()
+                    .map(|&id| {
+                        let events = events.clone();
+                        tokio::spawn(async move { events.append(request(id)).await })
+                    })
+                    .collect();
+                for request in requests {
+                    request.await.unwrap().unwrap();
+                }
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+}
+
+/// The status order `id` ends with: one in ten shipped, one in ten cancelled, the rest placed.
+fn final_status(id: u64) -> &'static str {
+    match id % 10 {
+        1 => "SHIPPED",
+        2 => "CANCELLED",
+        _ => "PLACED",
+    }
+}
+
+/// Ships one order in ten and cancels another (an update of its document that moves it to
+/// another status), and projects that with the live model's runner.
+async fn move_orders(total: u64, events: &Arc<dyn EventStore>, read: &Arc<dyn ReadStore>) {
+    let started = Instant::now();
+    let moved: Vec<u64> = (0..total).filter(|&id| final_status(id) != "PLACED").collect();
+    let count = moved.len();
+    append_orders(events, moved, |id| {
+        let (event_type, payload) = match final_status(id) {
+            "SHIPPED" => ("OrderShipped", json!({})),
+            _ => ("OrderCancelled", json!({"reason": "changed my mind"})),
+        };
+        AppendRequest {
+            aggregate_id: format!("order-{id}"),
+            aggregate_type: "Order".into(),
+            expected_version: 1,
+            events: vec![NewEvent {
+                event_id: format!("m-{id}"),
+                event_type: event_type.into(),
+                timestamp: "2026-11-02T00:00:00.000Z".into(),
+                payload,
+                metadata: EventMetadata { schema_version: "1".into(), ..EventMetadata::default() },
+            }],
+            command: None,
+        }
+    })
+    .await;
+    let appended = started.elapsed().as_secs_f64();
+    let projection = nexus_domain::domain().projection_named("orders").unwrap().clone();
+    let runner = ProjectionRunner::new(projection, events.clone(), read.clone(), Notifier::new(16), 5000);
+    let status = runner.status();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let task = tokio::spawn(runner.run(stopped));
+    let head = events.head().await.unwrap();
+    while status.checkpoint() < head {
+        assert_eq!(status.last_error(), None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let projected = started.elapsed().as_secs_f64();
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    println!(
+        "moved {count} orders (shipped or cancelled): appended in {appended:.1} s ({:.0} events/s), \
+         projected in {projected:.1} s ({:.0} events/s, each an update that changes the status)",
+        count as f64 / appended,
+        count as f64 / projected
+    );
+}
+
+/// A list shape: the `n`th query of it, and the total it must answer.
+type Shape<'a> = Box<dyn Fn(usize) -> (ListQuery, u64) + 'a>;
+
+/// Lists: by status (a few pages deep), by total (descending), and one customer's orders; with
+/// `check`, each total against what the example wrote.
+async fn list(total: u64, read: &Arc<dyn ReadStore>, check: bool) {
+    let placed = (0..total).filter(|&id| final_status(id) == "PLACED").count() as u64;
+    let query = |filters: Vec<Filter>, sort: Option<(String, SortOrder)>, offset| ListQuery {
+        filters,
+        sort,
+        limit: 20,
+        offset,
+    };
+    let shapes: [(&str, Shape); 3] = [
+        (
+            "status=PLACED&limit=20 (offsets 0, 20, 200, 1000)",
+            Box::new(|n| {
+                let status = Filter { field: "status".into(), value: "PLACED".into() };
+                (query(vec![status], None, [0, 20, 200, 1000][n % 4]), placed)
+            }),
+        ),
+        (
+            "sort=total:desc&limit=20",
+            Box::new(|_| (query(vec![], Some(("total".into(), SortOrder::Desc)), 0), total)),
+        ),
+        (
+            "customerId=customer-N&limit=20",
+            Box::new(|n| {
+                let customer =
+                    Filter { field: "customerId".into(), value: format!("customer-{}", n * 7 % 5000) };
+                let orders = (0..total).filter(|id| id % 5000 == (n * 7 % 5000) as u64).count() as u64;
+                (query(vec![customer], None, 0), orders)
+            }),
+        ),
+    ];
+    for (shape, make) in &shapes {
+        let mut latencies = Vec::new();
+        for n in 0..300 {
+            let (query, expected) = make(n);
+            let started = Instant::now();
+            let page = read.list("orders", &query).await.unwrap();
+            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            if check {
+                assert_eq!(page.total, expected, "{shape}: the total is exact");
+                let expected = expected.saturating_sub(query.offset as u64).min(20);
+                assert_eq!(page.items.len() as u64, expected, "{shape}");
+            }
+        }
+        println!(
+            "list {shape} over {total} documents (300 lists): p50 {:.1} ms, p99 {:.1} ms",
+            percentile(&mut latencies.clone(), 0.5),
+            percentile(&mut latencies, 0.99)
+        );
+    }
 }
 
 /// Appends `total` orders, projects them, rebuilds the projection and waits for the sweep.

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
 use crate::pool::ReaderPool;
-use crate::{Checkpointer, corrupt, migrate, unavailable};
+use crate::{Checkpointer, LogReset, corrupt, migrate, unavailable};
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -185,7 +185,10 @@ fn open_writer(path: &PathBuf) -> rusqlite::Result<Connection> {
 
 /// The single writer: takes every queued append into one transaction, commits once, answers all.
 fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Job>, head: watch::Sender<u64>) {
+    let log = LogReset::new(&conn, "events");
     while let Ok(first) = queue.recv() {
+        // Before the batch is gathered: appends that queue during a reset join this commit.
+        log.run(&conn);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {

@@ -62,6 +62,9 @@ fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {error}"))
 }
 
+/// How long a connection waits for a lock another holds before SQLite answers "busy".
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Settings every connection gets.
 ///
 /// No `mmap_size`: a mapping is per connection, so each reader's mapped pages counted again in
@@ -73,7 +76,7 @@ fn tune(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     // Query-planner stability: without it, SQLite re-prepares a statement whenever a bound range
     // or LIMIT value changes (measured: ~10% of a loaded server's CPU in `sqlite3Reprepare`).
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
+    conn.busy_timeout(BUSY_TIMEOUT)
 }
 
 /// Applies the migrations above `PRAGMA user_version`, each in its own transaction.
@@ -88,16 +91,16 @@ fn migrate(conn: &mut rusqlite::Connection, migrations: &[&str]) -> rusqlite::Re
     Ok(())
 }
 
-/// What a WAL may grow to before the checkpointer resets it: the bound on each `-wal` file is this
-/// plus what is written between two checks (200 ms) and during one reset's wait for readers.
-const WAL_RESET_BYTES: u64 = 16 << 20;
+/// What a WAL may grow to before its writer resets it: the bound on each `-wal` file is this plus
+/// what one transaction writes, or more while readers outlast [`WAL_RESET_WAIT`].
+const WAL_RESET_BYTES: u64 = 32 << 20;
 
 /// How long a reset waits for the readers still in the log (writers wait meanwhile); past it
-/// the reset gives up and is tried again at the next check.
+/// the reset gives up and is tried again before the next transaction.
 const WAL_RESET_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How far the log file is cut back whenever SQLite restarts it from its start.
-const JOURNAL_SIZE_LIMIT: i64 = 16 << 20;
+const JOURNAL_SIZE_LIMIT: i64 = 32 << 20;
 
 /// Settings of a connection that writes a WAL database: see [`Checkpointer`].
 fn tune_writer(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
@@ -108,18 +111,16 @@ fn tune_writer(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     tune(conn)
 }
 
-/// Keeps a WAL database's log bounded from a thread of its own, and empties it on the way out.
+/// Keeps a WAL database's log bounded, with its writer ([`reset_log_if_large`]), and empties it
+/// on the way out.
 ///
-/// Every 200 ms a PASSIVE checkpoint copies committed frames into the database file without
-/// waiting for anyone. That alone never bounds the log: SQLite starts writing it from the top
-/// again only when no reader still reads frames of it, and under steady traffic some reader
-/// always does, so the file grew by the whole write volume (0.8 GB in 45 s). So once the log
-/// passes [`WAL_RESET_BYTES`], a RESTART checkpoint takes the write lock, copies the rest and
-/// waits (at most [`WAL_RESET_WAIT`]) for the readers in the log to finish; new readers read the
-/// database file meanwhile, and the next commit writes the log from its start. Writers wait for
-/// that pause (`nexus_sqlite_wal_reset_seconds`), which is why their transactions take the write
-/// lock up front (`BEGIN IMMEDIATE`): only then does SQLite let them wait instead of failing
-/// with "database is locked".
+/// Every 200 ms a PASSIVE checkpoint on this thread copies committed frames into the database
+/// file without waiting for anyone. That alone never bounds the log: SQLite starts writing it
+/// from the top again only when no reader still reads frames of it, and under steady traffic
+/// some reader always does, so the file grew by the whole write volume (0.8 GB in 45 s). So the
+/// writer, between two transactions, resets a log that passed [`WAL_RESET_BYTES`]. (This thread
+/// cannot: a writer that commits back to back takes the lock again the moment it lets go, and a
+/// checkpoint that needs the lock waited in vain while the log grew to 77 MB.)
 ///
 /// Stopping (drop) runs a TRUNCATE checkpoint after the store's writers are gone, and closing the
 /// last connection deletes the log: a clean stop leaves no `-wal` file behind.
@@ -134,10 +135,7 @@ impl Checkpointer {
     pub(crate) fn start(path: &std::path::Path, database: &'static str) -> Result<Self, StoreError> {
         let conn = rusqlite::Connection::open(path).map_err(unavailable)?;
         tune(&conn).map_err(unavailable)?;
-        conn.busy_timeout(WAL_RESET_WAIT).map_err(unavailable)?;
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let wal = std::path::PathBuf::from(wal);
+        let wal = wal_path(&conn);
         let (stop, stopped) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("nexus-{database}-checkpoint"))
@@ -156,41 +154,90 @@ impl Drop for Checkpointer {
     }
 }
 
+/// The `-wal` file of `conn`'s main database.
+fn wal_path(conn: &rusqlite::Connection) -> std::path::PathBuf {
+    format!("{}-wal", conn.path().unwrap_or_default()).into()
+}
+
+fn wal_size(wal: &std::path::Path) -> u64 {
+    std::fs::metadata(wal).map_or(0, |m| m.len())
+}
+
+/// The log's size, for `/metrics`. Looked up at each use, not once: the process's recorder may
+/// be installed after the store opens (the server opens its stores first).
+fn report_wal_size(database: &'static str, bytes: u64) {
+    metrics::gauge!("nexus_sqlite_wal_bytes", "database" => database).set(bytes as f64);
+}
+
 fn checkpoint_loop(
     conn: &rusqlite::Connection,
     wal: &std::path::Path,
     database: &'static str,
     stopped: &std::sync::mpsc::Receiver<()>,
 ) {
-    // Looked up at each use, not once: the process's recorder may be installed after the store
-    // opens (the server opens its stores first).
-    let wal_bytes = |bytes: u64| metrics::gauge!("nexus_sqlite_wal_bytes", "database" => database).set(bytes as f64);
-    let size = || std::fs::metadata(wal).map_or(0, |m| m.len());
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
         stopped.recv_timeout(std::time::Duration::from_millis(200))
     {
         if let Err(error) = checkpoint(conn, "PASSIVE") {
             tracing::warn!(%error, database, "WAL checkpoint failed; will retry");
         }
-        if size() > WAL_RESET_BYTES {
-            let started = std::time::Instant::now();
-            match checkpoint(conn, "RESTART") {
-                Ok(true) => metrics::histogram!("nexus_sqlite_wal_reset_seconds", "database" => database)
-                    .record(started.elapsed().as_secs_f64()),
-                Ok(false) => tracing::debug!(database, "WAL reset waited for readers in vain; will retry"),
-                Err(error) => tracing::warn!(%error, database, "WAL reset failed; will retry"),
-            }
-        }
-        wal_bytes(size());
+        report_wal_size(database, wal_size(wal));
     }
     // The store's writers are gone: nothing holds the log, so this one empties it.
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
     match checkpoint(conn, "TRUNCATE") {
         Ok(true) => {}
         Ok(false) => tracing::warn!(database, "the final WAL checkpoint found readers still in the log"),
         Err(error) => tracing::warn!(%error, database, "the final WAL checkpoint failed"),
     }
-    wal_bytes(size());
+    report_wal_size(database, wal_size(wal));
+}
+
+/// Resets a database's log, run by its one writer between two of its transactions, once the log
+/// is larger than [`WAL_RESET_BYTES`]: a RESTART checkpoint copies what the PASSIVE ones left and
+/// waits, at most [`WAL_RESET_WAIT`], for the readers still reading frames of the log; new
+/// readers read the database file meanwhile. Then the next commit writes the log from its start
+/// (and cuts the file back to `journal_size_limit`). The commits queued behind it wait for that
+/// pause (`nexus_sqlite_wal_reset_seconds`); readers never do. When readers outlast the wait, the
+/// log is left as it is and the next try comes a second later, so slow readers cost the writer
+/// at most a quarter of its time.
+pub(crate) struct LogReset {
+    database: &'static str,
+    wal: std::path::PathBuf,
+    /// No try before this (after one that readers outlasted).
+    not_before: std::sync::Mutex<std::time::Instant>,
+}
+
+impl LogReset {
+    pub(crate) fn new(writer: &rusqlite::Connection, database: &'static str) -> Self {
+        Self { database, wal: wal_path(writer), not_before: std::sync::Mutex::new(std::time::Instant::now()) }
+    }
+
+    /// Resets `writer`'s log if it is large; `writer` must be the database's writer, between
+    /// transactions.
+    pub(crate) fn run(&self, writer: &rusqlite::Connection) {
+        let database = self.database;
+        let mut not_before = self.not_before.lock().expect("log reset poisoned");
+        if wal_size(&self.wal) <= WAL_RESET_BYTES || std::time::Instant::now() < *not_before {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let reset = writer.busy_timeout(WAL_RESET_WAIT).and_then(|()| checkpoint(writer, "RESTART"));
+        if let Err(error) = writer.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(%error, database, "cannot restore the busy timeout");
+        }
+        match reset {
+            Ok(true) => metrics::histogram!("nexus_sqlite_wal_reset_seconds", "database" => database)
+                .record(started.elapsed().as_secs_f64()),
+            Ok(false) => {
+                tracing::debug!(database, "readers outlasted the WAL reset; trying again in a second");
+                *not_before = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            }
+            Err(error) => {
+                tracing::warn!(%error, database, "WAL reset failed; trying again in a second");
+                *not_before = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            }
+        }
+    }
 }
 
 /// Runs a checkpoint in `mode`; `false` when it could not finish for readers or a writer.

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::doc_values::{DocValues, Update, Values};
 use crate::pool::ReaderPool;
-use crate::{Checkpointer, corrupt, migrate, unavailable};
+use crate::{Checkpointer, LogReset, corrupt, migrate, unavailable};
 
 /// The writer connection's page cache, in KiB (as `PRAGMA cache_size` takes a negative number).
 const WRITER_CACHE_KIB: i64 = -64 * 1024;
@@ -269,6 +269,8 @@ END;
 pub struct SqliteReadStore {
     // Projections commit in turns; a std mutex, held only inside a blocking task.
     writer: Arc<Mutex<Connection>>,
+    /// Run by whoever holds the writer, before its transaction.
+    log: Arc<LogReset>,
     readers: Arc<ReaderPool>,
     /// What searches read of each match, in memory (see [`DocValues`]).
     doc_values: Arc<DocValues>,
@@ -298,6 +300,7 @@ impl SqliteReadStore {
         split_shared_index(&mut conn).map_err(unavailable)?;
         let checkpointer = Checkpointer::start(&path, "read")?;
         let search_parts = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let log = Arc::new(LogReset::new(&conn, "read"));
         let writer = Arc::new(Mutex::new(conn));
         let doc_values = Arc::new(DocValues::default());
         let sweeper = (Arc::downgrade(&writer), doc_values.clone());
@@ -307,6 +310,7 @@ impl SqliteReadStore {
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         Ok(Self {
             writer,
+            log,
             readers: ReaderPool::with_setup(path, crate::rank::register),
             doc_values,
             search_parts,
@@ -325,11 +329,12 @@ impl SqliteReadStore {
         position: u64,
     ) -> Result<(), StoreError> {
         let (projection, resource) = (projection.to_owned(), resource.to_owned());
-        let (writer, doc_values) = (self.writer.clone(), self.doc_values.clone());
+        let (writer, log, doc_values) = (self.writer.clone(), self.log.clone(), self.doc_values.clone());
         // In key order (and so docid order): a rebuild ran at 94–96k events/s with it, 85k without.
         rows.sort_by(|a, b| a.id.cmp(&b.id));
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().expect("read store writer poisoned");
+            log.run(&conn);
             let (resource, written) =
                 crate::retry_busy(|| write_rows(&mut conn, &projection, &resource, &rows, position))
                     .map_err(unavailable)?;
@@ -372,9 +377,10 @@ impl SqliteReadStore {
         T: Send + 'static,
         F: Fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
     {
-        let writer = self.writer.clone();
+        let (writer, log) = (self.writer.clone(), self.log.clone());
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().expect("read store writer poisoned");
+            log.run(&conn);
             crate::retry_busy(|| {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let value = f(&tx)?;

@@ -3,7 +3,6 @@
 //! backoff and dead-lettered after 5 attempts, and the dead-letter queue's admin API retries and
 //! archives. The endpoint is a real HTTP server on port 0.
 
-mod support;
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
-use support::{DEADLINE, TestServer};
+use crate::support::{DEADLINE, TestServer};
 
 /// What the endpoint received, and the status it answers.
 #[derive(Clone, Default)]
@@ -56,8 +55,8 @@ impl Endpoint {
     }
 }
 
-async fn post(server: &TestServer, path: &str, body: Value) -> support::Reply {
-    support::Reply::read(server.http.post(server.url(path)).json(&body).send().await.unwrap()).await
+async fn post(server: &TestServer, path: &str, body: Value) -> crate::support::Reply {
+    crate::support::Reply::read(server.http.post(server.url(path)).json(&body).send().await.unwrap()).await
 }
 
 async fn dead_letters(server: &TestServer) -> Vec<Value> {

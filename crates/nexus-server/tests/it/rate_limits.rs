@@ -1,11 +1,10 @@
 //! Per-client rate limits (contract §5): 429 with `Retry-After` at the limit, allowed again after
 //! the window, each endpoint class counted on its own.
 
-mod support;
 
 use std::time::Duration;
 
-use support::TestServer;
+use crate::support::TestServer;
 
 async fn limited_server() -> TestServer {
     // A 6 s window keeps the test short; time-range queries stay at 1 per 6 s = 10/min, or the

@@ -2,9 +2,8 @@
 //! through a lost stream message (filled from the event store) and a full redelivery (a replaying
 //! router, a reader restarted before its acks), over the embedded stores.
 
-mod common;
 
-use common::Ledger;
+use crate::common::Ledger;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +105,7 @@ impl nexus_core::Projection for HeldLedger {
 async fn append_ticks(events: &SqliteEventStore, versions: std::ops::RangeInclusive<u64>) {
     for version in versions {
         for aggregate in AGGREGATES {
-            let request = common::tick(aggregate, version);
+            let request = crate::common::tick(aggregate, version);
             events.append(request).await.unwrap();
         }
     }
@@ -255,7 +254,7 @@ impl nexus_core::ReadStore for AnotherProcessBeforeTheSwap {
     async fn swap(&self, live: &str, shadow: &str) -> Result<(), nexus_core::StoreError> {
         let mut doc = self.inner.get(live, "a").await?.expect("a is in the live model");
         let next = doc.version + 1;
-        let request = common::tick("a", next);
+        let request = crate::common::tick("a", next);
         self.events.append(request).await?;
         let event = self.events.read_stream("a", next, Some(next)).await?.remove(0);
         nexus_core::Projection::apply(&Ledger, &mut doc, &event).unwrap();

@@ -2,10 +2,9 @@
 //! registered at start, validation of imported events, and upcasting of v1 fixtures stored on
 //! disk through the events API and a projection.
 
-mod support;
 
 use serde_json::{Value, json};
-use support::TestServer;
+use crate::support::TestServer;
 
 async fn registry_get(server: &TestServer, path: &str) -> (u16, Value) {
     let response = server.http.get(server.url(&format!("/api/schema-registry{path}"))).send().await.unwrap();
@@ -137,7 +136,7 @@ async fn imports_are_validated_against_their_registered_schema() {
     let server = TestServer::start().await;
     let post = |body: Value| {
         let request = server.http.post(server.url("/api/events/imp-1")).json(&body);
-        async move { support::Reply::read(request.send().await.unwrap()).await }
+        async move { crate::support::Reply::read(request.send().await.unwrap()).await }
     };
     let invalid = post(json!({"events": [
         {"eventType": "UserRegistered", "payload": {"fullName": 7}, "metadata": {"schemaVersion": "1"}}

@@ -3,9 +3,6 @@
 //! Every test starts its own [`TestServer`] in its own temporary data directory, so tests share
 //! nothing but the process-wide metrics recorder.
 
-// Each test binary includes this module and uses a different part of it.
-#![allow(dead_code)]
-
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};

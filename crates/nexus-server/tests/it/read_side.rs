@@ -1,9 +1,8 @@
 //! The read side beyond get and list: temporal queries and full-text search.
 
-mod support;
 
 use serde_json::json;
-use support::TestServer;
+use crate::support::TestServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn temporal_queries_show_the_read_model_as_it_was() {

@@ -1,12 +1,11 @@
 //! WebSocket limits (contract §5): connections per client, notifications per second per client,
 //! and a slow client that never holds up other clients or the projection.
 
-mod support;
 
 use std::time::Duration;
 
 use serde_json::json;
-use support::TestServer;
+use crate::support::TestServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_client_are_limited() {

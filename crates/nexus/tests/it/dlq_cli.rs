@@ -2,12 +2,11 @@
 //! connections dead-letters its event after 5 attempts (NEXUS_RETRY_BASE_MS=10), the CLI lists it,
 //! retries it (it fails again into the DLQ) and skips it.
 
-mod common;
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::Nexus;
+use crate::common::Nexus;
 use serde_json::{Value, json};
 
 fn cli(base: &str, args: &[&str]) -> Output {

@@ -3,12 +3,11 @@
 //! (which reads a non-core event) keeps tailing the change feed. A fresh stream per run, deleted
 //! at the end; an unreachable server fails the test.
 
-mod support;
 
 use std::time::Instant;
 
 use serde_json::json;
-use support::TestServer;
+use crate::support::TestServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_reach_the_read_model_through_nats() {

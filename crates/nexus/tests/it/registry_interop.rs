@@ -2,11 +2,10 @@
 //! the real `nexus serve`: registers, looks up, fetches by id, and sees a 409 for a breaking
 //! schema. `scripts/test.sh` installs the client; without it this test fails, it never skips.
 
-mod common;
 
 use std::process::Command;
 
-use common::Nexus;
+use crate::common::Nexus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confluents_python_client_works_against_the_registry() {

@@ -1,12 +1,11 @@
 //! Kill -9 the real `nexus` process under load: no acknowledged event is lost, and the
 //! projection catches up after restart.
 
-mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Nexus, free_port};
+use crate::common::{Nexus, free_port};
 use serde_json::{Value, json};
 
 async fn start(data_dir: &std::path::Path, port: u16) -> Nexus {

@@ -1,9 +1,6 @@
 //! What the binary's integration tests share: the real `nexus serve` in a child process, waited
 //! on until ready and SIGKILLed when dropped, and fresh PostgreSQL schemas.
 
-// Each test binary includes this module and uses a different part of it.
-#![allow(dead_code)]
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

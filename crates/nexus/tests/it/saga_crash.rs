@@ -5,11 +5,10 @@
 //! `[sagas] step-delay-ms` opens a window before each step's command and before recording its
 //! outcome; the test watches the store over HTTP and kills inside those windows.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Nexus, free_port};
+use crate::common::{Nexus, free_port};
 use serde_json::{Value, json};
 
 const STEP_DELAY_MS: u64 = 1500;

@@ -2,9 +2,8 @@
 //! database. Concurrent commands on one aggregate through both lose no update and get gap-free
 //! versions; the query process's read model matches the event store.
 
-mod common;
 
-use common::{Nexus, Schema, postgres_url};
+use crate::common::{Nexus, Schema, postgres_url};
 use serde_json::{Value, json};
 
 async fn serve(role: &str, schema: &str) -> Nexus {

@@ -2,13 +2,12 @@
 //! each family is named by the code, and the ones every running server has are on `/metrics` of
 //! the real binary. (promtool checks the rules' syntax and behaviour in scripts/test.sh.)
 
-mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::Nexus;
+use crate::common::Nexus;
 use serde_json::json;
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");

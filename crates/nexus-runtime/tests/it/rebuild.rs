@@ -2,9 +2,8 @@
 //! applies every event to its document exactly once and in order, and ends equal to the live
 //! model it replaces.
 
-mod common;
 
-use common::{Ledger, tick};
+use crate::common::{Ledger, tick};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,11 +1,10 @@
 //! Auth through the binary: `nexus serve` beyond loopback refuses to start without a credential
 //! configured, and the client subcommands send `NEXUS_API_KEY` / `NEXUS_TOKEN`.
 
-mod common;
 
 use std::process::Command;
 
-use common::{Nexus, free_port};
+use crate::common::{Nexus, free_port};
 
 const KEY: &str = "operator-key-for-the-cli-test";
 /// `printf %s "$KEY" | sha256sum`: what the configuration holds instead of the key.

@@ -1,13 +1,12 @@
 //! `GET /api/openapi.json` (contract §10): the description covers exactly what the server serves,
 //! and a command's documented body is the schema its payload is validated with.
 
-mod support;
 
 use std::collections::BTreeSet;
 
 use nexus_server::config::Role;
 use serde_json::{Value, json};
-use support::TestServer;
+use crate::support::TestServer;
 
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 
@@ -331,7 +330,7 @@ async fn every_described_operation_is_served() {
     let server = TestServer::start().await;
     let doc = document(&server).await;
     let is_fallback =
-        |reply: &support::Reply| reply.status == 404 && reply.body["message"] == "no such endpoint";
+        |reply: &crate::support::Reply| reply.status == 404 && reply.body["message"] == "no such endpoint";
     let unknown = server.get("/api/no-such-thing").await;
     assert!(is_fallback(&unknown), "the fallback changed: {} {}", unknown.status, unknown.body);
 
@@ -349,7 +348,7 @@ async fn every_described_operation_is_served() {
             "delete" => server.http.delete(server.url(&url)),
             other => panic!("unexpected method {other}"),
         };
-        let reply = support::Reply::read(request.send().await.expect("request")).await;
+        let reply = crate::support::Reply::read(request.send().await.expect("request")).await;
         assert!(!is_fallback(&reply), "{method} {url} ({path}) is described but not served: {}", reply.body);
         assert_ne!(reply.status, 405, "{method} {url} ({path}) is described but its method is not served");
     }

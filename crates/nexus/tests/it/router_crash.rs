@@ -3,11 +3,10 @@
 //! lost, none is applied twice by the `orders` projection (its applied-events counter equals the
 //! number of events), and every order ends in its final state (per-aggregate order kept).
 
-mod common;
 
 use std::time::Duration;
 
-use common::{Nexus, Schema, nats_url, postgres_url};
+use crate::common::{Nexus, Schema, nats_url, postgres_url};
 use serde_json::{Value, json};
 
 async fn serve(role: &str, schema: &str, config: &std::path::Path) -> Nexus {

@@ -1,0 +1,12 @@
+//! The runtime's integration tests, one binary, against the embedded stores (and the real backends
+//! where a test says so); `common` holds the test projection and event helpers.
+
+mod common;
+
+mod rebuild;
+mod router;
+mod saga_leases;
+mod sagas;
+mod snapshots;
+mod stream;
+mod stream_projection;

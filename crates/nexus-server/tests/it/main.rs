@@ -1,0 +1,16 @@
+//! The server's integration tests, one binary: each module tests one part of the API over real
+//! HTTP and WebSocket against servers on port 0 (`support`). One binary links the server once,
+//! where a binary per file linked it ten times.
+
+mod support;
+
+mod api;
+mod auth;
+mod core_path;
+mod openapi;
+mod rate_limits;
+mod read_side;
+mod sagas;
+mod schemas;
+mod webhooks;
+mod websocket_limits;
