@@ -249,7 +249,10 @@ fn checkpoint(conn: &rusqlite::Connection, mode: &str) -> rusqlite::Result<bool>
 /// Whether `error` is SQLite's "database is locked" (or its snapshot variant): another
 /// connection holds the lock, which goes away by itself.
 fn is_busy(error: &rusqlite::Error) -> bool {
-    matches!(error.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Runs `f` (a whole write transaction) again while it fails with a busy lock, a few times with

@@ -374,7 +374,8 @@ impl EventQueue for SqliteEventQueue {
         let Ok(id) = id.parse::<i64>() else { return Ok(false) };
         let retried = self
             .run(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+                let tx =
+                    conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
                 let found: Option<(String, String)> = tx
                     .query_row(
                         "SELECT consumer, event FROM dead_letters WHERE id = ?1 AND state = 'WAITING'",

@@ -425,7 +425,8 @@ fn write_rows(
         )?;
         // A docid above the highest before this commit is new (docids count up), so it has no
         // index entry to take out.
-        let highest: i64 = tx.query_row("SELECT COALESCE(MAX(docid), 0) FROM documents", [], |row| row.get(0))?;
+        let highest: i64 =
+            tx.query_row("SELECT COALESCE(MAX(docid), 0) FROM documents", [], |row| row.get(0))?;
         // The index follows the documents in the same transaction. FTS5 writes its pending terms
         // to disk whenever a statement savepoint opens (an upsert opens one), when a rowid comes
         // lower than the last one, and when a rowid is deleted and inserted again (`INSERT OR
@@ -472,7 +473,8 @@ fn write_rows(
         for (docid, _) in indexed.iter().filter(|(_, (before, ..))| *before) {
             unindex.execute([docid])?;
         }
-        let mut index = tx.prepare_cached(&format!("INSERT INTO {search_index} (rowid, text, keys) VALUES (?1, ?2, ?3)"))?;
+        let mut index = tx
+            .prepare_cached(&format!("INSERT INTO {search_index} (rowid, text, keys) VALUES (?1, ?2, ?3)"))?;
         for (docid, (_, text, keys)) in indexed {
             index.execute(params![docid, text, keys])?;
         }
@@ -1347,9 +1349,9 @@ impl ReadStore for SqliteReadStore {
         // The total of a list with no filter, or by status alone, is kept; others are counted.
         let kept_total = match query.filters.as_slice() {
             [] => Some("SELECT COALESCE(SUM(documents), 0) FROM list_counts WHERE resource = ?1"),
-            [Filter { field, .. }] if field == "status" => {
-                Some("SELECT COALESCE(SUM(documents), 0) FROM list_counts WHERE resource = ?1 AND status = ?2")
-            }
+            [Filter { field, .. }] if field == "status" => Some(
+                "SELECT COALESCE(SUM(documents), 0) FROM list_counts WHERE resource = ?1 AND status = ?2",
+            ),
             _ => None,
         };
         let limit = query.limit as i64;
@@ -1360,7 +1362,8 @@ impl ReadStore for SqliteReadStore {
                 let tx = conn.unchecked_transaction().map_err(unavailable)?;
                 let conn = &*tx;
                 values[0] = SqlValue::Text(storage(conn, &resource).map_err(unavailable)?.name);
-                let count = kept_total.map_or_else(|| format!("SELECT COUNT(*) FROM documents WHERE {clause}"), str::to_owned);
+                let count = kept_total
+                    .map_or_else(|| format!("SELECT COUNT(*) FROM documents WHERE {clause}"), str::to_owned);
                 let total: u64 = conn
                     .prepare_cached(&count)
                     .and_then(|mut stmt| {

@@ -62,8 +62,14 @@ async fn a_read_model_commit_waits_for_a_write_lock_held_elsewhere() {
 
     let started = Instant::now();
     let holder = hold_write_lock(dir.path().join("read.db"), Duration::from_millis(300));
-    store.commit("orders", "orders", vec![document("o-2", 1, "second")], 2).await.expect("waits for the lock");
-    assert!(started.elapsed() >= Duration::from_millis(250), "it could not have written while the lock was held");
+    store
+        .commit("orders", "orders", vec![document("o-2", 1, "second")], 2)
+        .await
+        .expect("waits for the lock");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "it could not have written while the lock was held"
+    );
     holder.join().unwrap();
     assert_eq!(store.checkpoint("orders").await.unwrap(), 2);
     assert!(store.get("orders", "o-2").await.unwrap().is_some());

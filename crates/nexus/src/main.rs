@@ -215,8 +215,10 @@ fn main() -> anyhow::Result<()> {
     // mimalloc did (3,610 and 3,650/s against 3,551 and 4,001/s, PlaceOrder alone, one run) and
     // holds half the memory (90 MB against 190 MB after 15 s): mimalloc kept pages per thread
     // and size class. So the binary uses the system allocator.
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(MAX_BLOCKING_THREADS).build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args, &cli.credentials)),

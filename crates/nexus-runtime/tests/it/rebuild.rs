@@ -2,7 +2,6 @@
 //! applies every event to its document exactly once and in order, and ends equal to the live
 //! model it replaces.
 
-
 use crate::common::{Ledger, tick};
 
 use std::sync::Arc;

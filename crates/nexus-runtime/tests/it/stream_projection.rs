@@ -2,7 +2,6 @@
 //! through a lost stream message (filled from the event store) and a full redelivery (a replaying
 //! router, a reader restarted before its acks), over the embedded stores.
 
-
 use crate::common::Ledger;
 
 use std::sync::Arc;

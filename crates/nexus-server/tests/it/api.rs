@@ -1,12 +1,11 @@
 //! The external contract (§2–§5, §8, §10 of the API contract), checked over real HTTP
 //! and WebSocket against real servers on port 0 with the reference domain.
 
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use crate::support::{Reply, TestServer, is_iso_millis};
+use serde_json::{Value, json};
 
 fn place_body(id: &str, customer: &str, unit_price: f64) -> Value {
     json!({

@@ -2,14 +2,13 @@
 //! `admin`; 401 without a valid credential, 403 without the endpoint's scope; health public;
 //! WebSocket upgrades with `?access_token=`; rate limits per credential subject.
 
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::{Reply, TestServer};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use nexus_server::config::{ApiKey, AuthMode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use crate::support::{Reply, TestServer};
 
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
 /// With the characters a base64 key has, which a browser percent-encodes in a URL.
@@ -174,7 +173,8 @@ async fn websocket_upgrades_take_an_access_token() {
     use futures_util::{SinkExt, StreamExt};
     let subscribe = json!({"type": "subscribe", "aggregateIds": ["order-1"]}).to_string();
     socket.send(tokio_tungstenite::tungstenite::Message::text(subscribe)).await.unwrap();
-    let reply = tokio::time::timeout(crate::support::DEADLINE, socket.next()).await.unwrap().unwrap().unwrap();
+    let reply =
+        tokio::time::timeout(crate::support::DEADLINE, socket.next()).await.unwrap().unwrap().unwrap();
     let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
     assert_eq!(reply["type"], "subscribed", "{reply}");
     // An API key works the same way, percent-encoded as a browser sends it.

@@ -6,7 +6,6 @@ mod support;
 
 mod api;
 mod auth;
-mod core_path;
 mod openapi;
 mod rate_limits;
 mod read_side;

@@ -1,12 +1,11 @@
 //! `GET /api/openapi.json` (contract §10): the description covers exactly what the server serves,
 //! and a command's documented body is the schema its payload is validated with.
 
-
 use std::collections::BTreeSet;
 
+use crate::support::TestServer;
 use nexus_server::config::Role;
 use serde_json::{Value, json};
-use crate::support::TestServer;
 
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 

@@ -1,7 +1,6 @@
 //! Per-client rate limits (contract §5): 429 with `Retry-After` at the limit, allowed again after
 //! the window, each endpoint class counted on its own.
 
-
 use std::time::Duration;
 
 use crate::support::TestServer;

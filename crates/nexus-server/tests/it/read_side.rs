@@ -1,8 +1,7 @@
 //! The read side beyond get and list: temporal queries and full-text search.
 
-
-use serde_json::json;
 use crate::support::TestServer;
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn temporal_queries_show_the_read_model_as_it_was() {

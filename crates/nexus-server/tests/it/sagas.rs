@@ -1,11 +1,10 @@
 //! Sagas over HTTP (contract §6) against real servers on the embedded store: sagas as data through
 //! `POST /api/sagas`, and the reference `OrderFulfillment` process manager both ways.
 
-
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use crate::support::{Reply, TestServer};
+use serde_json::{Value, json};
 
 /// A server with short retries, so failing sagas end in milliseconds.
 async fn server(order_fulfillment: bool, step_delay_ms: u64) -> TestServer {

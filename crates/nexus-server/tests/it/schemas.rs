@@ -2,9 +2,8 @@
 //! registered at start, validation of imported events, and upcasting of v1 fixtures stored on
 //! disk through the events API and a projection.
 
-
-use serde_json::{Value, json};
 use crate::support::TestServer;
+use serde_json::{Value, json};
 
 async fn registry_get(server: &TestServer, path: &str) -> (u16, Value) {
     let response = server.http.get(server.url(&format!("/api/schema-registry{path}"))).send().await.unwrap();

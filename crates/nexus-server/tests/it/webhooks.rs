@@ -3,16 +3,15 @@
 //! backoff and dead-lettered after 5 attempts, and the dead-letter queue's admin API retries and
 //! archives. The endpoint is a real HTTP server on port 0.
 
-
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{DEADLINE, TestServer};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
-use crate::support::{DEADLINE, TestServer};
 
 /// What the endpoint received, and the status it answers.
 #[derive(Clone, Default)]

@@ -1,11 +1,10 @@
 //! WebSocket limits (contract §5): connections per client, notifications per second per client,
 //! and a slow client that never holds up other clients or the projection.
 
-
 use std::time::Duration;
 
-use serde_json::json;
 use crate::support::TestServer;
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_client_are_limited() {

@@ -2,7 +2,6 @@
 //! each family is named by the code, and the ones every running server has are on `/metrics` of
 //! the real binary. (promtool checks the rules' syntax and behaviour in scripts/test.sh.)
 
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! Auth through the binary: `nexus serve` beyond loopback refuses to start without a credential
 //! configured, and the client subcommands send `NEXUS_API_KEY` / `NEXUS_TOKEN`.
 
-
 use std::process::Command;
 
 use crate::common::{Nexus, free_port};

@@ -1,7 +1,6 @@
 //! Kill -9 the real `nexus` process under load: no acknowledged event is lost, and the
 //! projection catches up after restart.
 
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,6 @@
 //! connections dead-letters its event after 5 attempts (NEXUS_RETRY_BASE_MS=10), the CLI lists it,
 //! retries it (it fails again into the DLQ) and skips it.
 
-
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 

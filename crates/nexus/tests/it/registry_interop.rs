@@ -2,7 +2,6 @@
 //! the real `nexus serve`: registers, looks up, fetches by id, and sees a 409 for a breaking
 //! schema. `scripts/test.sh` installs the client; without it this test fails, it never skips.
 
-
 use std::process::Command;
 
 use crate::common::Nexus;

@@ -2,7 +2,6 @@
 //! database. Concurrent commands on one aggregate through both lose no update and get gap-free
 //! versions; the query process's read model matches the event store.
 
-
 use crate::common::{Nexus, Schema, postgres_url};
 use serde_json::{Value, json};
 

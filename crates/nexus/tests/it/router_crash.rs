@@ -3,7 +3,6 @@
 //! lost, none is applied twice by the `orders` projection (its applied-events counter equals the
 //! number of events), and every order ends in its final state (per-aggregate order kept).
 
-
 use std::time::Duration;
 
 use crate::common::{Nexus, Schema, nats_url, postgres_url};

@@ -5,7 +5,6 @@
 //! `[sagas] step-delay-ms` opens a window before each step's command and before recording its
 //! outcome; the test watches the store over HTTP and kills inside those windows.
 
-
 use std::time::{Duration, Instant};
 
 use crate::common::{Nexus, free_port};

@@ -2,12 +2,19 @@
 //! router publishes core events, the `orders` projection reads them from the stream, `users`
 //! (which reads a non-core event) keeps tailing the change feed. A fresh stream per run, deleted
 //! at the end; an unreachable server fails the test.
-
+//!
+//! A test binary of its own: it counts the core events routed in the process-wide metrics,
+//! which the other API tests would add to.
 
 use std::time::Instant;
 
 use serde_json::json;
-use crate::support::TestServer;
+use support::TestServer;
+
+// Shared with the `it` binary, of which this test uses a part.
+#[allow(dead_code)]
+#[path = "it/support/mod.rs"]
+mod support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_reach_the_read_model_through_nats() {
