@@ -452,8 +452,9 @@ pub async fn list_totals_stay_exact_as_documents_change(store: Arc<dyn ReadStore
 }
 
 /// A sort on an indexed field orders exactly as a sort on any field: missing and null first,
-/// then numbers and booleans (as 0/1) by value, then text bytewise; ties by id ascending in both
-/// directions; pages of any size follow one order; filters combine; a rebuild keeps it.
+/// then numbers and booleans (as 0/1) by value, then text bytewise, ties by id; descending is
+/// exactly ascending reversed (ties too, so one index serves both); pages of any size follow one
+/// order; filters combine; a rebuild keeps it.
 pub async fn list_sorts_on_indexed_fields_in_pages(store: Arc<dyn ReadStore>) {
     store.index_fields("orders", &["total", "shipping.city"]).await.unwrap();
     let values = [
@@ -488,8 +489,34 @@ pub async fn list_sorts_on_indexed_fields_in_pages(store: Arc<dyn ReadStore>) {
         docs.push(d);
     }
     store.commit("p", "orders", docs.clone(), 1).await.unwrap();
+    // A filter on an indexed field matches as on any other: numbers by value, booleans by name,
+    // text exactly.
+    for (value, wanted) in
+        [("10", &["a", "b"][..]), ("true", &["t1"]), ("alpha", &["s3", "s4"]), ("20", &["s1"])]
+    {
+        for field in ["total", "amount"] {
+            assert_listed(&store, "orders", &[(field, value)], wanted).await;
+        }
+    }
+    // And arrays by a member, whichever else the field holds.
+    store.index_fields("labelled", &["labels"]).await.unwrap();
+    let labelled =
+        [("l1", json!(["red", "blue"])), ("l2", json!("red")), ("l3", json!(["green", 7])), ("l4", json!(7))];
+    let labelled: Vec<ReadDocument> = labelled
+        .into_iter()
+        .map(|(id, labels)| {
+            let mut d = doc(id, 1, "PLACED", 0.0, &[]);
+            d.set("labels", labels);
+            d
+        })
+        .collect();
+    store.commit("labelled", "labelled", labelled, 1).await.unwrap();
+    assert_listed(&store, "labelled", &[("labels", "red")], &["l1", "l2"]).await;
+    assert_listed(&store, "labelled", &[("labels", "7")], &["l3", "l4"]).await;
+    assert_listed(&store, "labelled", &[("labels", "blue"), ("status", "PLACED")], &["l1"]).await;
     let ascending = ["m1", "n1", "d", "f1", "e", "t1", "c", "a", "b", "s6", "s1", "s2", "s3", "s4", "s5"];
-    let descending = ["s5", "s3", "s4", "s2", "s1", "s6", "a", "b", "c", "e", "t1", "f1", "d", "m1", "n1"];
+    let descending: Vec<&str> = ascending.iter().rev().copied().collect();
+    let descending: [&str; 15] = descending.try_into().unwrap();
     let ids = |page: &nexus_core::ports::Page| page.items.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
     let shipped: Vec<&str> =
         values.iter().enumerate().filter(|(n, _)| n % 3 == 0).map(|(_, (id, _))| *id).collect();

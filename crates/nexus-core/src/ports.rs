@@ -169,6 +169,8 @@ pub enum SortOrder {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ListQuery {
     pub filters: Vec<Filter>,
+    /// A field and a direction; ties go by id, and a descending list is exactly the ascending one
+    /// reversed (ties too). Without it, by id.
     pub sort: Option<(String, SortOrder)>,
     pub limit: usize,
     /// Number of documents to skip (decoded from the opaque `nextToken` by the API layer).

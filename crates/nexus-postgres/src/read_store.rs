@@ -276,22 +276,22 @@ fn direction(order: SortOrder) -> &'static str {
 fn order_by(path: &str, order: SortOrder) -> String {
     let direction = direction(order);
     let keys: Vec<String> = sort_keys(path).iter().map(|key| format!("{key} {direction}")).collect();
-    format!("{}, id ASC", keys.join(", "))
+    format!("{}, id {direction}", keys.join(", "))
 }
 
 /// The index [`PostgresReadStore::index_fields`] keeps for sorting `resource`'s documents on
-/// `field` in `order`: its name and its `CREATE INDEX` statement. The keys are those of
-/// [`order_by`] with the path as a literal, in the sort's directions with `id` ascending, so a
-/// list sorted on the field reads its page from the index in order. (A backward scan of the
-/// other direction's index would order ties by id descending: hence one index a direction.)
+/// `field`: its name and its `CREATE INDEX` statement. The keys are those of [`order_by`] with the
+/// path as a literal, ascending, then `id`, so a list sorted on the field reads its page from the
+/// index in order: forward for an ascending sort, backward for a descending one (which orders
+/// ties by id descending too: a descending list is the ascending one reversed).
 ///
 /// Partial, on the storages the model can be in: its own name, its generations (`{name}#{n}`)
 /// and those of a rebuild's shadow (`{name}~…`, which a swap makes the model's); the planner
 /// uses it for a statement naming one of them. The name ends in a hash of the definition, so a
 /// changed definition is a new index, and the same one is found again.
-fn sort_index(resource: &str, field: &str, order: SortOrder) -> Result<(String, String), StoreError> {
+fn sort_index(resource: &str, field: &str) -> Result<(String, String), StoreError> {
     let path = path_literal(&json_path(field)?);
-    let direction = direction(order);
+    let direction = direction(SortOrder::Asc);
     let keys: Vec<String> = sort_keys(&path).iter().map(|key| format!("{key} {direction}")).collect();
     let name = resource.replace('\'', "''");
     let definition = format!(
@@ -802,9 +802,7 @@ impl ReadStore for PostgresReadStore {
     async fn index_fields(&self, resource: &str, fields: &[&str]) -> Result<(), StoreError> {
         let mut indexes = Vec::new();
         for field in fields {
-            for order in [SortOrder::Asc, SortOrder::Desc] {
-                indexes.push(sort_index(resource, field, order)?);
-            }
+            indexes.push(sort_index(resource, field)?);
         }
         if indexes.is_empty() {
             return Ok(());

@@ -1,7 +1,7 @@
 //! The embedded read store: JSON documents per resource type, and projection checkpoints.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -271,6 +271,8 @@ pub struct SqliteReadStore {
     writer: Arc<Mutex<Connection>>,
     /// Run by whoever holds the writer, before its transaction.
     log: Arc<LogReset>,
+    /// Fields `index_fields` indexed: a filter on one reads its candidates from the index.
+    indexed_fields: RwLock<HashSet<String>>,
     readers: Arc<ReaderPool>,
     /// What searches read of each match, in memory (see [`DocValues`]).
     doc_values: Arc<DocValues>,
@@ -311,6 +313,7 @@ impl SqliteReadStore {
         Ok(Self {
             writer,
             log,
+            indexed_fields: RwLock::default(),
             readers: ReaderPool::with_setup(path, crate::rank::register),
             doc_values,
             search_parts,
@@ -518,7 +521,11 @@ fn field_expression(field: &str) -> Result<String, StoreError> {
 /// `WHERE` clause and parameters for a list query (parameter 1 is the resource). A filter on
 /// `status` reads the column (and its index): it holds the document's `status`, always a string,
 /// so the two agree on every value.
-fn where_clause(resource: &str, filters: &[Filter]) -> Result<(String, Vec<SqlValue>), StoreError> {
+fn where_clause(
+    resource: &str,
+    filters: &[Filter],
+    indexed: &HashSet<String>,
+) -> Result<(String, Vec<SqlValue>), StoreError> {
     let mut values = vec![SqlValue::Text(resource.to_owned())];
     let (status, others): (Vec<&Filter>, Vec<&Filter>) = filters.iter().partition(|f| f.field == "status");
     let mut sql = "resource = ?1".to_owned();
@@ -526,9 +533,35 @@ fn where_clause(resource: &str, filters: &[Filter]) -> Result<(String, Vec<SqlVa
         values.push(SqlValue::Text(filter.value.clone()));
         sql.push_str(&format!(" AND status = ?{}", values.len()));
     }
+    for filter in others.iter().filter(|f| indexed.contains(&f.field)) {
+        sql.push_str(&indexed_candidates(filter, &mut values)?);
+    }
     let others: Vec<Filter> = others.into_iter().cloned().collect();
     sql.push_str(&filter_predicates(&others, &mut values)?);
     Ok((sql, values))
+}
+
+/// ` AND ...`: what a filter on an indexed field can match, as the index on
+/// [`field_expression`] finds it, for [`filter_predicates`] to decide on. `json_extract` gives
+/// a string as its text, a number as itself, a boolean as 1 or 0, an array or object as its JSON
+/// text; a filter matches a string by text, a number by value, a boolean by `true`/`false`, an
+/// array by a member. So the candidates are the value's text, number and boolean forms, and
+/// every array (JSON text from `[` up to `\`, an empty range unless the field holds arrays).
+fn indexed_candidates(filter: &Filter, values: &mut Vec<SqlValue>) -> Result<String, StoreError> {
+    let expression = field_expression(&filter.field)?;
+    let boolean = match filter.value.as_str() {
+        "true" => SqlValue::Integer(1),
+        "false" => SqlValue::Integer(0),
+        _ => SqlValue::Null,
+    };
+    let number = filter.value.parse::<f64>().map_or(SqlValue::Null, SqlValue::Real);
+    let first = values.len() + 1;
+    values.extend([SqlValue::Text(filter.value.clone()), number, boolean]);
+    Ok(format!(
+        " AND ({expression} IN (?{first}, ?{}, ?{}) OR ({expression} >= '[' AND {expression} < '\\'))",
+        first + 1,
+        first + 2
+    ))
 }
 
 /// ` AND ...` for each filter, on the JSON column `doc`, numbering parameters after `values`.
@@ -1336,13 +1369,14 @@ impl ReadStore for SqliteReadStore {
     }
 
     async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError> {
-        let (clause, mut values) = where_clause(resource, &query.filters)?;
+        let indexed = self.indexed_fields.read().expect("indexed fields poisoned").clone();
+        let (clause, mut values) = where_clause(resource, &query.filters, &indexed)?;
         let order = match &query.sort {
             // The path inline, not bound: an index on a declared field (`index_fields`) is on
             // this very expression, so the page is read from it in order.
             Some((field, order)) => {
                 let direction = if *order == SortOrder::Asc { "ASC" } else { "DESC" };
-                format!("{} {direction}, id ASC", field_expression(field)?)
+                format!("{} {direction}, id {direction}", field_expression(field)?)
             }
             None => "id ASC".to_owned(),
         };
@@ -1387,14 +1421,17 @@ impl ReadStore for SqliteReadStore {
     }
 
     async fn index_fields(&self, _resource: &str, fields: &[&str]) -> Result<(), StoreError> {
-        // One index per field over every model's documents (storage first): a rebuild's new
-        // generation is covered from its first document.
+        // One index per field over every model's documents (storage first), so a rebuild's new
+        // generation is covered from its first document. Read forward or backward, it gives a
+        // sorted list's page in order (ties by id, reversed in a descending list), and it finds
+        // the candidates of a filter on the field (see `filter_predicates`).
+        let fields: Vec<String> =
+            fields.iter().filter(|field| **field != "status").map(|field| (*field).to_owned()).collect();
         let statements = fields
             .iter()
-            .filter(|field| **field != "status")
             .map(|field| {
                 Ok(format!(
-                    "CREATE INDEX IF NOT EXISTS \"documents_by_{field}\" ON documents (resource, {})",
+                    "CREATE INDEX IF NOT EXISTS \"documents_by_{field}\" ON documents (resource, {}, id)",
                     field_expression(field)?
                 ))
             })
@@ -1405,7 +1442,9 @@ impl ReadStore for SqliteReadStore {
             }
             Ok(())
         })
-        .await
+        .await?;
+        self.indexed_fields.write().expect("indexed fields poisoned").extend(fields);
+        Ok(())
     }
 
     async fn clear(&self, resource: &str, projection: &str) -> Result<(), StoreError> {
