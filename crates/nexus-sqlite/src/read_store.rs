@@ -521,11 +521,7 @@ fn field_expression(field: &str) -> Result<String, StoreError> {
 /// `WHERE` clause and parameters for a list query (parameter 1 is the resource). A filter on
 /// `status` reads the column (and its index): it holds the document's `status`, always a string,
 /// so the two agree on every value.
-fn where_clause(
-    resource: &str,
-    filters: &[Filter],
-    indexed: &HashSet<String>,
-) -> Result<(String, Vec<SqlValue>), StoreError> {
+fn where_clause(resource: &str, filters: &[Filter]) -> Result<(String, Vec<SqlValue>), StoreError> {
     let mut values = vec![SqlValue::Text(resource.to_owned())];
     let (status, others): (Vec<&Filter>, Vec<&Filter>) = filters.iter().partition(|f| f.field == "status");
     let mut sql = "resource = ?1".to_owned();
@@ -533,35 +529,33 @@ fn where_clause(
         values.push(SqlValue::Text(filter.value.clone()));
         sql.push_str(&format!(" AND status = ?{}", values.len()));
     }
-    for filter in others.iter().filter(|f| indexed.contains(&f.field)) {
-        sql.push_str(&indexed_candidates(filter, &mut values)?);
-    }
     let others: Vec<Filter> = others.into_iter().cloned().collect();
     sql.push_str(&filter_predicates(&others, &mut values)?);
     Ok((sql, values))
 }
 
-/// ` AND ...`: what a filter on an indexed field can match, as the index on
-/// [`field_expression`] finds it, for [`filter_predicates`] to decide on. `json_extract` gives
-/// a string as its text, a number as itself, a boolean as 1 or 0, an array or object as its JSON
-/// text; a filter matches a string by text, a number by value, a boolean by `true`/`false`, an
-/// array by a member. So the candidates are the value's text, number and boolean forms, and
-/// every array (JSON text from `[` up to `\`, an empty range unless the field holds arrays).
-fn indexed_candidates(filter: &Filter, values: &mut Vec<SqlValue>) -> Result<String, StoreError> {
+/// Where the index on [`field_expression`] finds what a filter on an indexed field can match,
+/// one predicate per place, for [`filter_predicates`] to decide on. `json_extract` gives a string
+/// as its text, a number as itself, a boolean as 1 or 0, an array or object as its JSON text; a
+/// filter matches a string by text, a number by value, a boolean by `true`/`false`, an array by
+/// a member. So the places are the value's text form, its number and boolean forms when it has
+/// them, and every array (JSON text from `[` up to `\`: an empty range unless the field holds
+/// arrays). A value is in one place at most, so the matches of the places add up. One equality
+/// each, not an `IN` or an `OR`: SQLite reads each from the index in id order, and merges them.
+fn indexed_places(filter: &Filter, values: &mut Vec<SqlValue>) -> Result<Vec<String>, StoreError> {
     let expression = field_expression(&filter.field)?;
-    let boolean = match filter.value.as_str() {
-        "true" => SqlValue::Integer(1),
-        "false" => SqlValue::Integer(0),
-        _ => SqlValue::Null,
-    };
-    let number = filter.value.parse::<f64>().map_or(SqlValue::Null, SqlValue::Real);
-    let first = values.len() + 1;
-    values.extend([SqlValue::Text(filter.value.clone()), number, boolean]);
-    Ok(format!(
-        " AND ({expression} IN (?{first}, ?{}, ?{}) OR ({expression} >= '[' AND {expression} < '\\'))",
-        first + 1,
-        first + 2
-    ))
+    values.push(SqlValue::Text(filter.value.clone()));
+    let mut places = vec![format!("{expression} = ?{}", values.len())];
+    if let Ok(number) = filter.value.parse::<f64>() {
+        values.push(SqlValue::Real(number));
+        places.push(format!("{expression} = ?{}", values.len()));
+    }
+    if let Some(boolean) = [("false", 0), ("true", 1)].iter().find(|(name, _)| *name == filter.value) {
+        values.push(SqlValue::Integer(boolean.1));
+        places.push(format!("{expression} = ?{}", values.len()));
+    }
+    places.push(format!("{expression} >= '[' AND {expression} < '\\'"));
+    Ok(places)
 }
 
 /// ` AND ...` for each filter, on the JSON column `doc`, numbering parameters after `values`.
@@ -1369,35 +1363,57 @@ impl ReadStore for SqliteReadStore {
     }
 
     async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError> {
-        let indexed = self.indexed_fields.read().expect("indexed fields poisoned").clone();
-        let (clause, mut values) = where_clause(resource, &query.filters, &indexed)?;
-        let order = match &query.sort {
-            // The path inline, not bound: an index on a declared field (`index_fields`) is on
-            // this very expression, so the page is read from it in order.
+        let (clause, mut values) = where_clause(resource, &query.filters)?;
+        // A filter on an indexed field: the matches are read from the index, place by place.
+        let lookup = {
+            let indexed = self.indexed_fields.read().expect("indexed fields poisoned");
+            query.filters.iter().find(|f| f.field != "status" && indexed.contains(&f.field))
+        };
+        let branches: Vec<String> = match lookup {
+            Some(filter) => indexed_places(filter, &mut values)?
+                .iter()
+                .map(|place| format!("{clause} AND {place}"))
+                .collect(),
+            None => vec![clause],
+        };
+        // The path inline, not bound: the index on a declared field (`index_fields`) is on this
+        // very expression, so the page is read from it in order.
+        let (key, order) = match &query.sort {
             Some((field, order)) => {
                 let direction = if *order == SortOrder::Asc { "ASC" } else { "DESC" };
-                format!("{} {direction}, id {direction}", field_expression(field)?)
+                (field_expression(field)?, format!("sort_key {direction}, id {direction}"))
             }
-            None => "id ASC".to_owned(),
+            None => ("NULL".to_owned(), "id ASC".to_owned()),
         };
         // The total of a list with no filter, or by status alone, is kept; others are counted.
-        let kept_total = match query.filters.as_slice() {
-            [] => Some("SELECT COALESCE(SUM(documents), 0) FROM list_counts WHERE resource = ?1"),
-            [Filter { field, .. }] if field == "status" => Some(
-                "SELECT COALESCE(SUM(documents), 0) FROM list_counts WHERE resource = ?1 AND status = ?2",
-            ),
-            _ => None,
+        let count = match query.filters.as_slice() {
+            [] => "SELECT COALESCE(SUM(documents), 0) FROM list_counts WHERE resource = ?1".to_owned(),
+            [Filter { field, .. }] if field == "status" => {
+                "SELECT COALESCE(SUM(documents), 0) FROM list_counts WHERE resource = ?1 AND status = ?2"
+                    .to_owned()
+            }
+            _ => {
+                let counts: Vec<String> =
+                    branches.iter().map(|b| format!("(SELECT COUNT(*) FROM documents WHERE {b})")).collect();
+                format!("SELECT {}", counts.join(" + "))
+            }
         };
-        let limit = query.limit as i64;
-        let offset = query.offset as i64;
+        let selects: Vec<String> = branches
+            .iter()
+            .map(|b| format!("SELECT doc, id, {key} AS sort_key FROM documents WHERE {b}"))
+            .collect();
+        let page = format!(
+            "{} ORDER BY {order} LIMIT {} OFFSET {}",
+            selects.join(" UNION ALL "),
+            query.limit as i64,
+            query.offset as i64
+        );
         let resource = resource.to_owned();
         self.readers
             .run(move |conn| {
                 let tx = conn.unchecked_transaction().map_err(unavailable)?;
                 let conn = &*tx;
                 values[0] = SqlValue::Text(storage(conn, &resource).map_err(unavailable)?.name);
-                let count = kept_total
-                    .map_or_else(|| format!("SELECT COUNT(*) FROM documents WHERE {clause}"), str::to_owned);
                 let total: u64 = conn
                     .prepare_cached(&count)
                     .and_then(|mut stmt| {
@@ -1405,10 +1421,7 @@ impl ReadStore for SqliteReadStore {
                         stmt.query_row(params_from_iter(values[..used].iter()), |row| row.get(0))
                     })
                     .map_err(unavailable)?;
-                let sql = format!(
-                    "SELECT doc FROM documents WHERE {clause} ORDER BY {order} LIMIT {limit} OFFSET {offset}"
-                );
-                let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
+                let mut stmt = conn.prepare_cached(&page).map_err(unavailable)?;
                 let texts = stmt
                     .query_map(params_from_iter(values.iter()), |row| row.get::<_, String>(0))
                     .map_err(unavailable)?
@@ -1424,7 +1437,7 @@ impl ReadStore for SqliteReadStore {
         // One index per field over every model's documents (storage first), so a rebuild's new
         // generation is covered from its first document. Read forward or backward, it gives a
         // sorted list's page in order (ties by id, reversed in a descending list), and it finds
-        // the candidates of a filter on the field (see `filter_predicates`).
+        // the candidates of a filter on the field (see `indexed_places`).
         let fields: Vec<String> =
             fields.iter().filter(|field| **field != "status").map(|field| (*field).to_owned()).collect();
         let statements = fields
