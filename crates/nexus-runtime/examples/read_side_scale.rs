@@ -18,10 +18,6 @@ use nexus_core::{EventMetadata, EventStore, ReadStore, SearchQuery};
 use nexus_runtime::{Notifier, ProjectionRunner};
 use serde_json::json;
 
-/// The allocator `nexus` runs with, so the figures are the server's.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const WORDS: [&str; 12] = [
     "widget", "gadget", "gizmo", "sprocket", "lever", "bolt", "crate", "valve", "pulley", "gear", "cog",
     "spring",

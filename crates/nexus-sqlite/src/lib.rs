@@ -99,6 +99,9 @@ const WAL_RESET_BYTES: u64 = 32 << 20;
 /// the reset gives up and is tried again before the next transaction.
 const WAL_RESET_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How long after a reset that readers outlasted the writer tries again.
+const RESET_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How far the log file is cut back whenever SQLite restarts it from its start.
 const JOURNAL_SIZE_LIMIT: i64 = 32 << 20;
 
@@ -178,10 +181,15 @@ fn checkpoint_loop(
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
         stopped.recv_timeout(std::time::Duration::from_millis(200))
     {
-        if let Err(error) = checkpoint(conn, "PASSIVE") {
+        // A log past its bound is the writer's to reset: a PASSIVE checkpoint copying it
+        // meanwhile would hold the checkpoint lock the reset waits for.
+        let size = wal_size(wal);
+        if size <= WAL_RESET_BYTES
+            && let Err(error) = checkpoint(conn, "PASSIVE")
+        {
             tracing::warn!(%error, database, "WAL checkpoint failed; will retry");
         }
-        report_wal_size(database, wal_size(wal));
+        report_wal_size(database, size);
     }
     // The store's writers are gone: nothing holds the log, so this one empties it.
     match checkpoint(conn, "TRUNCATE") {
@@ -194,12 +202,13 @@ fn checkpoint_loop(
 
 /// Resets a database's log, run by its one writer between two of its transactions, once the log
 /// is larger than [`WAL_RESET_BYTES`]: a RESTART checkpoint copies what the PASSIVE ones left and
-/// waits, at most [`WAL_RESET_WAIT`], for the readers still reading frames of the log; new
-/// readers read the database file meanwhile. Then the next commit writes the log from its start
-/// (and cuts the file back to `journal_size_limit`). The commits queued behind it wait for that
-/// pause (`nexus_sqlite_wal_reset_seconds`); readers never do. When readers outlast the wait, the
-/// log is left as it is and the next try comes a second later, so slow readers cost the writer
-/// at most a quarter of its time.
+/// waits for the readers still reading frames of the log; new readers read the database file
+/// meanwhile. Then the next commit writes the log from its start (and cuts the file back to
+/// `journal_size_limit`). The commits queued behind it wait for that pause
+/// (`nexus_sqlite_wal_reset_seconds`); readers never do. The wait is [`WAL_RESET_WAIT`], four
+/// times that once the log is twice its bound: when readers outlast it, the log is left as it is
+/// and the next try comes 100 ms later, so slow readers let the log grow only while the writer
+/// gets on with its commits.
 pub(crate) struct LogReset {
     database: &'static str,
     wal: std::path::PathBuf,
@@ -221,7 +230,9 @@ impl LogReset {
             return;
         }
         let started = std::time::Instant::now();
-        let reset = writer.busy_timeout(WAL_RESET_WAIT).and_then(|()| checkpoint(writer, "RESTART"));
+        let wait =
+            if wal_size(&self.wal) > 2 * WAL_RESET_BYTES { WAL_RESET_WAIT * 4 } else { WAL_RESET_WAIT };
+        let reset = writer.busy_timeout(wait).and_then(|()| checkpoint(writer, "RESTART"));
         if let Err(error) = writer.busy_timeout(BUSY_TIMEOUT) {
             tracing::warn!(%error, database, "cannot restore the busy timeout");
         }
@@ -229,12 +240,12 @@ impl LogReset {
             Ok(true) => metrics::histogram!("nexus_sqlite_wal_reset_seconds", "database" => database)
                 .record(started.elapsed().as_secs_f64()),
             Ok(false) => {
-                tracing::debug!(database, "readers outlasted the WAL reset; trying again in a second");
-                *not_before = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                tracing::debug!(database, "readers outlasted the WAL reset; trying again shortly");
+                *not_before = std::time::Instant::now() + RESET_RETRY;
             }
             Err(error) => {
-                tracing::warn!(%error, database, "WAL reset failed; trying again in a second");
-                *not_before = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                tracing::warn!(%error, database, "WAL reset failed; trying again shortly");
+                *not_before = std::time::Instant::now() + RESET_RETRY;
             }
         }
     }
