@@ -881,18 +881,8 @@ impl ReadStore for PostgresReadStore {
             return Ok(SearchResults { items: Vec::new(), total: 0, facets });
         }
         let resource_column = if words.is_empty() { "resource" } else { "p1.resource" };
+        // The filters' containment candidates (the GIN index on `doc`) come with the clause.
         let (mut clause, mut values) = where_clause(resource_column, resource, &query.filters)?;
-        for filter in &query.filters {
-            let candidates = containment(filter);
-            if !candidates.is_empty() {
-                let mut alternatives = Vec::new();
-                for candidate in candidates {
-                    values.push(Box::new(Json(candidate)));
-                    alternatives.push(format!("doc @> ${}", values.len()));
-                }
-                clause.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
-            }
-        }
         let matches = if words.is_empty() {
             Matches::entries(!query.filters.is_empty())
         } else {
