@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use nexus_core::ports::{AppendRequest, Filter, ListQuery, NewEvent, SortOrder};
 use nexus_core::{EventMetadata, EventStore, ReadStore, SearchQuery};
-use nexus_runtime::{Notifier, ProjectionRunner};
+use nexus_runtime::{Notifier, ProjectionRunner, ProjectionStatus};
 use serde_json::json;
 
 const WORDS: [&str; 12] = [
@@ -102,6 +102,28 @@ async fn append_orders(events: &Arc<dyn EventStore>, ids: Vec<u64>, request: fn(
 }
 
 /// The status order `id` ends with: one in ten shipped, one in ten cancelled, the rest placed.
+/// The orders projection, running from its checkpoint: its status, its stop signal, its task.
+fn start_orders_projection(
+    events: &Arc<dyn EventStore>,
+    read: &Arc<dyn ReadStore>,
+) -> (Arc<ProjectionStatus>, tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let projection = nexus_domain::domain().projection_named("orders").unwrap().clone();
+    let runner = ProjectionRunner::new(projection, events.clone(), read.clone(), Notifier::new(16), 5000);
+    let status = runner.status();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    (status, stop, tokio::spawn(runner.run(stopped)))
+}
+
+/// Waits until the projection has applied every event the store holds now; answers that head.
+async fn caught_up(status: &ProjectionStatus, events: &Arc<dyn EventStore>) -> u64 {
+    let head = events.head().await.unwrap();
+    while status.checkpoint() < head {
+        assert_eq!(status.last_error(), None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    head
+}
+
 fn final_status(id: u64) -> &'static str {
     match id % 10 {
         1 => "SHIPPED",
@@ -137,17 +159,9 @@ async fn move_orders(total: u64, events: &Arc<dyn EventStore>, read: &Arc<dyn Re
     })
     .await;
     let appended = started.elapsed().as_secs_f64();
-    let projection = nexus_domain::domain().projection_named("orders").unwrap().clone();
-    let runner = ProjectionRunner::new(projection, events.clone(), read.clone(), Notifier::new(16), 5000);
-    let status = runner.status();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let started = Instant::now();
-    let task = tokio::spawn(runner.run(stopped));
-    let head = events.head().await.unwrap();
-    while status.checkpoint() < head {
-        assert_eq!(status.last_error(), None);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (status, stop, task) = start_orders_projection(events, read);
+    caught_up(&status, events).await;
     let projected = started.elapsed().as_secs_f64();
     stop.send(true).unwrap();
     task.await.unwrap();
@@ -270,16 +284,9 @@ async fn load(
     println!("appended {total} events in {appended:.1} s ({:.0} events/s)", total as f64 / appended);
 
     // The orders projection from position 0 to the head: the same work a rebuild does.
-    let projection = nexus_domain::domain().projection_named("orders").unwrap().clone();
-    let runner = ProjectionRunner::new(projection, events.clone(), read.clone(), Notifier::new(16), 5000);
-    let status = runner.status();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let started = Instant::now();
-    let task = tokio::spawn(runner.run(stopped));
-    let head = events.head().await.unwrap();
-    while status.checkpoint() < head {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (status, stop, task) = start_orders_projection(&events, &read);
+    let head = caught_up(&status, &events).await;
     let projected = started.elapsed().as_secs_f64();
     println!(
         "projected {head} events into {total} documents in {projected:.1} s ({:.0} events/s)",

@@ -1,6 +1,6 @@
 //! A small pool of read-only connections used from tokio's blocking pool.
 //!
-//! Hand-written because it is a dozen lines: SQLite connections are cheap to keep, and each
+//! Hand-written because it is small: SQLite connections are cheap to keep, and each
 //! read needs one for a few microseconds; checking one out must never block the runtime.
 //!
 //! The pool holds at most [`MAX_READERS`] connections; a read that finds none free waits for
