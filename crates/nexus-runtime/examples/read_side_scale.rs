@@ -285,8 +285,8 @@ async fn load(
 
     // The orders projection from position 0 to the head: the same work a rebuild does.
     let started = Instant::now();
-    let (status, stop, task) = start_orders_projection(&events, &read);
-    let head = caught_up(&status, &events).await;
+    let (status, stop, task) = start_orders_projection(events, read);
+    let head = caught_up(&status, events).await;
     let projected = started.elapsed().as_secs_f64();
     println!(
         "projected {head} events into {total} documents in {projected:.1} s ({:.0} events/s)",
