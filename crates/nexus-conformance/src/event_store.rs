@@ -97,6 +97,7 @@ pub async fn duplicate_command_id_returns_the_first_record(store: Arc<dyn EventS
             command_id: "cmd-1".into(),
             aggregate_id: "agg-3".into(),
             version: 1,
+            position: 0,
             event_ids: vec!["e".into()],
         },
     };

@@ -1,6 +1,6 @@
 //! The registry a service is assembled from: its aggregates, projections and process managers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::aggregate::{Aggregate, AggregateHandler, CommandSpec, Erased, EventSpec};
@@ -19,8 +19,12 @@ pub struct Upcaster {
 }
 
 /// Everything a service built on Nexus declares: which commands go to which aggregate, which
-/// events exist at which schema version, which projections build read models, and which process
-/// managers start sagas from events.
+/// events exist at which schema version and which path they take, which projections build read
+/// models, and which process managers start sagas from events.
+///
+/// Every event type takes the ordered core path (read models, sagas) unless
+/// [`queue_path`](Self::queue_path) sends it to the queue path, where integrations (webhooks)
+/// consume it with retries and a dead-letter queue.
 #[derive(Clone, Default)]
 pub struct Domain {
     aggregates: Vec<Arc<dyn AggregateHandler>>,
@@ -29,6 +33,7 @@ pub struct Domain {
     projections: Vec<Arc<dyn Projection>>,
     process_managers: Vec<Arc<dyn ProcessManager>>,
     upcasters: HashMap<&'static str, HashMap<u32, Upcaster>>,
+    queue_events: BTreeSet<&'static str>,
 }
 
 impl Domain {
@@ -82,6 +87,33 @@ impl Domain {
         );
         self.process_managers.push(Arc::new(manager));
         self
+    }
+
+    /// Sends `event_types` to the queue path instead of the ordered core path: events nothing in
+    /// the service's own flow waits on (a user registered, to be mailed), consumed by
+    /// integrations with retries and a dead-letter queue.
+    ///
+    /// # Panics
+    /// When an event type is not registered (register its aggregate first).
+    pub fn queue_path(mut self, event_types: &[&'static str]) -> Self {
+        for event_type in event_types {
+            assert!(self.events.contains_key(event_type), "queue_path: unknown event type {event_type}");
+            self.queue_events.insert(event_type);
+        }
+        self
+    }
+
+    /// Whether `event_type` takes the ordered core path (every type the domain did not send to
+    /// the queue path, unknown ones included).
+    pub fn is_core(&self, event_type: &str) -> bool {
+        !self.queue_events.contains(event_type)
+    }
+
+    /// The registered event types on the ordered core path, sorted.
+    pub fn core_events(&self) -> Vec<&'static str> {
+        let mut core: Vec<_> = self.events.keys().copied().filter(|t| self.is_core(t)).collect();
+        core.sort_unstable();
+        core
     }
 
     /// Registers an upcaster.

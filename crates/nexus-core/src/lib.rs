@@ -31,7 +31,7 @@ pub use ports::{
     RegisteredSchema, SchemaStore, SearchQuery, SearchResults, Snapshot, SnapshotStore, SortOrder,
     StoreError, StreamEvent, partition_of,
 };
-pub use projection::{Projection, ProjectionError, ReadDocument};
+pub use projection::{Keying, Projection, ProjectionError, ReadDocument};
 pub use saga::{
     ProcessError, ProcessManager, SagaDefinition, SagaMetadata, SagaOutcome, SagaStatus, SagaStep,
     StepCommand, derived_id,

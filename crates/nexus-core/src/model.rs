@@ -77,6 +77,10 @@ pub struct CommandResult {
     pub command_id: String,
     pub aggregate_id: String,
     pub version: u64,
+    /// The store position of the last event appended (for a replayed command id, that of the
+    /// original): what `?minPosition=` waits for. 0 when no event was appended.
+    #[serde(default)]
+    pub position: u64,
     pub event_ids: Vec<String>,
 }
 

@@ -12,7 +12,9 @@ use crate::model::DomainEvent;
 pub struct ReadDocument {
     pub id: String,
     pub aggregate_id: String,
-    /// Version of the last event applied: the guard that makes replays harmless.
+    /// The guard that makes replays harmless: for a document of one aggregate, the aggregate
+    /// version of the last event applied; for a document keyed by anything else
+    /// ([`Keying::Custom`]), the store position of the last event applied.
     pub version: u64,
     pub last_updated: String,
     #[serde(default)]
@@ -53,6 +55,21 @@ impl ReadDocument {
 #[error("{0}")]
 pub struct ProjectionError(pub String);
 
+/// How a projection's documents are keyed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Keying {
+    /// One document per aggregate, its id the aggregate id (`orders`): the aggregate's version
+    /// guards it, so its events may arrive by any path in which one aggregate's events keep
+    /// their order (the change feed, a partition of the core stream).
+    #[default]
+    Aggregate,
+    /// Documents keyed by ids the projection picks per event ([`Projection::document_ids`]),
+    /// fed by many aggregates (a customer's orders). Such a document records the store position
+    /// of the last event applied to it, and its events are applied in store order: the runtime
+    /// feeds such a projection from the change feed, on every backend.
+    Custom,
+}
+
 /// Builds one resource type's read models from events. Pure and deterministic: a rebuild from the
 /// first event must produce the same documents.
 pub trait Projection: Send + Sync + 'static {
@@ -62,8 +79,21 @@ pub trait Projection: Send + Sync + 'static {
     fn handles(&self, event_type: &str) -> bool;
 
     /// Folds `event` into `doc`. The runner sets `version` and `lastUpdated` afterwards and skips
-    /// events at or below the document's version, so `apply` never sees a replay.
+    /// events the document has already seen, so `apply` never sees a replay. With
+    /// [`Keying::Custom`] it runs once for each id [`document_ids`](Self::document_ids) names.
     fn apply(&self, doc: &mut ReadDocument, event: &DomainEvent) -> Result<(), ProjectionError>;
+
+    /// How the documents are keyed (default: one per aggregate).
+    fn keying(&self) -> Keying {
+        Keying::Aggregate
+    }
+
+    /// With [`Keying::Custom`]: the ids of the documents `event` changes (none, one or several;
+    /// a document that does not exist yet starts empty). Only called for events the projection
+    /// [`handles`](Self::handles). Must depend on the event alone: a rebuild asks again.
+    fn document_ids(&self, event: &DomainEvent) -> Vec<String> {
+        vec![event.aggregate_id.clone()]
+    }
 
     /// Fields of this projection's documents that lists sort by (`sort=total:desc`) or filter on
     /// (`customerId=c-1`): the read store indexes each, so such a list reads a page from an index

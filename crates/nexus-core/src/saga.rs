@@ -138,6 +138,13 @@ pub trait ProcessManager: Send + Sync + 'static {
 
     fn handles(&self, event_type: &str) -> bool;
 
+    /// Whether it runs when the server's configuration does not name it (`[process-managers]`).
+    /// Default: yes. A process manager that changes what an everyday command does (cancels
+    /// orders it cannot fulfil, say) may ask to be turned on explicitly instead.
+    fn runs_by_default(&self) -> bool {
+        true
+    }
+
     /// The saga `event` starts, if any. Its `sagaId` must be derived from the event (see
     /// [`derived_id`]), so that one trigger starts one saga however often it is seen.
     fn start(&self, event: &DomainEvent) -> Result<Option<SagaDefinition>, ProcessError>;

@@ -106,6 +106,13 @@ impl ProcessManager for OrderFulfillment {
         event_type == "OrderPlaced"
     }
 
+    /// Off unless `[process-managers] order-fulfillment = true`: it changes what placing an
+    /// order does (more writes, orders cancelled when stock or credit is missing), which a
+    /// service that only wants the order log must not get by surprise.
+    fn runs_by_default(&self) -> bool {
+        false
+    }
+
     fn start(&self, event: &DomainEvent) -> Result<Option<SagaDefinition>, ProcessError> {
         match read_event::<OrderEvent>(event).map_err(|e| ProcessError(e.0))? {
             OrderEvent::OrderPlaced(placed) => Ok(Some(Self::saga(&event.aggregate_id, &placed))),

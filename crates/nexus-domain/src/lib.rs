@@ -11,6 +11,9 @@
 //!   was written against;
 //! - for orders and users, the [`Projection`](nexus_core::Projection) that builds its read model.
 //!
+//! [`customers`] is a read model keyed by customer, fed by the events of all of a customer's
+//! orders.
+//!
 //! [`fulfillment`] is the reference saga as code: a [`ProcessManager`](nexus_core::ProcessManager)
 //! that fulfils each placed order (reserve stock, charge, confirm) and cancels it when that fails.
 //!
@@ -23,6 +26,7 @@
 //!
 //! [`DomainError`]: nexus_core::DomainError
 
+pub mod customers;
 pub mod fulfillment;
 pub mod inventory;
 mod money;
@@ -35,14 +39,17 @@ pub mod users;
 use nexus_core::{Domain, DomainEvent, ProjectionError, Upcaster};
 use serde::de::DeserializeOwned;
 
+pub use customers::CustomersProjection;
 pub use fulfillment::OrderFulfillment;
 pub use inventory::Product;
 pub use orders::{Order, OrdersProjection};
 pub use payments::Account;
 pub use users::{User, UsersProjection};
 
-/// The reference domain: the four aggregates, the `orders` and `users` projections, and the
-/// `order-fulfillment` process manager (run only when the server's configuration turns it on).
+/// The reference domain: the four aggregates, the `orders`, `customers` and `users` projections,
+/// and the `order-fulfillment` process manager (run only when the server's configuration turns it
+/// on). `UserRegistered` takes the queue path: nothing in the order flow waits on it, and
+/// integrations (webhooks) consume it; every other event takes the ordered core path.
 pub fn domain() -> Domain {
     Domain::new()
         .aggregate::<Order>()
@@ -50,8 +57,10 @@ pub fn domain() -> Domain {
         .aggregate::<Product>()
         .aggregate::<Account>()
         .projection(OrdersProjection)
+        .projection(CustomersProjection)
         .projection(UsersProjection)
         .process_manager(OrderFulfillment)
+        .queue_path(&["UserRegistered"])
         .upcaster(Upcaster {
             event_type: "UserRegistered",
             from_version: 1,
@@ -95,7 +104,8 @@ mod tests {
         let kinds: Vec<_> = domain.aggregates().iter().map(|a| a.kind()).collect();
         assert_eq!(kinds, ["Order", "User", "Product", "Account"]);
         let projections: Vec<_> = domain.projections().iter().map(|p| p.name()).collect();
-        assert_eq!(projections, ["orders", "users"]);
+        assert_eq!(projections, ["orders", "customers", "users"]);
+        assert!(!domain.is_core("UserRegistered") && domain.is_core("OrderPlaced"));
         assert_eq!(domain.commands().count(), 11);
         assert_eq!(domain.events().count(), 11);
     }

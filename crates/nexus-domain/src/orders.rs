@@ -13,12 +13,17 @@ use crate::{money, read_event};
 
 /// An order's lifecycle: `PLACED` → (`CONFIRMED` →) `SHIPPED`, or `CANCELLED` before it ships.
 ///
-/// The state holds only the status: it is all the rules look at. Items and total live in the
-/// events and the read model.
+/// The state holds the status, which the rules look at, and the customer and total, which a
+/// cancellation repeats so that readers of `OrderCancelled` (the `customers` read model) need no
+/// other event. The items live in the events and the read model.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Order {
     /// `None` until the order is placed.
     status: Option<OrderStatus>,
+    #[serde(default)]
+    customer_id: Option<String>,
+    #[serde(default)]
+    total: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,11 +118,17 @@ pub struct OrderConfirmed {}
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct OrderShipped {}
 
+/// The order's customer and total are repeated from `OrderPlaced` (absent from events older
+/// than that).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderCancelled {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<f64>,
 }
 
 const COMMANDS: &[CommandSpec] = &[
@@ -168,6 +179,8 @@ const EVENTS: &[EventSpec] = &[
 
 impl Aggregate for Order {
     const KIND: &'static str = "Order";
+    /// 2: the state holds the customer and total.
+    const SNAPSHOT_VERSION: u32 = 2;
     type Command = OrderCommand;
     type Event = OrderEvent;
 
@@ -199,9 +212,11 @@ impl Aggregate for Order {
                 }
             },
             OrderCommand::CancelOrder(CancelOrder { reason }) => match self.existing()? {
-                OrderStatus::Placed | OrderStatus::Confirmed => {
-                    OrderEvent::OrderCancelled(OrderCancelled { reason })
-                }
+                OrderStatus::Placed | OrderStatus::Confirmed => OrderEvent::OrderCancelled(OrderCancelled {
+                    reason,
+                    customer_id: self.customer_id.clone(),
+                    total: Some(self.total),
+                }),
                 OrderStatus::Shipped => {
                     return Err(DomainError::rule("order is SHIPPED and can no longer be cancelled"));
                 }
@@ -213,7 +228,11 @@ impl Aggregate for Order {
 
     fn apply(&mut self, event: OrderEvent) {
         self.status = Some(match event {
-            OrderEvent::OrderPlaced(_) => OrderStatus::Placed,
+            OrderEvent::OrderPlaced(placed) => {
+                self.customer_id = Some(placed.customer_id);
+                self.total = placed.total;
+                OrderStatus::Placed
+            }
             OrderEvent::OrderConfirmed(_) => OrderStatus::Confirmed,
             OrderEvent::OrderShipped(_) => OrderStatus::Shipped,
             OrderEvent::OrderCancelled(_) => OrderStatus::Cancelled,
@@ -304,7 +323,7 @@ impl Projection for OrdersProjection {
             }
             OrderEvent::OrderConfirmed(_) => doc.status = OrderStatus::Confirmed.to_string(),
             OrderEvent::OrderShipped(_) => doc.status = OrderStatus::Shipped.to_string(),
-            OrderEvent::OrderCancelled(OrderCancelled { reason }) => {
+            OrderEvent::OrderCancelled(OrderCancelled { reason, .. }) => {
                 doc.status = OrderStatus::Cancelled.to_string();
                 if let Some(reason) = reason {
                     doc.set("cancelReason", Value::String(reason));
@@ -354,6 +373,15 @@ mod tests {
 
     fn cancelled() -> Value {
         event("OrderCancelled", json!({}))
+    }
+
+    /// What cancelling the order of `placed()` records.
+    fn cancelled_by_c1(reason: Option<&str>) -> Value {
+        let mut payload = json!({"customerId": "c-1", "total": 21.0});
+        if let Some(reason) = reason {
+            payload["reason"] = json!(reason);
+        }
+        event("OrderCancelled", payload)
     }
 
     fn place(items: Value) -> Value {
@@ -454,10 +482,10 @@ mod tests {
     #[test]
     fn an_order_is_cancelled_until_it_ships() {
         let with_reason = command("CancelOrder", json!({"reason": "changed my mind"}));
-        let cancelled_with_reason = event("OrderCancelled", json!({"reason": "changed my mind"}));
+        let cancelled_with_reason = cancelled_by_c1(Some("changed my mind"));
         check::<Order>(&[placed()], with_reason.clone(), Ok(vec![cancelled_with_reason.clone()]));
         check::<Order>(&[placed(), confirmed()], with_reason.clone(), Ok(vec![cancelled_with_reason]));
-        check::<Order>(&[placed()], command("CancelOrder", json!({})), Ok(vec![cancelled()]));
+        check::<Order>(&[placed()], command("CancelOrder", json!({})), Ok(vec![cancelled_by_c1(None)]));
         check::<Order>(&[], with_reason.clone(), Err("order does not exist"));
         check::<Order>(
             &[placed(), shipped()],

@@ -181,7 +181,7 @@ impl CommandBus {
         let command_id = match &request.command_id {
             Some(id) => {
                 if let Some(record) = self.store.find_command(id).await? {
-                    return replay(record, &fingerprint);
+                    return replay(self.store.as_ref(), record, &fingerprint).await;
                 }
                 id.clone()
             }
@@ -199,7 +199,7 @@ impl CommandBus {
         if client_command_id {
             // A copy of this command may have committed while we waited for the lock.
             if let Some(record) = self.store.find_command(&command_id).await? {
-                return replay(record, &fingerprint);
+                return replay(self.store.as_ref(), record, &fingerprint).await;
             }
         }
         let result = self
@@ -210,7 +210,7 @@ impl CommandBus {
             // recorded result is the right answer then.
             Err(CommandError::Rejected(_) | CommandError::Concurrency { .. }) if client_command_id => {
                 match self.store.find_command(&command_id).await? {
-                    Some(record) => replay(record, &fingerprint),
+                    Some(record) => replay(self.store.as_ref(), record, &fingerprint).await,
                     None => result,
                 }
             }
@@ -277,6 +277,7 @@ impl CommandBus {
                 command_id: command_id.clone(),
                 aggregate_id: aggregate_id.clone(),
                 version: slot.version + events.len() as u64,
+                position: 0,
                 event_ids: events.iter().map(|e| e.event_id.clone()).collect(),
             };
             let append = AppendRequest {
@@ -306,9 +307,13 @@ impl CommandBus {
                         slot.since_snapshot_bytes += json_size(&event.payload);
                     }
                     self.maybe_snapshot(handler, &aggregate_id, slot);
+                    let mut result = result;
+                    result.position = events.last().map_or(0, |event| event.position);
                     return Ok(result);
                 }
-                Ok(AppendOutcome::Duplicate(record)) => return replay(record, fingerprint),
+                Ok(AppendOutcome::Duplicate(record)) => {
+                    return replay(self.store.as_ref(), record, fingerprint).await;
+                }
                 Err(StoreError::WrongExpectedVersion { actual, .. }) => {
                     if let Some(expected) = request.expected_version {
                         return Err(CommandError::Concurrency { expected, actual });
@@ -503,12 +508,22 @@ fn json_size(value: &Value) -> u64 {
     count.0
 }
 
-fn replay(record: CommandRecord, fingerprint: &str) -> Result<CommandResult, CommandError> {
-    if record.fingerprint == fingerprint {
-        Ok(record.result)
-    } else {
-        Err(CommandError::IdempotencyConflict { command_id: record.command_id })
+/// The original result of a command id sent again, with the position of its last event (the
+/// record is written before the store assigns positions, so it is looked up).
+async fn replay(
+    store: &dyn EventStore,
+    record: CommandRecord,
+    fingerprint: &str,
+) -> Result<CommandResult, CommandError> {
+    if record.fingerprint != fingerprint {
+        return Err(CommandError::IdempotencyConflict { command_id: record.command_id });
     }
+    let mut result = record.result;
+    if result.position == 0 && !result.event_ids.is_empty() {
+        let last = store.read_stream(&result.aggregate_id, result.version, Some(result.version)).await?;
+        result.position = last.first().map_or(0, |event| event.position);
+    }
+    Ok(result)
 }
 
 /// What the command asked for, independent of key order: serde_json's default map is sorted.

@@ -30,8 +30,8 @@ pub use leases::InProcessLeases;
 pub use notify::{Notifier, ProjectionUpdate};
 pub use projections::{ProjectionRunner, ProjectionStatus, RebuildProgress};
 pub use router::{
-    DlqAction, DlqPass, EventRouter, Path as RoutePath, REFERENCE_CORE_EVENTS, ROUTER_CHECKPOINT,
-    ROUTER_CONSUMER, RouterStatus, process_dead_letters, retry_delay,
+    DlqAction, DlqPass, EventRouter, Path as RoutePath, ROUTER_CHECKPOINT, ROUTER_CONSUMER, RouterStatus,
+    process_dead_letters, retry_delay,
 };
 pub use sagas::{
     ProcessManagerRunner, SagaCoordinator, SagaError, SagaSettings, SagaView, Started, with_sagas,

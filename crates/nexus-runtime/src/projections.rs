@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use nexus_core::ports::EventStream;
-use nexus_core::{DomainEvent, EventStore, Projection, ReadDocument, ReadStore, SnapshotStore, StoreError};
+use nexus_core::{
+    DomainEvent, EventStore, Keying, Projection, ReadDocument, ReadStore, SnapshotStore, StoreError,
+};
 use tokio::sync::watch;
 
 use crate::notify::{Notifier, ProjectionUpdate};
 
-/// Applies one event to its document and stamps the document with the event's version and time.
+/// Applies one event to its document and stamps the document with its guard (the event's
+/// aggregate version, or its store position for a document keyed by anything else) and time.
 /// Both runners (change feed and core stream) fold this way.
 pub(crate) fn fold(
     projection: &dyn Projection,
@@ -21,19 +24,58 @@ pub(crate) fn fold(
     event: &nexus_core::DomainEvent,
 ) -> Result<(), nexus_core::ProjectionError> {
     projection.apply(doc, event)?;
-    doc.version = event.aggregate_version;
+    doc.version = guard_of(projection.keying(), event);
     doc.last_updated.clone_from(&event.timestamp);
     Ok(())
 }
 
-/// What the notifier announces of `event` applied to `resource`.
-pub(crate) fn update_of(resource: &str, event: &nexus_core::DomainEvent) -> ProjectionUpdate {
+/// What a document records of the last event applied to it, and what a replay is recognised by:
+/// at or below it, the event is already in the document.
+pub(crate) fn guard_of(keying: Keying, event: &nexus_core::DomainEvent) -> u64 {
+    match keying {
+        Keying::Aggregate => event.aggregate_version,
+        Keying::Custom => event.position,
+    }
+}
+
+/// The ids of the documents `event` changes in `projection`'s model.
+pub(crate) fn targets(projection: &dyn Projection, event: &nexus_core::DomainEvent) -> Vec<String> {
+    match projection.keying() {
+        Keying::Aggregate => vec![event.aggregate_id.clone()],
+        Keying::Custom => projection.document_ids(event),
+    }
+}
+
+/// What the notifier announces of `event` applied to document `id` of `resource`, now at
+/// `version`.
+pub(crate) fn update_of(
+    resource: &str,
+    id: &str,
+    version: u64,
+    event: &nexus_core::DomainEvent,
+) -> ProjectionUpdate {
     ProjectionUpdate {
         resource: resource.to_owned(),
-        aggregate_id: event.aggregate_id.clone(),
-        version: event.aggregate_version,
+        aggregate_id: id.to_owned(),
+        version,
         event_id: event.event_id.clone(),
         timestamp: event.timestamp.clone(),
+    }
+}
+
+/// One event applied to one document, which is now at `version`.
+pub(crate) struct Applied<'e> {
+    pub(crate) id: String,
+    pub(crate) version: u64,
+    pub(crate) event: &'e DomainEvent,
+}
+
+/// The `aggregateId` of a new document `id`: the aggregate's own, or for a document keyed by
+/// anything else its id (it has no one aggregate).
+fn aggregate_of<'a>(keying: Keying, id: &'a str, event: &'a DomainEvent) -> &'a str {
+    match keying {
+        Keying::Aggregate => &event.aggregate_id,
+        Keying::Custom => id,
     }
 }
 
@@ -51,6 +93,8 @@ pub struct ProjectionStatus {
     wake: tokio::sync::Notify,
     /// The stream feeding the projection when the core path does (see `StreamProjectionRunner`).
     stream: std::sync::OnceLock<Arc<dyn EventStream>>,
+    /// Fed by the core path: per partition, the highest store position this process applied.
+    partitions: Mutex<Vec<u64>>,
 }
 
 /// Where a rebuild stands.
@@ -120,6 +164,37 @@ impl ProjectionStatus {
             head.saturating_sub(self.checkpoint())
         };
         Ok((lag, backlog))
+    }
+
+    /// Whether the projection has applied every event it handles up to store `position` (what
+    /// `?minPosition=` waits for). On the change feed: its checkpoint has passed it. Fed by the
+    /// core path, whose partitions move independently: each partition has either applied an
+    /// event past it here or has nothing left unacknowledged (so whoever read it committed it);
+    /// the caller makes sure the router has published up to `position` first.
+    pub async fn has_applied(&self, projection: &str, position: u64) -> Result<bool, StoreError> {
+        let Some(stream) = self.stream.get() else { return Ok(self.checkpoint() >= position) };
+        let applied = self.partitions.lock().expect("status poisoned").clone();
+        for partition in 0..stream.partitions() {
+            if applied.get(partition as usize).is_some_and(|&at| at >= position) {
+                continue;
+            }
+            if stream.backlog(projection, partition).await? > 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Records that `partition` of the core path has applied events up to `position` here.
+    pub(crate) fn applied_in_partition(&self, partition: u32, position: u64) {
+        let mut partitions = self.partitions.lock().expect("status poisoned");
+        let at = partition as usize;
+        if partitions.len() <= at {
+            partitions.resize(at + 1, 0);
+        }
+        partitions[at] = partitions[at].max(position);
+        drop(partitions);
+        self.applied_up_to(position);
     }
 
     pub(crate) fn fed_by(&self, stream: Arc<dyn EventStream>) {
@@ -228,16 +303,15 @@ impl CheckpointPacer {
     }
 }
 
-/// The documents `events` touch in `resource`, keyed by id (those not stored yet are absent).
+/// The documents `ids` of `resource`, keyed by id (those not stored yet are absent).
 pub(crate) async fn load_documents(
     read: &dyn ReadStore,
     resource: &str,
-    events: &[&nexus_core::DomainEvent],
+    mut ids: Vec<String>,
 ) -> Result<HashMap<String, ReadDocument>, String> {
-    if events.is_empty() {
+    if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let mut ids: Vec<String> = events.iter().map(|e| e.aggregate_id.clone()).collect();
     ids.sort_unstable();
     ids.dedup();
     let docs = read.load(resource, &ids).await.map_err(|e| e.to_string())?;
@@ -468,7 +542,11 @@ impl ProjectionRunner {
             self.status.rebuild_target.store(head, Ordering::Release);
             let batch = self.next_batch(position, limit).await.map_err(|e| e.to_string())?;
             let Some(last_position) = batch.last().map(|e| e.position) else { break };
-            let relevant: Vec<_> = batch.iter().filter(|e| self.projection.handles(&e.event_type)).collect();
+            let relevant: Vec<_> = batch
+                .iter()
+                .filter(|e| self.projection.handles(&e.event_type))
+                .map(|e| (targets(self.projection.as_ref(), e), e))
+                .collect();
             // The newest copy of a document still being committed.
             let pending = |id: &str| {
                 in_flight.iter().rev().find_map(|(_, docs)| {
@@ -479,19 +557,22 @@ impl ProjectionRunner {
             // one it has not starts empty, with no lookup at all.
             let mut in_commits = HashMap::new();
             let mut stored = Vec::new();
-            for event in relevant.iter().filter(|e| written.contains(&hasher.hash_one(&e.aggregate_id))) {
-                match pending(&event.aggregate_id) {
+            for id in relevant.iter().flat_map(|(ids, _)| ids) {
+                if !written.contains(&hasher.hash_one(id)) || in_commits.contains_key(id) {
+                    continue;
+                }
+                match pending(id) {
                     Some(doc) => {
-                        in_commits.entry(event.aggregate_id.clone()).or_insert_with(|| doc.clone());
+                        in_commits.insert(id.clone(), doc.clone());
                     }
-                    None => stored.push(*event),
+                    None => stored.push(id.clone()),
                 }
             }
-            let mut docs = load_documents(self.read.as_ref(), shadow, &stored).await?;
+            let mut docs = load_documents(self.read.as_ref(), shadow, stored).await?;
             docs.extend(in_commits);
             let applied = self.apply(&mut docs, relevant)?;
             // Nothing is announced of a shadow: no update is made, only the ids are counted.
-            let changed: HashSet<&str> = applied.iter().map(|e| e.aggregate_id.as_str()).collect();
+            let changed: HashSet<&str> = applied.iter().map(|a| a.id.as_str()).collect();
             let mut touched = Vec::with_capacity(changed.len());
             touched.extend(docs.into_values().filter(|doc| changed.contains(doc.id.as_str())));
             // By a copy of each id: sorting the documents themselves moved them around many times.
@@ -519,26 +600,38 @@ impl ProjectionRunner {
         Ok(Some(position))
     }
 
-    /// Applies `events` to their documents in `docs` (a document not there starts empty), skipping
-    /// any its document has already seen, and counts them; the events applied, in order.
+    /// Applies each event to the documents it targets in `docs` (a document not there starts
+    /// empty), skipping those that have already seen it, and counts them; what was applied, in
+    /// order.
     fn apply<'e>(
         &self,
         docs: &mut HashMap<String, ReadDocument>,
-        events: Vec<&'e DomainEvent>,
-    ) -> Result<Vec<&'e DomainEvent>, String> {
+        events: Vec<(Vec<String>, &'e DomainEvent)>,
+    ) -> Result<Vec<Applied<'e>>, String> {
         // Every document already here is one of the events': at most this many are new.
         docs.reserve(events.len().saturating_sub(docs.len()));
+        let keying = self.projection.keying();
         let mut applied = Vec::with_capacity(events.len());
-        for event in events {
-            let doc = docs
-                .entry(event.aggregate_id.clone())
-                .or_insert_with(|| ReadDocument::empty(&event.aggregate_id, &event.aggregate_id));
-            if event.aggregate_version <= doc.version {
-                continue; // already applied: the version guard makes replays harmless
+        for (ids, event) in events {
+            let guard = guard_of(keying, event);
+            for id in ids {
+                let doc = match docs.entry(id) {
+                    std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        let doc = ReadDocument::empty(
+                            entry.key().as_str(),
+                            aggregate_of(keying, entry.key(), event),
+                        );
+                        entry.insert(doc)
+                    }
+                };
+                if guard <= doc.version {
+                    continue; // already applied: the guard makes replays harmless
+                }
+                fold(self.projection.as_ref(), doc, event)
+                    .map_err(|e| format!("event {} at position {}: {e}", event.event_id, event.position))?;
+                applied.push(Applied { id: doc.id.clone(), version: doc.version, event });
             }
-            fold(self.projection.as_ref(), doc, event)
-                .map_err(|e| format!("event {} at position {}: {e}", event.event_id, event.position))?;
-            applied.push(event);
         }
         metrics::counter!("nexus_projection_events_total", "projection" => self.projection.name())
             .increment(applied.len() as u64);
@@ -577,15 +670,24 @@ impl ProjectionRunner {
         let batch = self.next_batch(checkpoint, self.batch_size).await.map_err(|e| e.to_string())?;
         let Some(last) = batch.last() else { return Ok(None) };
         let last_position = last.position;
-        let relevant: Vec<_> = batch.iter().filter(|e| self.projection.handles(&e.event_type)).collect();
+        let relevant: Vec<_> = batch
+            .iter()
+            .filter(|e| self.projection.handles(&e.event_type))
+            .map(|e| (targets(self.projection.as_ref(), e), e))
+            .collect();
 
         let mut docs: HashMap<String, ReadDocument> = HashMap::new();
         let mut versions_before: HashMap<String, u64> = HashMap::new();
         let mut updates = Vec::new();
         if !relevant.is_empty() {
-            docs = load_documents(self.read.as_ref(), name, &relevant).await?;
+            let ids = relevant.iter().flat_map(|(ids, _)| ids.iter().cloned()).collect();
+            docs = load_documents(self.read.as_ref(), name, ids).await?;
             versions_before = docs.iter().map(|(id, doc)| (id.clone(), doc.version)).collect();
-            updates = self.apply(&mut docs, relevant)?.into_iter().map(|e| update_of(name, e)).collect();
+            updates = self
+                .apply(&mut docs, relevant)?
+                .into_iter()
+                .map(|a| update_of(name, &a.id, a.version, a.event))
+                .collect();
         }
         let changed: HashSet<&str> = updates.iter().map(|u| u.aggregate_id.as_str()).collect();
         let touched: Vec<ReadDocument> =

@@ -50,30 +50,6 @@ impl Path {
     }
 }
 
-/// The reference domain's core event types: what the read models and the order-fulfillment saga
-/// must see in order and at once (orders, stock, payments, accounts, and the saga log).
-/// `UserRegistered` is not: nothing in the reference domain's order flow waits on it, so it takes
-/// the resilient queue path, where integrations (webhooks) consume it.
-pub const REFERENCE_CORE_EVENTS: &[&str] = &[
-    "OrderPlaced",
-    "OrderConfirmed",
-    "OrderShipped",
-    "OrderCancelled",
-    "StockAdded",
-    "StockReserved",
-    "StockReleased",
-    "AccountOpened",
-    "PaymentCharged",
-    "PaymentRefunded",
-    "SagaStarted",
-    "SagaStepCompleted",
-    "SagaStepFailed",
-    "SagaStepCompensated",
-    "SagaCompleted",
-    "SagaCompensated",
-    "SagaFailed",
-];
-
 /// The exponential backoff of the queue path: `base` after the first failed delivery, doubled
 /// after each further one, capped at 5 minutes (1 s, 2 s, 4 s, 8 s with the default base).
 pub fn retry_delay(base: Duration, attempt: u32) -> Duration {
@@ -352,7 +328,7 @@ mod tests {
     fn dlq_actions_follow_the_seed() {
         assert_eq!(DlqAction::for_reason("TIMEOUT: no answer within 10 s"), DlqAction::Retry);
         assert_eq!(DlqAction::for_reason("HTTP 503 Service Unavailable"), DlqAction::Retry);
-        assert_eq!(DlqAction::for_reason("SCHEMA: OrderPlaced v1 validation failed"), DlqAction::Skip);
+        assert_eq!(DlqAction::for_reason("SCHEMA: ItemAdded v1 validation failed"), DlqAction::Skip);
         assert_eq!(DlqAction::for_reason("HTTP 500 Internal Server Error"), DlqAction::Manual);
     }
 }

@@ -50,6 +50,14 @@ impl StreamProjectionRunner {
         notifier: Notifier,
         batch_size: usize,
     ) -> Self {
+        // A document fed by many aggregates needs their events in one order, which partitions
+        // do not keep: such a projection tails the change feed.
+        assert_eq!(
+            projection.keying(),
+            nexus_core::Keying::Aggregate,
+            "projection {} keys its documents by its own ids; feed it from the change feed",
+            projection.name()
+        );
         let status = Arc::new(ProjectionStatus::default());
         status.fed_by(stream.clone());
         Self {
@@ -223,7 +231,8 @@ impl StreamProjectionRunner {
         let mut versions_before: HashMap<String, u64> = HashMap::new();
         let mut updates = Vec::new();
         if !fresh.is_empty() {
-            docs = crate::projections::load_documents(self.read.as_ref(), name, &fresh).await?;
+            let ids = fresh.iter().map(|e| e.aggregate_id.clone()).collect();
+            docs = crate::projections::load_documents(self.read.as_ref(), name, ids).await?;
             if self.snapshots.is_some() {
                 versions_before = docs.iter().map(|(id, doc)| (id.clone(), doc.version)).collect();
             }
@@ -247,7 +256,7 @@ impl StreamProjectionRunner {
                 for event in pending.iter().filter(|e| self.projection.handles(&e.event_type)) {
                     crate::projections::fold(self.projection.as_ref(), doc, event)
                         .map_err(|e| format!("event {} of {}: {e}", event.event_id, event.aggregate_id))?;
-                    updates.push(crate::projections::update_of(name, event));
+                    updates.push(crate::projections::update_of(name, &doc.id, doc.version, event));
                 }
                 // Events of other types fill the gap too: the document's version follows the
                 // aggregate's.
@@ -268,7 +277,7 @@ impl StreamProjectionRunner {
         if let Some(applied) =
             batch.iter().filter(|e| e.sequence > checkpoint).map(|e| e.event.position).max()
         {
-            self.status.applied_up_to(applied);
+            self.status.applied_in_partition(partition, applied);
         }
         metrics::counter!("nexus_projection_events_total", "projection" => name)
             .increment(updates.len() as u64);

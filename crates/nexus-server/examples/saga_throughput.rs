@@ -1,7 +1,7 @@
 //! Throughput and duration of the reference `OrderFulfillment` saga on the embedded store.
 //!
-//! Starts a server in-process (SQLite in a temporary directory, `[sagas] order-fulfillment =
-//! true`), stocks `PRODUCTS` products and opens `ACCOUNTS` accounts, then places orders of one
+//! Starts a server in-process (SQLite in a temporary directory, `[process-managers]
+//! order-fulfillment = true`), stocks `PRODUCTS` products and opens `ACCOUNTS` accounts, then places orders of one
 //! item each (a 3-step saga: ReserveStock → ChargePayment → ConfirmOrder) from `--concurrency`
 //! HTTP clients, optionally paced at `--rate` orders/s. It waits until every saga completed and
 //! reads the timestamps of their events back:
@@ -58,7 +58,7 @@ async fn main() {
     let args = args();
     let dir = tempfile::tempdir().unwrap();
     let mut config = nexus_server::Config::embedded(dir.path());
-    config.sagas.order_fulfillment = true;
+    config.process_managers.insert("order-fulfillment".into(), true);
     config.rate_limits.list_per_window = 0;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

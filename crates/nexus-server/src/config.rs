@@ -66,6 +66,11 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     pub sagas: Sagas,
     pub routing: Routing,
+    /// `[process-managers]`: per process manager name, whether it runs; one not named runs
+    /// unless it declares itself off by default ([`ProcessManager::runs_by_default`]).
+    ///
+    /// [`ProcessManager::runs_by_default`]: nexus_core::ProcessManager::runs_by_default
+    pub process_managers: std::collections::BTreeMap<String, bool>,
     pub queue: QueueSettings,
     pub stream: StreamSettings,
     pub auth: AuthSettings,
@@ -122,12 +127,31 @@ pub struct StreamSettings {
 }
 
 /// The event router's classification (seed §3, dual-path router).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Routing {
-    /// Event types on the ordered core path; every other type goes to the queue path. Default:
-    /// the reference domain's order, stock, payment, account and saga events
-    /// (`nexus_runtime::REFERENCE_CORE_EVENTS`); `UserRegistered` takes the queue path.
-    pub core_events: Vec<String>,
+    /// When set, exactly these event types take the ordered core path and every other type the
+    /// queue path, whatever the domain declares. Unset (the default): the domain's declaration
+    /// (every type is core unless the domain sends it to the queue path, see
+    /// [`Domain::queue_path`](nexus_core::Domain::queue_path)).
+    pub core_events: Option<Vec<String>>,
+}
+
+impl Routing {
+    /// Whether `event_type` takes the ordered core path in `domain`.
+    pub fn is_core(&self, domain: &nexus_core::Domain, event_type: &str) -> bool {
+        match &self.core_events {
+            Some(core) => core.iter().any(|t| t == event_type),
+            None => domain.is_core(event_type),
+        }
+    }
+
+    /// The event types of `domain` on the ordered core path.
+    pub fn core_events(&self, domain: &nexus_core::Domain) -> Vec<String> {
+        match &self.core_events {
+            Some(core) => core.clone(),
+            None => domain.core_events().into_iter().map(str::to_owned).collect(),
+        }
+    }
 }
 
 /// The queue path: retries, the dead-letter processor, webhook deliveries.
@@ -161,21 +185,12 @@ pub struct Sagas {
     /// A pause before each saga command and before recording its outcome: for tests and demos
     /// that need to see (or kill the process in) the window between two steps. 0 in production.
     pub step_delay_ms: u64,
-    /// Runs the reference domain's `order-fulfillment` process manager: every `OrderPlaced`
-    /// starts a saga that reserves stock, charges and confirms, or cancels the order. Off by
-    /// default: it changes what placing an order does (more writes, orders cancelled when stock
-    /// or credit is missing), which a service that only wants the order log must not get by
-    /// surprise.
-    pub order_fulfillment: bool,
 }
 
-impl Sagas {
-    /// Whether the process manager named `name` runs.
-    pub fn runs_process_manager(&self, name: &str) -> bool {
-        match name {
-            "order-fulfillment" => self.order_fulfillment,
-            _ => false,
-        }
+impl Config {
+    /// Whether `manager` runs: `[process-managers]`, else its own default.
+    pub fn runs_process_manager(&self, manager: &dyn nexus_core::ProcessManager) -> bool {
+        self.process_managers.get(manager.name()).copied().unwrap_or_else(|| manager.runs_by_default())
     }
 }
 
@@ -245,6 +260,8 @@ struct File {
     #[serde(default)]
     routing: FileRouting,
     #[serde(default)]
+    process_managers: std::collections::BTreeMap<String, bool>,
+    #[serde(default)]
     queue: FileQueue,
     #[serde(default)]
     stream: FileStream,
@@ -296,7 +313,6 @@ struct FileSagas {
     step_attempts: Option<u32>,
     compensation_attempts: Option<u32>,
     step_delay_ms: Option<u64>,
-    order_fulfillment: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -428,13 +444,9 @@ impl Config {
                 step_attempts: parsed.sagas.step_attempts.unwrap_or(4),
                 compensation_attempts: parsed.sagas.compensation_attempts.unwrap_or(6),
                 step_delay_ms: parsed.sagas.step_delay_ms.unwrap_or(0),
-                order_fulfillment: parsed.sagas.order_fulfillment.unwrap_or(false),
             },
-            routing: Routing {
-                core_events: parsed.routing.core_events.unwrap_or_else(|| {
-                    nexus_runtime::REFERENCE_CORE_EVENTS.iter().map(|t| (*t).to_owned()).collect()
-                }),
-            },
+            routing: Routing { core_events: parsed.routing.core_events },
+            process_managers: parsed.process_managers,
             queue: QueueSettings {
                 retry_base_ms: overrides.retry_base_ms.or(parsed.queue.retry_base_ms).unwrap_or(1000),
                 dlq_process_interval_secs: parsed.queue.dlq_process_interval_secs.unwrap_or(300),
@@ -637,15 +649,16 @@ mod tests {
 
     #[test]
     fn saga_settings_have_defaults_and_read_from_the_file() {
-        let sagas = Config::embedded("/tmp/unused").sagas;
-        assert_eq!((sagas.step_timeout_ms, sagas.order_fulfillment), (30_000, false));
+        let defaults = Config::embedded("/tmp/unused");
+        assert_eq!(defaults.sagas.step_timeout_ms, 30_000);
+        assert!(defaults.process_managers.is_empty());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nexus.toml");
-        std::fs::write(&path, "[sagas]\norder-fulfillment = true\nstep-timeout-ms = 50\nretry-base-ms = 1\n")
-            .unwrap();
-        let sagas = Config::load(Some(&path), Overrides::default()).unwrap().sagas;
-        assert!(sagas.runs_process_manager("order-fulfillment"));
-        assert_eq!((sagas.step_timeout_ms, sagas.retry_base_ms), (50, 1));
+        let text = "[sagas]\nstep-timeout-ms = 50\nretry-base-ms = 1\n[process-managers]\nbilling = false\n";
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(Some(&path), Overrides::default()).unwrap();
+        assert_eq!(config.process_managers.get("billing"), Some(&false));
+        assert_eq!((config.sagas.step_timeout_ms, config.sagas.retry_base_ms), (50, 1));
         std::fs::write(&path, "[sagas]\nstep-attempts = 0\n").unwrap();
         assert!(matches!(Config::load(Some(&path), Overrides::default()), Err(ConfigError::Invalid(_))));
     }
@@ -698,3 +711,7 @@ mod tests {
         assert!(matches!(Config::load(Some(&path), Overrides::default()), Err(ConfigError::Invalid(_))));
     }
 }
+
+#[cfg(test)]
+#[path = "config_keys_test.rs"]
+mod keys_documented;

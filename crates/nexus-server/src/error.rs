@@ -34,6 +34,11 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the read model did not reach version {wanted} within {timeout_ms} ms (it is at {current})")]
     ProjectionTimeout { wanted: u64, current: u64, timeout_ms: u64 },
+    #[error(
+        "the {resource} read model did not apply the events up to position {wanted} within {timeout_ms} ms \
+         (it is at {current})"
+    )]
+    PositionTimeout { resource: String, wanted: u64, current: u64, timeout_ms: u64 },
     #[error("temporal queries reach at most {max_days} days back")]
     TimeRangeExceeded { max_days: u64 },
     #[error("rate limit of {limit} requests reached; retry in {retry_after} s")]
@@ -76,7 +81,9 @@ impl ApiError {
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
-            Self::ProjectionTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "PROJECTION_TIMEOUT"),
+            Self::ProjectionTimeout { .. } | Self::PositionTimeout { .. } => {
+                (StatusCode::GATEWAY_TIMEOUT, "PROJECTION_TIMEOUT")
+            }
             Self::RateLimited { .. } | Self::TooManyConnections { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
             }
@@ -100,6 +107,10 @@ impl IntoResponse for ApiError {
             Self::ProjectionTimeout { wanted, current, .. } => {
                 body["minVersion"] = json!(wanted);
                 body["currentVersion"] = json!(current);
+            }
+            Self::PositionTimeout { wanted, current, .. } => {
+                body["minPosition"] = json!(wanted);
+                body["currentPosition"] = json!(current);
             }
             Self::Unavailable(_) | Self::Internal(_) => {
                 tracing::error!(error = %self, "request failed");

@@ -127,12 +127,16 @@ pub async fn run(
     // Sagas are served by every server: their event types and the `sagas` read model join the
     // domain before anything (policies, schema registry, projections) looks at it.
     let domain = nexus_runtime::with_sagas(domain);
-    if config.sagas.order_fulfillment
-        && !domain.process_managers().iter().any(|m| m.name() == "order-fulfillment")
+    if let Some(unknown) = config
+        .process_managers
+        .keys()
+        .find(|name| !domain.process_managers().iter().any(|m| m.name() == *name))
     {
-        return Err(ServeError::Domain(
-            "[sagas] order-fulfillment is on, but the domain has no order-fulfillment process manager".into(),
-        ));
+        let known: Vec<_> = domain.process_managers().iter().map(|m| m.name()).collect();
+        return Err(ServeError::Domain(format!(
+            "[process-managers] names '{unknown}', which the domain does not register (it has: {})",
+            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+        )));
     }
     // Born governed: a configuration that breaks an architecture rule never serves a request.
     check_policies(&service_graph(&config, &domain))?;
@@ -165,12 +169,15 @@ pub async fn run(
     let stream = open_stream(&config).await?;
     for projection in read_side {
         // Only a projection whose every event type is core can be fed by the core path alone;
-        // one that also reads non-core events (e.g. `users`) keeps tailing the change feed.
+        // one that also reads queue-path events keeps tailing the change feed. So does one whose
+        // documents are keyed by its own ids: fed by many aggregates, it needs their events in
+        // store order, which partitions do not keep.
         let all_core = domain
             .events()
             .filter(|spec| projection.handles(spec.name))
-            .all(|spec| config.routing.core_events.iter().any(|t| t == spec.name));
-        if let Some(stream) = stream.as_ref().filter(|_| all_core) {
+            .all(|spec| config.routing.is_core(&domain, spec.name));
+        let per_aggregate = projection.keying() == nexus_core::Keying::Aggregate;
+        if let Some(stream) = stream.as_ref().filter(|_| all_core && per_aggregate) {
             tracing::info!(projection = projection.name(), "projection fed by the core path (NATS)");
             let runner = nexus_runtime::StreamProjectionRunner::new(
                 projection.clone(),
@@ -213,7 +220,7 @@ pub async fn run(
     let mut saga_tasks = Vec::new();
     if config.role.runs(Role::Command) {
         for manager in domain.process_managers() {
-            if config.sagas.runs_process_manager(manager.name()) {
+            if config.runs_process_manager(manager.as_ref()) {
                 let runner = ProcessManagerRunner::new(manager.clone(), sagas.clone());
                 saga_tasks.push(tokio::spawn(runner.run(stopped.clone())));
             }
@@ -229,7 +236,7 @@ pub async fn run(
             events.clone(),
             read.clone(),
             queue.clone(),
-            config.routing.core_events.iter().cloned(),
+            config.routing.core_events(&domain),
             config.projection_batch_size,
         )
         .with_validator(registry.clone());

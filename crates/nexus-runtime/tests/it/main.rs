@@ -10,3 +10,4 @@ mod sagas;
 mod snapshots;
 mod stream;
 mod stream_projection;
+mod validation;

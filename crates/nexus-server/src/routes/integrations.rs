@@ -46,12 +46,13 @@ pub(crate) async fn create(
                         errors.push(FieldError::new(field, format!("unknown event type '{name}'")))
                     }
                     // Core events travel the ordered core path, which webhooks do not read.
-                    Some(name) if state.config.routing.core_events.iter().any(|t| t == name) => {
+                    Some(name) if state.config.routing.is_core(&state.domain, name) => {
                         errors.push(FieldError::new(
                             field,
                             format!(
-                                "'{name}' is a core event (routing.core-events): it travels the ordered core path, \
-                                 and webhooks consume the queue path"
+                                "'{name}' is a core event: it travels the ordered core path, and webhooks \
+                                 consume the queue path (the domain's queue_path or [routing] core-events \
+                                 decide)"
                             ),
                         ))
                     }

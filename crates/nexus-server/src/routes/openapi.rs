@@ -393,8 +393,9 @@ const ERRORS: [(&str, &str, &str); 14] = [
     (
         "504",
         "ProjectionTimeout",
-        "`PROJECTION_TIMEOUT`: the read model did not reach `minVersion` within `timeoutMs` (the body adds \
-         `minVersion` and `currentVersion`).",
+        "`PROJECTION_TIMEOUT`: the read model did not reach `minVersion` (or `minPosition`) within \
+         `timeoutMs` (the body adds `minVersion` and `currentVersion`, or `minPosition` and \
+         `currentPosition`).",
     ),
     (
         "404",
@@ -518,6 +519,19 @@ fn queries_detail(state: &AppState, method: &str, path: &str) -> Option<Detail> 
     let limits = &state.config.limits;
     let page_limit = || page_limit(state);
     let next_token = || query_param("nextToken", "The `nextToken` of the previous page.", string(), false);
+    let timeout = || {
+        integer()
+            .minimum(Some(0))
+            .maximum(Some(limits.max_wait_ms))
+            .default(Some(json!(limits.min_version_timeout_ms)))
+    };
+    let min_position = || {
+        let text = "Read-your-writes: wait until the resource's projection has applied every event up to this \
+                    store position (the `position` of a command's 202).";
+        query_param("minPosition", text, integer().minimum(Some(0)), false)
+    };
+    let timeout_ms =
+        || query_param("timeoutMs", "How long `minPosition` or `minVersion` waits.", timeout(), false);
     let filters = || {
         ParameterBuilder::new()
             .name("filters")
@@ -549,7 +563,8 @@ fn queries_detail(state: &AppState, method: &str, path: &str) -> Option<Detail> 
                 "getTemporalState",
                 ok("The aggregate as its read model showed it at `asOf`.", state_at),
             )
-            .params([query_param("asOf", &as_of, timestamp(), true)])
+            .params([query_param("asOf", &as_of, timestamp(), true), min_position(), timeout_ms()])
+            .errors(&["ProjectionTimeout"])
         }
         ("GET", "/api/queries/{resource}") => {
             let page = object()
@@ -562,12 +577,16 @@ fn queries_detail(state: &AppState, method: &str, path: &str) -> Option<Detail> 
             let response =
                 json_response_with("A page of documents.", page).header("Cache-Control", cache).build();
             let sort = string().pattern(Some("^[^:]+(:(asc|desc|ASC|DESC))?$"));
-            Detail::new("listDocuments", ("200", response)).params([
-                query_param("sort", "`<field>:asc` or `<field>:desc`.", sort, false),
-                page_limit(),
-                next_token(),
-                filters(),
-            ])
+            Detail::new("listDocuments", ("200", response))
+                .params([
+                    query_param("sort", "`<field>:asc` or `<field>:desc`.", sort, false),
+                    page_limit(),
+                    next_token(),
+                    min_position(),
+                    timeout_ms(),
+                    filters(),
+                ])
+                .errors(&["ProjectionTimeout"])
         }
         ("GET", "/api/queries/{resource}/search") => {
             let facets = object()
@@ -584,24 +603,25 @@ fn queries_detail(state: &AppState, method: &str, path: &str) -> Option<Detail> 
                 .required("facets")
                 .required("took");
             let facets_param = "Comma-separated fields to count values of, e.g. `status,tags`.";
-            Detail::new("searchDocuments", ok("Ranked matches with facet counts.", found)).params([
-                query_param("q", "Full-text query over `searchableText`.", string(), false),
-                query_param("facets", facets_param, string(), false),
-                page_limit(),
-                next_token(),
-                filters(),
-            ])
+            Detail::new("searchDocuments", ok("Ranked matches with facet counts.", found))
+                .params([
+                    query_param("q", "Full-text query over `searchableText`.", string(), false),
+                    query_param("facets", facets_param, string(), false),
+                    page_limit(),
+                    next_token(),
+                    min_position(),
+                    timeout_ms(),
+                    filters(),
+                ])
+                .errors(&["ProjectionTimeout"])
         }
         ("GET", "/api/queries/{resource}/{id}") => {
-            let timeout = integer()
-                .minimum(Some(0))
-                .maximum(Some(limits.max_wait_ms))
-                .default(Some(json!(limits.min_version_timeout_ms)));
             let min_version = "Read-your-writes: wait until the document reached this version.";
             Detail::new("getDocument", ok("The read-model document.", Ref::from_schema_name("ReadDocument")))
                 .params([
                     query_param("minVersion", min_version, integer().minimum(Some(1)), false),
-                    query_param("timeoutMs", "How long `minVersion` waits.", timeout, false),
+                    min_position(),
+                    timeout_ms(),
                 ])
                 .errors(&["ProjectionTimeout"])
         }
@@ -1117,6 +1137,8 @@ fn components(state: &AppState) -> Components {
         .property("actualVersion", integer().description(Some("`CONCURRENCY_CONFLICT` only.")))
         .property("minVersion", integer().description(Some("`PROJECTION_TIMEOUT` only.")))
         .property("currentVersion", integer().description(Some("`PROJECTION_TIMEOUT` only.")))
+        .property("minPosition", integer().description(Some("`PROJECTION_TIMEOUT` only.")))
+        .property("currentPosition", integer().description(Some("`PROJECTION_TIMEOUT` only.")))
         .required("code")
         .required("message");
     let registry_error = object()
@@ -1130,11 +1152,18 @@ fn components(state: &AppState) -> Components {
         .property("commandId", string())
         .property("aggregateId", string())
         .property("version", integer())
+        .property(
+            "position",
+            integer().description(Some(
+                "Store position of the last event appended: what `minPosition` waits for.",
+            )),
+        )
         .property("eventIds", array(string()))
         .required("success")
         .required("commandId")
         .required("aggregateId")
         .required("version")
+        .required("position")
         .required("eventIds");
     let event_metadata = object()
         .property("correlationId", string())

@@ -30,7 +30,76 @@ fn known_resource(state: &AppState, resource: &str) -> Result<(), ApiError> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct GetParams {
     min_version: Option<u64>,
+    min_position: Option<u64>,
     timeout_ms: Option<u64>,
+}
+
+/// How long a read-your-writes wait may last: `timeoutMs`, or the configured default.
+fn wait_budget(state: &AppState, timeout_ms: Option<u64>) -> Result<u64, ApiError> {
+    let limits = &state.config.limits;
+    let timeout_ms = timeout_ms.unwrap_or(limits.min_version_timeout_ms);
+    if timeout_ms > limits.max_wait_ms {
+        return Err(ApiError::field("timeoutMs", format!("must be at most {}", limits.max_wait_ms)));
+    }
+    Ok(timeout_ms)
+}
+
+/// Reads a `minPosition`/`timeoutMs` pair from a list's or search's parameters (which are
+/// otherwise field filters), removing them.
+fn take_wait(params: &mut HashMap<String, String>) -> Result<(Option<u64>, Option<u64>), ApiError> {
+    let mut number = |name: &str| match params.remove(name) {
+        None => Ok(None),
+        Some(text) => {
+            text.parse::<u64>().map(Some).map_err(|_| ApiError::field(name, "must be a non-negative integer"))
+        }
+    };
+    Ok((number("minPosition")?, number("timeoutMs")?))
+}
+
+/// `?minPosition=N`: waits until `resource`'s projection has applied every event up to store
+/// position N (read-your-writes for documents keyed by anything), or answers
+/// `PROJECTION_TIMEOUT`. Wakes on each update of the read models, and polls every 20 ms for
+/// progress that updates no document (events the projection does not handle).
+async fn wait_for_position(
+    state: &AppState,
+    resource: &str,
+    wanted: u64,
+    timeout_ms: u64,
+) -> Result<(), ApiError> {
+    let Some((_, status)) = state.projections.iter().find(|(name, _)| *name == resource) else {
+        return Err(ApiError::Unavailable(format!(
+            "the {resource} projection does not run in this process (role {:?}); ask a query process",
+            state.config.role
+        )));
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    let mut updates = state.notifier.subscribe();
+    loop {
+        let ready = match status.feed() {
+            // The core path: only what the router has published can have been applied.
+            "stream" => {
+                state.read.checkpoint(nexus_runtime::ROUTER_CHECKPOINT).await? >= wanted
+                    && status.has_applied(resource, wanted).await?
+            }
+            _ => status.has_applied(resource, wanted).await?,
+        };
+        if ready {
+            return Ok(());
+        }
+        let tick = (tokio::time::Instant::now() + Duration::from_millis(20)).min(deadline);
+        match tokio::time::timeout_at(tick, updates.recv()).await {
+            Err(_) if tick >= deadline => {
+                return Err(ApiError::PositionTimeout {
+                    resource: resource.to_owned(),
+                    wanted,
+                    current: status.checkpoint(),
+                    timeout_ms,
+                });
+            }
+            Ok(Err(RecvError::Closed)) => return Err(ApiError::Unavailable("server is stopping".into())),
+            _ => {}
+        }
+    }
 }
 
 /// `GET /api/queries/{resourceType}/{id}[?minVersion=N&timeoutMs=T]`.
@@ -40,18 +109,18 @@ pub(crate) async fn get(
     QueryParams(params): QueryParams<GetParams>,
 ) -> Result<Json<ReadDocument>, ApiError> {
     known_resource(&state, &resource)?;
+    let timeout_ms = wait_budget(&state, params.timeout_ms)?;
+    let started = tokio::time::Instant::now();
+    if let Some(position) = params.min_position {
+        wait_for_position(&state, &resource, position, timeout_ms).await?;
+    }
     let Some(wanted) = params.min_version else {
         return match state.read.get(&resource, &id).await? {
             Some(doc) => Ok(Json(doc)),
             None => Err(ApiError::NotFound(format!("no {resource} document '{id}'"))),
         };
     };
-    let limits = &state.config.limits;
-    let timeout_ms = params.timeout_ms.unwrap_or(limits.min_version_timeout_ms);
-    if timeout_ms > limits.max_wait_ms {
-        return Err(ApiError::field("timeoutMs", format!("must be at most {}", limits.max_wait_ms)));
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    let deadline = started + Duration::from_millis(timeout_ms);
     // Subscribe before reading, so an update landing between the read and the wait is not missed.
     let mut updates = state.notifier.subscribe();
     loop {
@@ -102,9 +171,12 @@ const RESERVED: [&str; 3] = ["sort", "limit", "nextToken"];
 pub(crate) async fn list(
     State(state): State<AppState>,
     Path(resource): Path<String>,
-    QueryParams(params): QueryParams<HashMap<String, String>>,
+    QueryParams(mut params): QueryParams<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     known_resource(&state, &resource)?;
+    if let (Some(position), timeout_ms) = take_wait(&mut params)? {
+        wait_for_position(&state, &resource, position, wait_budget(&state, timeout_ms)?).await?;
+    }
     let limits = &state.config.limits;
     let mut errors = Vec::new();
     let limit = page_size(&params, limits, &mut errors);
@@ -177,6 +249,8 @@ fn decode_token(token: &str, fingerprint: &str) -> Option<usize> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct TemporalParams {
     as_of: Option<String>,
+    min_position: Option<u64>,
+    timeout_ms: Option<u64>,
 }
 
 /// `GET /api/queries/temporal/{aggregateId}?asOf=`: the aggregate as its read model showed it at
@@ -197,6 +271,17 @@ pub(crate) async fn temporal(
         return Err(ApiError::TimeRangeExceeded { max_days });
     }
     let as_of_text = nexus_core::format_timestamp(as_of);
+    // A temporal view reads the event store itself: it has applied position N once the store's
+    // head has reached it.
+    if let Some(wanted) = params.min_position {
+        let timeout_ms = wait_budget(&state, params.timeout_ms)?;
+        let head =
+            state.events.wait_past(wanted.saturating_sub(1), Duration::from_millis(timeout_ms)).await?;
+        if head < wanted {
+            let resource = "temporal".to_owned();
+            return Err(ApiError::PositionTimeout { resource, wanted, current: head, timeout_ms });
+        }
+    }
     // The first event tells which read model (or aggregate) this is.
     let first = state.events.read_stream(&aggregate_id, 1, Some(1)).await?;
     let Some(first) = first.into_iter().next().filter(|e| e.timestamp <= as_of_text) else {
@@ -255,10 +340,13 @@ const SEARCH_RESERVED: [&str; 4] = ["q", "facets", "limit", "nextToken"];
 pub(crate) async fn search(
     State(state): State<AppState>,
     Path(resource): Path<String>,
-    QueryParams(params): QueryParams<HashMap<String, String>>,
+    QueryParams(mut params): QueryParams<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let started = std::time::Instant::now();
     known_resource(&state, &resource)?;
+    if let (Some(position), timeout_ms) = take_wait(&mut params)? {
+        wait_for_position(&state, &resource, position, wait_budget(&state, timeout_ms)?).await?;
+    }
+    let started = std::time::Instant::now();
     let limits = &state.config.limits;
     let mut errors = Vec::new();
     let limit = page_size(&params, limits, &mut errors);

@@ -286,13 +286,16 @@ async fn every_route_of_the_table_is_described() {
             .collect()
     };
     let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
-    assert_eq!(params("/api/queries/{resource}/{id}"), names(&["minVersion", "timeoutMs"]));
-    assert_eq!(params("/api/queries/{resource}"), names(&["sort", "limit", "nextToken", "filters"]));
+    assert_eq!(params("/api/queries/{resource}/{id}"), names(&["minVersion", "minPosition", "timeoutMs"]));
+    assert_eq!(
+        params("/api/queries/{resource}"),
+        names(&["sort", "limit", "nextToken", "minPosition", "timeoutMs", "filters"])
+    );
     assert_eq!(
         params("/api/queries/{resource}/search"),
-        names(&["q", "facets", "limit", "nextToken", "filters"])
+        names(&["q", "facets", "limit", "nextToken", "minPosition", "timeoutMs", "filters"])
     );
-    assert_eq!(params("/api/queries/temporal/{aggregate_id}"), names(&["asOf"]));
+    assert_eq!(params("/api/queries/temporal/{aggregate_id}"), names(&["asOf", "minPosition", "timeoutMs"]));
     assert_eq!(params("/api/events"), names(&["eventType", "startTime", "endTime", "limit"]));
     assert_eq!(params("/api/events/{aggregate_id}"), names(&["fromVersion", "toVersion"]));
     let list = &doc["paths"]["/api/queries/{resource}"]["get"];
@@ -301,7 +304,7 @@ async fn every_route_of_the_table_is_described() {
     assert_eq!(list["tags"], json!(["queries"]));
     let resource = list["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "resource").unwrap();
     // The reference domain's projections, and the saga read model every server adds.
-    assert_eq!(resource["schema"]["enum"], json!(["orders", "sagas", "users"]));
+    assert_eq!(resource["schema"]["enum"], json!(["customers", "orders", "sagas", "users"]));
     assert_eq!(doc["paths"]["/api/queries/{resource}/search"]["get"]["x-nexus-rate-limit"]["perMinute"], 100);
     assert_eq!(
         doc["paths"]["/api/queries/temporal/{aggregate_id}"]["get"]["x-nexus-rate-limit"]["perMinute"],

@@ -13,7 +13,7 @@ async fn server(order_fulfillment: bool, step_delay_ms: u64) -> TestServer {
         config.sagas.step_attempts = 2;
         config.sagas.compensation_attempts = 3;
         config.sagas.step_delay_ms = step_delay_ms;
-        config.sagas.order_fulfillment = order_fulfillment;
+        config.process_managers.insert("order-fulfillment".into(), order_fulfillment);
     })
     .await
 }
