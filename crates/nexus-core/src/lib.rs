@@ -16,6 +16,8 @@ mod model;
 pub mod ports;
 mod projection;
 mod saga;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use aggregate::{
     Aggregate, AggregateHandler, AggregateState, CommandSpec, DecideError, DomainError, EventDraft, EventSpec,

@@ -15,6 +15,8 @@ mod extract;
 mod graph;
 mod rate_limit;
 mod routes;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod webhooks;
 mod ws;
 
@@ -59,6 +61,11 @@ pub enum ServeError {
     Policy(#[from] PolicyViolations),
     #[error("schema registry: {0}")]
     Schema(String),
+    #[error(
+        "{0} is configured, but this build leaves it out: build the server crate with its `{1}` \
+         feature (the stock `nexus` binary has it)"
+    )]
+    NotBuiltIn(&'static str, &'static str),
 }
 
 /// Shared state of the request handlers.
@@ -448,6 +455,7 @@ async fn open_backends(config: &Config) -> Result<Backends, ServeError> {
             let leases = Arc::new(nexus_runtime::InProcessLeases::default());
             Ok(Backends { events: sqlite.clone(), snapshots: sqlite, read, schemas, leases })
         }
+        #[cfg(feature = "postgres")]
         StoreBackend::Postgres { url, schema } => {
             let backend = nexus_postgres::PostgresBackend::connect(url, schema).await?;
             Ok(Backends {
@@ -458,6 +466,10 @@ async fn open_backends(config: &Config) -> Result<Backends, ServeError> {
                 leases: backend.leases(),
             })
         }
+        #[cfg(not(feature = "postgres"))]
+        StoreBackend::Postgres { .. } => {
+            Err(ServeError::NotBuiltIn("PostgreSQL (NEXUS_STORE_URL)", "postgres"))
+        }
     }
 }
 
@@ -465,17 +477,33 @@ async fn open_backends(config: &Config) -> Result<Backends, ServeError> {
 /// projections tail the store's change feed (the embedded core path).
 async fn open_stream(config: &Config) -> Result<Option<Arc<dyn nexus_core::EventStream>>, ServeError> {
     let Some(url) = &config.stream.url else { return Ok(None) };
-    let stream =
-        nexus_nats::NatsEventStream::connect(url, &config.stream.name, config.stream.partitions).await?;
-    Ok(Some(Arc::new(stream)))
+    #[cfg(feature = "nats")]
+    {
+        let stream =
+            nexus_nats::NatsEventStream::connect(url, &config.stream.name, config.stream.partitions).await?;
+        Ok(Some(Arc::new(stream)))
+    }
+    #[cfg(not(feature = "nats"))]
+    {
+        let _ = url;
+        Err(ServeError::NotBuiltIn("NATS JetStream (NEXUS_STREAM_URL)", "nats"))
+    }
 }
 
 /// The queue path's backend: RabbitMQ when `NEXUS_QUEUE_URL` is set, else embedded (`queue.db`
 /// in the data directory).
 async fn open_queue(config: &Config) -> Result<Arc<dyn nexus_core::EventQueue>, ServeError> {
     if let Some(url) = &config.queue.url {
-        let queue = nexus_rabbitmq::RabbitEventQueue::connect(url, &config.queue.namespace).await?;
-        return Ok(Arc::new(queue));
+        #[cfg(feature = "rabbitmq")]
+        {
+            let queue = nexus_rabbitmq::RabbitEventQueue::connect(url, &config.queue.namespace).await?;
+            return Ok(Arc::new(queue));
+        }
+        #[cfg(not(feature = "rabbitmq"))]
+        {
+            let _ = url;
+            return Err(ServeError::NotBuiltIn("RabbitMQ (NEXUS_QUEUE_URL)", "rabbitmq"));
+        }
     }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| ServeError::DataDir { path: config.data_dir.display().to_string(), source })?;

@@ -175,15 +175,26 @@ fn drain(recorders: &[Arc<Recorder>]) -> Stats {
     stats
 }
 
-pub async fn run(args: BenchArgs, credentials: &crate::Credentials) -> anyhow::Result<()> {
+pub async fn run(
+    args: BenchArgs,
+    credentials: &crate::cli::Credentials,
+    domain: nexus_core::Domain,
+) -> anyhow::Result<()> {
     let mix = parse_mix(&args.mix)?;
+    if args.url.is_none() && domain.command("PlaceOrder").is_none() {
+        bail!(
+            "bench drives the reference workload (PlaceOrder, ShipOrder, order queries), which this \
+             service's domain does not have: point it at a server of the reference domain with --url, \
+             or load your service with a tool of your own"
+        );
+    }
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
     let (base, embedded) = match &args.url {
         Some(url) => (url.trim_end_matches('/').to_owned(), None),
         None => {
-            let (url, embedded) = start_embedded().await?;
+            let (url, embedded) = start_embedded(domain).await?;
             (url, Some(embedded))
         }
     };
@@ -505,7 +516,7 @@ struct Embedded {
     _server: tokio::task::JoinHandle<()>,
 }
 
-async fn start_embedded() -> anyhow::Result<(String, Embedded)> {
+async fn start_embedded(domain: nexus_core::Domain) -> anyhow::Result<(String, Embedded)> {
     let dir = tempfile::tempdir()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -517,9 +528,7 @@ async fn start_embedded() -> anyhow::Result<(String, Embedded)> {
     config.rate_limits.list_per_window = 0;
     config.rate_limits.search_per_window = 0;
     let server = tokio::spawn(async move {
-        if let Err(error) =
-            nexus_server::run(config, nexus_domain::domain(), listener, std::future::pending()).await
-        {
+        if let Err(error) = nexus_server::run(config, domain, listener, std::future::pending()).await {
             eprintln!("embedded server failed: {error}");
         }
     });
