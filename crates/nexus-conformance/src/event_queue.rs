@@ -17,7 +17,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 pub fn event(n: u64) -> DomainEvent {
     DomainEvent {
         event_id: format!("evt-{n}"),
-        event_type: "UserRegistered".into(),
+        event_type: "MemberJoined".into(),
         aggregate_id: format!("user-{n}"),
         aggregate_version: 1,
         position: n,

@@ -16,7 +16,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 fn event(aggregate: &str, version: u64) -> DomainEvent {
     DomainEvent {
         event_id: format!("{aggregate}-v{version}"),
-        event_type: "OrderPlaced".into(),
+        event_type: "ItemAdded".into(),
         aggregate_id: aggregate.into(),
         aggregate_version: version,
         position: 0,

@@ -18,7 +18,7 @@ use crate::model::{DomainEvent, FieldError, read_tagged};
 /// A command type an aggregate accepts.
 #[derive(Clone, Copy, Debug)]
 pub struct CommandSpec {
-    /// The wire name, e.g. `PlaceOrder`: the `{commandType}` of `POST /api/commands/{commandType}`.
+    /// The wire name, e.g. `OpenTicket`: the `{commandType}` of `POST /api/commands/{commandType}`.
     pub name: &'static str,
     /// A creating command may omit `aggregateId`; one is generated.
     pub creates: bool,

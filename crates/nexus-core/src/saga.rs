@@ -4,8 +4,8 @@
 //! optional compensating command (contract §6). The runtime's coordinator runs the steps in order
 //! and, when one fails, the compensations of the completed ones in reverse; its state lives only
 //! as events in the saga's own stream. A [`ProcessManager`] is a saga written as code: it reads
-//! events of the domain and answers with the saga they start (e.g. `OrderPlaced` →
-//! `OrderFulfillment`), and with the commands to issue once such a saga ends.
+//! events of the domain and answers with the saga they start (e.g. `TicketResolved` →
+//! `SurveyRequest`), and with the commands to issue once such a saga ends.
 //!
 //! Pure like the rest of the core: the definitions are values, the process manager decides and
 //! never executes.
@@ -130,7 +130,7 @@ pub struct ProcessError(pub String);
 /// same event must give the same saga (same id, same steps), because the runtime may hand it the
 /// same event again after a restart, and starting a saga whose id exists is a no-op.
 pub trait ProcessManager: Send + Sync + 'static {
-    /// Names its checkpoint, its configuration switch and its logs, e.g. `order-fulfillment`.
+    /// Names its checkpoint, its configuration switch and its logs, e.g. `survey-on-resolve`.
     fn name(&self) -> &'static str;
 
     /// The `sagaType` of the sagas it starts; [`ProcessManager::ended`] sees only those.
@@ -196,8 +196,8 @@ mod tests {
             "sagaType": "Transfer",
             "steps": [{
                 "stepId": "debit",
-                "command": {"commandType": "ChargePayment", "aggregateId": "a-1", "payload": {"amount": 5}},
-                "compensatingCommand": {"commandType": "RefundPayment", "aggregateId": "a-1"},
+                "command": {"commandType": "Debit", "aggregateId": "a-1", "payload": {"amount": 5}},
+                "compensatingCommand": {"commandType": "Credit", "aggregateId": "a-1"},
                 "timeoutMs": 1000
             }]
         }))

@@ -128,7 +128,7 @@ mod tests {
                 table: "events".into(),
                 operations: vec!["INSERT".into(), "SELECT".into()],
             }],
-            events: vec![PublishedEvent { event_type: "OrderPlaced".into(), schema_registered: true }],
+            events: vec![PublishedEvent { event_type: "TicketOpened".into(), schema_registered: true }],
             endpoints: vec![ApiEndpoint {
                 method: "GET".into(),
                 path: "/api/events".into(),
@@ -142,7 +142,7 @@ mod tests {
                 json!({"type": "service_call", "source": "command", "target": "query", "protocol": "event_bus"}),
                 json!({"type": "database_operation", "table": "events", "operation": "INSERT"}),
                 json!({"type": "database_operation", "table": "events", "operation": "SELECT"}),
-                json!({"type": "event_publish", "eventType": "OrderPlaced", "schemaRegistered": true}),
+                json!({"type": "event_publish", "eventType": "TicketOpened", "schemaRegistered": true}),
                 json!({"type": "api_endpoint", "method": "GET", "path": "/api/events", "rateLimitPerMinute": null}),
             ]
         );

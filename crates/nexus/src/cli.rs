@@ -218,7 +218,7 @@ pub fn main(domain: Domain) -> anyhow::Result<()> {
     // per waiting task (tokio's default allows 512): on a few cores more threads add no
     // throughput, and each kept memory of its own (80 threads and 390 MB of heap after 45 s of
     // the bench mix). With the threads bounded, the system allocator serves as many commands as
-    // mimalloc did (3,610 and 3,650/s against 3,551 and 4,001/s, PlaceOrder alone, one run) and
+    // mimalloc did (3,610 and 3,650/s against 3,551 and 4,001/s, order placements alone, one run) and
     // holds half the memory (90 MB against 190 MB after 15 s): mimalloc kept pages per thread
     // and size class. So the binary uses the system allocator.
     let runtime = tokio::runtime::Builder::new_multi_thread()

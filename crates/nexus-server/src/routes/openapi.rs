@@ -908,7 +908,7 @@ fn path_param(state: &AppState, path: &str, name: &str) -> (&'static str, Object
             ("A projection's name.", one_of(names))
         }
         "saga_id" => ("The saga's id.", string()),
-        "subject" => ("A subject: an event type (`OrderPlaced`) or `commands.<CommandType>`.", string()),
+        "subject" => ("A subject: an event type (`TicketOpened`) or `commands.<CommandType>`.", string()),
         "version" => ("A version number, or `latest`.", string().pattern(Some("^([1-9][0-9]*|latest|-1)$"))),
         "id" if path.starts_with("/api/queries/") => ("The document's id.", string()),
         "id" if path.starts_with("/api/schema-registry/") => {

@@ -261,15 +261,15 @@ mod tests {
             "sagaType": "Transfer",
             "steps": [{
                 "stepId": "a",
-                "command": {"commandType": "AddStock", "aggregateId": "p-1", "payload": {"quantity": 1}},
-                "compensatingCommand": {"commandType": "ReleaseStock", "aggregateId": "p-1", "payload": {"orderId": "o"}},
+                "command": {"commandType": "Debit", "aggregateId": "p-1", "payload": {"amount": 1}},
+                "compensatingCommand": {"commandType": "Credit", "aggregateId": "p-1", "payload": {"amount": 1}},
                 "timeoutMs": 500
             }]
         }))
         .unwrap();
         assert!(!definition.saga_id.is_empty());
         assert_eq!(definition.steps[0].timeout_ms, Some(500));
-        assert_eq!(definition.steps[0].compensating_command.as_ref().unwrap().command_type, "ReleaseStock");
+        assert_eq!(definition.steps[0].compensating_command.as_ref().unwrap().command_type, "Credit");
     }
 
     #[test]
@@ -280,7 +280,7 @@ mod tests {
             "sagaType": "T",
             "steps": [
                 {"stepId": "a", "command": {"aggregateId": "x", "payload": []}, "timeout": 5},
-                {"command": {"commandType": "AddStock", "aggregateId": 3}, "compensatingCommand": "no", "timeoutMs": 0},
+                {"command": {"commandType": "Debit", "aggregateId": 3}, "compensatingCommand": "no", "timeoutMs": 0},
                 7
             ],
             "extra": true

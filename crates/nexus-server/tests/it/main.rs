@@ -6,6 +6,7 @@ mod support;
 
 mod api;
 mod auth;
+mod customers;
 mod openapi;
 mod rate_limits;
 mod read_side;
