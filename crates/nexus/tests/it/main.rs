@@ -6,6 +6,7 @@ mod common;
 mod alert_rules;
 mod auth_cli;
 mod crash;
+mod customers;
 mod dlq_cli;
 mod policy;
 mod registry_interop;
