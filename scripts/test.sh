@@ -12,7 +12,10 @@ if ! command -v promtool >/dev/null; then
     (apt-get update -qq && apt-get install -y --no-install-recommends prometheus >/dev/null))
 fi
 
-echo "== cargo test (all crates, all backends configured in the environment)"
+echo "== Markdown links: every link stays inside the repository and points at a file that exists"
+scripts/check-links.sh
+
+echo "== cargo test (all crates and examples/ticketing, all backends configured in the environment)"
 cargo test --workspace --locked
 
 echo "== architecture policies: unit tests, then the service graph this build serves"
