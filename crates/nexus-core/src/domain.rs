@@ -34,6 +34,7 @@ pub struct Domain {
     process_managers: Vec<Arc<dyn ProcessManager>>,
     upcasters: HashMap<&'static str, HashMap<u32, Upcaster>>,
     queue_events: BTreeSet<&'static str>,
+    name: Option<&'static str>,
 }
 
 impl Domain {
@@ -87,6 +88,27 @@ impl Domain {
         );
         self.process_managers.push(Arc::new(manager));
         self
+    }
+
+    /// Names the service (default `nexus`): lower-case letters, digits and `_`, starting with a
+    /// letter. With its store's id it names everything the service creates on engines several
+    /// services share (its NATS stream, its RabbitMQ exchanges and queues), and it is the default
+    /// PostgreSQL schema.
+    ///
+    /// # Panics
+    /// When the name breaks that rule.
+    pub fn named(mut self, name: &'static str) -> Self {
+        let valid = name.len() <= 40
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        assert!(valid, "service name '{name}' must be [a-z][a-z0-9_]*, at most 40 characters");
+        self.name = Some(name);
+        self
+    }
+
+    /// The service's name ([`named`](Self::named)), `nexus` when it has none.
+    pub fn service_name(&self) -> &'static str {
+        self.name.unwrap_or("nexus")
     }
 
     /// Sends `event_types` to the queue path instead of the ordered core path: events nothing in

@@ -11,6 +11,13 @@
 //! `filter_subject` (the local NATS server is 2.9.10, which ignores the plural `filter_subjects`)
 //! and `AckPolicy::All`, so acknowledging a sequence acknowledges everything before it.
 //!
+//! Owned by one event store ([`NatsEventStream::connect_for_store`]): the stream records its
+//! store's id in its description when it creates the stream, and refuses to attach to a stream
+//! another store created; every publish carries the id (header `Nexus-Store`), and a fetched
+//! message of another store is refused: never handed to a reader, logged, counted in
+//! `nexus_foreign_events_total{path="stream"}`, and acknowledged once no event of this store is
+//! pending before it (the core path has no dead-letter queue; the event stays in its own store).
+//!
 //! Architecture invariant: no domain knowledge; errors collapse into `StoreError::Unavailable`
 //! or `Corrupt`.
 
@@ -32,6 +39,16 @@ fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> StoreEr
 /// How long an unacknowledged fetch stays with its reader before JetStream redelivers it.
 const ACK_WAIT: Duration = Duration::from_secs(30);
 
+/// The header naming the store an event was published from.
+const STORE_HEADER: &str = "Nexus-Store";
+
+/// A fetched message: an event for the reader, or one of another store waiting to be
+/// acknowledged.
+struct Pending {
+    message: Message,
+    foreign: bool,
+}
+
 /// JetStream core path.
 pub struct NatsEventStream {
     jetstream: jetstream::Context,
@@ -40,13 +57,28 @@ pub struct NatsEventStream {
     ack_wait: Duration,
     consumers: Mutex<HashMap<(String, u32), PullConsumer>>,
     /// Fetched, unacknowledged messages by reader and partition, by stream sequence.
-    pending: Mutex<HashMap<(String, u32), BTreeMap<u64, Message>>>,
+    pending: Mutex<HashMap<(String, u32), BTreeMap<u64, Pending>>>,
+    /// The store whose events this stream carries; `None`: not checked (tools, tests).
+    store_id: Option<String>,
 }
 
 impl NatsEventStream {
-    /// Connects and creates the stream `name` (letters, digits, `-`, `_`) if it does not exist.
+    /// Connects and creates the stream `name` (letters, digits, `-`, `_`) if it does not exist,
+    /// owned by no store: nothing is checked (tools and tests).
     pub async fn connect(url: &str, name: &str, partitions: u32) -> Result<Self, StoreError> {
-        Self::connect_with_ack_wait(url, name, partitions, ACK_WAIT).await
+        Self::open(url, name, partitions, ACK_WAIT, None).await
+    }
+
+    /// As [`connect`](Self::connect), for the events of store `store_id`: refuses a stream that
+    /// another store created, stamps every publish with the id and refuses fetched events of
+    /// another store.
+    pub async fn connect_for_store(
+        url: &str,
+        name: &str,
+        partitions: u32,
+        store_id: &str,
+    ) -> Result<Self, StoreError> {
+        Self::open(url, name, partitions, ACK_WAIT, Some(store_id.to_owned())).await
     }
 
     /// As [`connect`](Self::connect), with another redelivery timeout for unacknowledged fetches.
@@ -56,19 +88,42 @@ impl NatsEventStream {
         partitions: u32,
         ack_wait: Duration,
     ) -> Result<Self, StoreError> {
+        Self::open(url, name, partitions, ack_wait, None).await
+    }
+
+    async fn open(
+        url: &str,
+        name: &str,
+        partitions: u32,
+        ack_wait: Duration,
+        store_id: Option<String>,
+    ) -> Result<Self, StoreError> {
         let client = async_nats::connect(url).await.map_err(unavailable)?;
         let jetstream = jetstream::new(client);
-        jetstream
+        let owner = store_id.as_ref().map(|id| format!("nexus store {id}"));
+        let mut stream = jetstream
             .get_or_create_stream(stream::Config {
                 name: name.to_owned(),
                 subjects: vec![format!("{name}.p.*")],
                 max_age: Duration::from_secs(24 * 3600),
                 duplicate_window: Duration::from_secs(120),
                 storage: stream::StorageType::File,
+                description: owner.clone(),
                 ..Default::default()
             })
             .await
             .map_err(unavailable)?;
+        let info = stream.info().await.map_err(unavailable)?;
+        if let (Some(owner), Some(found)) = (&owner, &info.config.description)
+            && found.starts_with("nexus store ")
+            && found != owner
+        {
+            return Err(StoreError::InvalidRequest(format!(
+                "the NATS stream '{name}' belongs to another store ({found}; this one is {owner}): two \
+                 deployments must not share a stream. Leave [stream] name unset (it then derives from the \
+                 service and its store) or give each deployment a name of its own"
+            )));
+        }
         Ok(Self {
             jetstream,
             name: name.to_owned(),
@@ -76,7 +131,15 @@ impl NatsEventStream {
             ack_wait,
             consumers: Mutex::default(),
             pending: Mutex::default(),
+            store_id,
         })
+    }
+
+    /// Whether `message` was published by another store than this stream's.
+    fn is_foreign(&self, message: &Message) -> Option<String> {
+        let own = self.store_id.as_deref()?;
+        let theirs = message.headers.as_ref().and_then(|h| h.get(STORE_HEADER)).map(|v| v.as_str());
+        (theirs != Some(own)).then(|| theirs.unwrap_or("none").to_owned())
     }
 
     /// Deletes the stream and its consumers (tests, decommissioning).
@@ -135,6 +198,9 @@ impl EventStream for NatsEventStream {
             let body = serde_json::to_vec(event).map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", event.event_id.as_str());
+            if let Some(store) = &self.store_id {
+                headers.insert(STORE_HEADER, store.as_str());
+            }
             let subject = self.subject(partition_of(&event.aggregate_id, self.partitions));
             let ack = self
                 .jetstream
@@ -182,11 +248,33 @@ impl EventStream for NatsEventStream {
                 }
             }
         }
-        let events = messages.iter().map(|m| Self::to_event(partition, m)).collect::<Result<Vec<_>, _>>()?;
+        let mut events = Vec::with_capacity(messages.len());
         let mut pending = self.pending.lock().await;
         let slot = pending.entry((reader.to_owned(), partition)).or_default();
-        for (message, event) in messages.into_iter().zip(&events) {
-            slot.insert(event.sequence, message);
+        for message in messages {
+            let foreign = self.is_foreign(&message);
+            let event = Self::to_event(partition, &message)?;
+            if let Some(theirs) = &foreign {
+                tracing::error!(
+                    stream = %self.name, reader, partition, sequence = event.sequence, event_id = %event.event.event_id,
+                    from_store = %theirs, "refused an event of another store; it is not applied"
+                );
+                metrics::counter!("nexus_foreign_events_total", "path" => "stream").increment(1);
+            } else {
+                events.push(event.clone());
+            }
+            slot.insert(event.sequence, Pending { message, foreign: foreign.is_some() });
+        }
+        // Nothing of this store pending: the refused messages are acknowledged at once (with
+        // `AckPolicy::All` that acknowledges nothing a reader still holds).
+        if events.is_empty()
+            && slot.values().all(|p| p.foreign)
+            && let Some((&last, _)) = slot.last_key_value()
+        {
+            let message = slot.remove(&last).expect("present").message;
+            slot.clear();
+            drop(pending);
+            message.ack().await.map_err(StoreError::Unavailable)?;
         }
         Ok(events)
     }
@@ -195,9 +283,17 @@ impl EventStream for NatsEventStream {
         let message = {
             let mut pending = self.pending.lock().await;
             let Some(slot) = pending.get_mut(&(reader.to_owned(), partition)) else { return Ok(()) };
-            let message = slot.remove(&sequence);
-            // AckPolicy::All: acknowledging `sequence` acknowledges everything before it.
-            slot.retain(|seq, _| *seq > sequence);
+            // AckPolicy::All: acknowledging a sequence acknowledges everything before it, so the
+            // refused messages right after `sequence` go with it.
+            let mut last = sequence;
+            for (&seq, message) in slot.range(sequence + 1..) {
+                if !message.foreign {
+                    break;
+                }
+                last = seq;
+            }
+            let message = slot.remove(&last).map(|p| p.message);
+            slot.retain(|seq, _| *seq > last);
             message
         };
         match message {

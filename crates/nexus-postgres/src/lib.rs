@@ -93,6 +93,7 @@ pub(crate) const MIGRATION_LOCK_CLASS: i32 = 0x4E58_4D47; // "NXMG"
 /// The three stores of one schema, sharing one connection pool.
 pub struct PostgresBackend {
     schema: String,
+    store_id: String,
     events: Arc<PostgresEventStore>,
     reads: Arc<PostgresReadStore>,
     snapshots: Arc<PostgresSnapshotStore>,
@@ -131,6 +132,14 @@ impl PostgresBackend {
             .build()
             .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         migrations::apply(&pool, &schema).await?;
+        let store_id: String = {
+            let client = pool.get().await.map_err(pool_unavailable)?;
+            client
+                .query_one("SELECT value FROM store_meta WHERE key = 'store_id'", &[])
+                .await
+                .map_err(unavailable)?
+                .get(0)
+        };
         let leases = Arc::new(PostgresLeases::new(config.clone(), schema.clone()));
         let events = PostgresEventStore::start(config, pool.clone(), schema.clone()).await?;
         Ok(Self {
@@ -140,7 +149,14 @@ impl PostgresBackend {
             schemas: Arc::new(PostgresSchemaStore::new(pool)),
             leases,
             schema,
+            store_id,
         })
+    }
+
+    /// The store's identity: 32 hex digits drawn when the schema was created, the same for every
+    /// process on it and different for every other store.
+    pub fn store_id(&self) -> &str {
+        &self.store_id
     }
 
     pub fn event_store(&self) -> Arc<PostgresEventStore> {

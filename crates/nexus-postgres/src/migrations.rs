@@ -504,6 +504,20 @@ INSERT INTO list_counts (resource, status, documents)
     SELECT resource, coalesce(doc ->> 'status', ''), count(*) FROM documents GROUP BY 1, 2;
 "#,
     },
+    Migration {
+        version: 11,
+        name: "store identity",
+        sql: r#"
+-- The store's identity, made once with the store: what names it on engines several stores share
+-- (its NATS stream, its RabbitMQ exchanges) and what every message it publishes carries.
+CREATE TABLE IF NOT EXISTS store_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT INTO store_meta (key, value) VALUES ('store_id', replace(gen_random_uuid()::text, '-', ''))
+    ON CONFLICT (key) DO NOTHING;
+"#,
+    },
 ];
 
 /// Creates `schema` if needed and applies the migrations it has not seen, atomically.

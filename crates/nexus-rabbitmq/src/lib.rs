@@ -18,6 +18,13 @@
 //! Every publish is persistent (delivery mode 2) and confirmed; quorum queues confirm after the
 //! Raft log is synced, so `Ok` means durable.
 //!
+//! Owned by one event store ([`RabbitEventQueue::connect_for_store`]): the exchanges carry the
+//! store's id as an argument, so attaching to a namespace another store declared fails at start
+//! (the broker refuses an exchange declared again with other arguments); every message carries
+//! the id (`x-nexus-store`), and a delivery of another store is refused: dead-lettered with a
+//! `FOREIGN:` reason, logged and counted in `nexus_foreign_events_total{path="queue"}`, never
+//! handed to a consumer.
+//!
 //! Architecture invariant: nothing here knows the domain or HTTP; errors collapse into
 //! `StoreError::Unavailable` (a broker problem) or `Corrupt` (a message that is not an event).
 
@@ -103,11 +110,27 @@ pub struct RabbitEventQueue {
     retry_queues: std::sync::Mutex<HashMap<String, BTreeSet<u64>>>,
     /// Serializes browsing the dead-letter queue in this process.
     dlq: Mutex<()>,
+    /// The store whose events this queue carries; `None`: not checked (tools, tests).
+    store_id: Option<String>,
 }
 
+/// The header naming the store a message belongs to.
+const STORE_HEADER: &str = "x-nexus-store";
+
 impl RabbitEventQueue {
-    /// Connects to `url` and declares the namespace's exchanges and dead-letter queues.
+    /// Connects to `url` and declares the namespace's exchanges and dead-letter queues, owned by
+    /// no store: nothing is checked (tools and tests).
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
+        Self::open(url, namespace, None).await
+    }
+
+    /// As [`connect`](Self::connect), for the events of store `store_id`: refuses a namespace
+    /// another store declared, stamps every message and refuses deliveries of another store.
+    pub async fn connect_for_store(url: &str, namespace: &str, store_id: &str) -> Result<Self, StoreError> {
+        Self::open(url, namespace, Some(store_id.to_owned())).await
+    }
+
+    async fn open(url: &str, namespace: &str, store_id: Option<String>) -> Result<Self, StoreError> {
         let connection =
             Connection::connect(url, ConnectionProperties::default()).await.map_err(unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
@@ -119,14 +142,30 @@ impl RabbitEventQueue {
             subscribers: Mutex::default(),
             retry_queues: std::sync::Mutex::default(),
             dlq: Mutex::new(()),
+            store_id,
         };
         let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        let mut owner = FieldTable::default();
+        if let Some(store) = &queue.store_id {
+            owner.insert(STORE_HEADER.into(), text(store));
+        }
         for exchange in [queue.exchange(), queue.dlx()] {
             queue
                 .publisher
-                .exchange_declare(exchange.into(), ExchangeKind::Fanout, durable, FieldTable::default())
+                .exchange_declare(exchange.as_str().into(), ExchangeKind::Fanout, durable, owner.clone())
                 .await
-                .map_err(unavailable)?;
+                .map_err(|error| match error.kind() {
+                    // 406 PRECONDITION_FAILED: the exchange exists with other arguments.
+                    lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406 => {
+                        StoreError::InvalidRequest(format!(
+                            "the RabbitMQ exchange '{exchange}' was declared by another store (or an older \
+                         Nexus): two deployments must not share a namespace. Leave [queue] namespace unset \
+                         (it then derives from the service and its store) or give each deployment one of its \
+                         own ({error})"
+                        ))
+                    }
+                    _ => unavailable(error),
+                })?;
         }
         for name in [queue.dlq_name(), queue.archive_name()] {
             queue
@@ -196,7 +235,11 @@ impl RabbitEventQueue {
         Ok(())
     }
 
-    fn properties(headers: FieldTable) -> BasicProperties {
+    /// Persistent JSON with `headers`, and the id of the store it belongs to.
+    fn properties(&self, mut headers: FieldTable) -> BasicProperties {
+        if let Some(store) = &self.store_id {
+            headers.insert(STORE_HEADER.into(), text(store));
+        }
         BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
@@ -280,6 +323,44 @@ impl RabbitEventQueue {
         })
     }
 
+    /// The store a delivery belongs to, when that is not this queue's store.
+    fn foreign(&self, message: &lapin::message::Delivery) -> Option<String> {
+        let own = self.store_id.as_deref()?;
+        let headers = message.properties.headers().clone().unwrap_or_default();
+        let theirs = header_str(&headers, STORE_HEADER);
+        (theirs.as_deref() != Some(own)).then(|| theirs.unwrap_or_else(|| "none".into()))
+    }
+
+    /// Refuses a delivery of another store: to the dead-letter queue with a `FOREIGN:` reason,
+    /// then acknowledged; never handed to the consumer.
+    async fn refuse(
+        &self,
+        consumer: &str,
+        subscriber: &Subscriber,
+        message: lapin::message::Delivery,
+        theirs: &str,
+    ) -> Result<(), StoreError> {
+        let event: Option<DomainEvent> = serde_json::from_slice(&message.data).ok();
+        let event_id = event.as_ref().map_or("?", |e| e.event_id.as_str()).to_owned();
+        tracing::error!(
+            consumer,
+            event_id,
+            from_store = theirs,
+            "refused a queued event of another store; it is not delivered"
+        );
+        metrics::counter!("nexus_foreign_events_total", "path" => "queue").increment(1);
+        if let Some(event) = &event {
+            let own = self.store_id.as_deref().unwrap_or("none");
+            let reason = format!("FOREIGN: published by store {theirs}, this queue belongs to store {own}");
+            self.dead_letter(consumer, event, &reason).await?;
+        }
+        subscriber
+            .channel
+            .basic_ack(message.delivery_tag, BasicAckOptions::default())
+            .await
+            .map_err(unavailable)
+    }
+
     /// Takes every message of the dead-letter queue without acknowledging it (until `settle`).
     async fn browse(&self, channel: &Channel) -> Result<Vec<(u64, DeadLetter, Vec<u8>)>, StoreError> {
         let mut found = Vec::new();
@@ -338,9 +419,9 @@ impl RabbitEventQueue {
                 headers.insert("x-nexus-dlq-id".into(), text(&letter.id));
                 headers.insert("x-nexus-consumer".into(), text(&letter.consumer));
                 headers.insert("x-nexus-reason".into(), text(&letter.failure_reason));
-                self.publish_confirmed("", &self.archive_name(), body, Self::properties(headers)).await
+                self.publish_confirmed("", &self.archive_name(), body, self.properties(headers)).await
             } else if letter.consumer == FANOUT_CONSUMER {
-                self.publish_confirmed(&self.exchange(), "", body, Self::properties(FieldTable::default()))
+                self.publish_confirmed(&self.exchange(), "", body, self.properties(FieldTable::default()))
                     .await
             } else {
                 // Fresh attempts: no `x-nexus-attempts`, and a new message for the broker's count.
@@ -348,7 +429,7 @@ impl RabbitEventQueue {
                     "",
                     &self.queue_name(&letter.consumer),
                     body,
-                    Self::properties(FieldTable::default()),
+                    self.properties(FieldTable::default()),
                 )
                 .await
             };
@@ -444,7 +525,8 @@ impl EventQueue for RabbitEventQueue {
         let mut confirms = Vec::with_capacity(events.len());
         for event in events {
             let body = serde_json::to_vec(event).map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
-            let properties = Self::properties(FieldTable::default())
+            let properties = self
+                .properties(FieldTable::default())
                 .with_message_id(ShortString::from(event.event_id.clone()));
             let confirm = self
                 .publisher
@@ -476,14 +558,20 @@ impl EventQueue for RabbitEventQueue {
             Ok(None) => return Err(StoreError::Unavailable("the consumer's channel closed".into())),
             Ok(Some(message)) => message.map_err(unavailable)?,
         };
-        batch.push(Self::to_delivery(consumer, &subscriber, first)?);
-        while batch.len() < max {
+        let mut messages = vec![first];
+        while messages.len() < max {
             match futures_util::FutureExt::now_or_never(stream.next()) {
-                Some(Some(message)) => {
-                    batch.push(Self::to_delivery(consumer, &subscriber, message.map_err(unavailable)?)?)
-                }
+                Some(Some(message)) => messages.push(message.map_err(unavailable)?),
                 _ => break,
             }
+        }
+        drop(stream);
+        for message in messages {
+            if let Some(theirs) = self.foreign(&message) {
+                self.refuse(consumer, &subscriber, message, &theirs).await?;
+                continue;
+            }
+            batch.push(Self::to_delivery(consumer, &subscriber, message)?);
         }
         Ok(batch)
     }
@@ -516,12 +604,12 @@ impl EventQueue for RabbitEventQueue {
             headers.insert("x-nexus-reason".into(), text(reason));
             headers.insert("x-nexus-retry-count".into(), AMQPValue::LongLongInt(i64::from(delivery.attempt)));
             headers.insert("x-nexus-last-failure".into(), text(&now_iso()));
-            self.publish_confirmed(&self.dlx(), "", &body, Self::properties(headers)).await?;
+            self.publish_confirmed(&self.dlx(), "", &body, self.properties(headers)).await?;
         } else {
             let delay_ms = delay.as_millis().max(1) as u64;
             let retry_queue = self.ensure_retry_queue(&delivery.consumer, delay_ms).await?;
             headers.insert("x-nexus-attempts".into(), AMQPValue::LongLongInt(i64::from(delivery.attempt)));
-            self.publish_confirmed("", &retry_queue, &body, Self::properties(headers)).await?;
+            self.publish_confirmed("", &retry_queue, &body, self.properties(headers)).await?;
         }
         // The copy is confirmed: only now let go of the original (at-least-once).
         subscriber.channel.basic_ack(delivery.tag, BasicAckOptions::default()).await.map_err(unavailable)
@@ -537,7 +625,7 @@ impl EventQueue for RabbitEventQueue {
         headers.insert("x-nexus-retry-count".into(), AMQPValue::LongLongInt(0));
         headers.insert("x-nexus-first-failure".into(), text(&now));
         headers.insert("x-nexus-last-failure".into(), text(&now));
-        self.publish_confirmed(&self.dlx(), "", &body, Self::properties(headers)).await
+        self.publish_confirmed(&self.dlx(), "", &body, self.properties(headers)).await
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {

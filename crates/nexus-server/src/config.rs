@@ -46,8 +46,8 @@ impl std::str::FromStr for Role {
 pub enum StoreBackend {
     /// SQLite files in the data directory.
     Embedded,
-    /// PostgreSQL at `url`, in `schema` (created when missing).
-    Postgres { url: String, schema: String },
+    /// PostgreSQL at `url`, in `schema` (created when missing; default: the service's name).
+    Postgres { url: String, schema: Option<String> },
 }
 
 /// Everything `nexus serve` runs with.
@@ -120,8 +120,9 @@ pub struct ApiKey {
 #[derive(Clone, Debug)]
 pub struct StreamSettings {
     pub url: Option<String>,
-    /// The JetStream stream's name (`[stream] name`, default `nexus`).
-    pub name: String,
+    /// The JetStream stream's name (`[stream] name`). Default: the service's identity (see
+    /// [`Config::identity`]), so two deployments never share one.
+    pub name: Option<String>,
     /// Partitions of the stream: readers of one projection run one per partition (default 4).
     pub partitions: u32,
 }
@@ -167,8 +168,9 @@ pub struct QueueSettings {
     pub webhook_timeout_ms: u64,
     /// `NEXUS_QUEUE_URL=amqp://…`: RabbitMQ; unset, the embedded queue (`queue.db`).
     pub url: Option<String>,
-    /// Prefix of every exchange and queue name on RabbitMQ (`queue-namespace`, default `nexus`).
-    pub namespace: String,
+    /// Prefix of every exchange and queue name on RabbitMQ (`[queue] namespace`). Default: the
+    /// service's identity (see [`Config::identity`]), so two deployments never share one.
+    pub namespace: Option<String>,
 }
 
 /// The saga coordinator (seed §8, Error Handling §4) and the process managers it runs.
@@ -188,6 +190,24 @@ pub struct Sagas {
 }
 
 impl Config {
+    /// The service's identity on engines several services share: the domain's service name and
+    /// the first 8 hex digits of its store's id (`nexus-3f2a9c1b`). Two deployments cannot share
+    /// it by accident (each store draws its id when it is created); the default NATS stream name
+    /// and RabbitMQ namespace.
+    pub fn identity(service: &str, store_id: &str) -> String {
+        format!("{service}-{}", &store_id[..store_id.len().min(8)])
+    }
+
+    /// The NATS stream: `[stream] name`, or the service's identity.
+    pub fn stream_name(&self, identity: &str) -> String {
+        self.stream.name.clone().unwrap_or_else(|| identity.to_owned())
+    }
+
+    /// The RabbitMQ namespace: `[queue] namespace`, or the service's identity.
+    pub fn queue_namespace(&self, identity: &str) -> String {
+        self.queue.namespace.clone().unwrap_or_else(|| identity.to_owned())
+    }
+
     /// Whether `manager` runs: `[process-managers]`, else its own default.
     pub fn runs_process_manager(&self, manager: &dyn nexus_core::ProcessManager) -> bool {
         self.process_managers.get(manager.name()).copied().unwrap_or_else(|| manager.runs_by_default())
@@ -408,10 +428,9 @@ impl Config {
             role: overrides.role.or(parsed.role).unwrap_or(Role::All),
             store: match overrides.store_url.or(parsed.store_url).filter(|url| !url.is_empty()) {
                 None => StoreBackend::Embedded,
-                Some(url) => StoreBackend::Postgres {
-                    url,
-                    schema: overrides.store_schema.or(parsed.store_schema).unwrap_or_else(|| "nexus".into()),
-                },
+                Some(url) => {
+                    StoreBackend::Postgres { url, schema: overrides.store_schema.or(parsed.store_schema) }
+                }
             },
             limits: Limits {
                 max_body_bytes: parsed.limits.max_body_bytes.unwrap_or(1024 * 1024),
@@ -452,11 +471,11 @@ impl Config {
                 dlq_process_interval_secs: parsed.queue.dlq_process_interval_secs.unwrap_or(300),
                 webhook_timeout_ms: parsed.queue.webhook_timeout_ms.unwrap_or(10_000),
                 url: overrides.queue_url.or(parsed.queue.url).filter(|url| !url.is_empty()),
-                namespace: parsed.queue.namespace.unwrap_or_else(|| "nexus".into()),
+                namespace: parsed.queue.namespace,
             },
             stream: StreamSettings {
                 url: overrides.stream_url.or(parsed.stream.url).filter(|url| !url.is_empty()),
-                name: parsed.stream.name.unwrap_or_else(|| "nexus".into()),
+                name: parsed.stream.name,
                 partitions: parsed.stream.partitions.unwrap_or(4),
             },
             auth: AuthSettings {
@@ -554,9 +573,14 @@ impl Config {
                     "store URL must start with postgres:// (got '{url}'); leave it unset for the embedded store"
                 )));
             }
-            let valid = !schema.is_empty() && schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !valid {
-                return Err(ConfigError::Invalid(format!("store schema '{schema}' must be [A-Za-z0-9_]+")));
+            if let Some(schema) = schema {
+                let valid =
+                    !schema.is_empty() && schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !valid {
+                    return Err(ConfigError::Invalid(format!(
+                        "store schema '{schema}' must be [A-Za-z0-9_]+"
+                    )));
+                }
             }
         }
         if let Some(url) = &self.queue.url
@@ -573,16 +597,17 @@ impl Config {
                 "stream URL must start with nats:// (got '{url}'); leave it unset for the embedded core path"
             )));
         }
-        let name = &self.stream.name;
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+        if let Some(name) = &self.stream.name
+            && (name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)))
+        {
             return Err(ConfigError::Invalid(format!("stream.name '{name}' must be [A-Za-z0-9_-]+")));
         }
         if !(1..=256).contains(&self.stream.partitions) {
             return Err(ConfigError::Invalid("stream.partitions must be from 1 to 256".into()));
         }
-        let namespace = &self.queue.namespace;
-        if namespace.is_empty()
-            || !namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        if let Some(namespace) = &self.queue.namespace
+            && (namespace.is_empty()
+                || !namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
         {
             return Err(ConfigError::Invalid(format!(
                 "queue.namespace '{namespace}' must be [A-Za-z0-9._-]+"

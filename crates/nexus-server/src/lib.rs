@@ -147,7 +147,11 @@ pub async fn run(
     }
     // Born governed: a configuration that breaks an architecture rule never serves a request.
     check_policies(&service_graph(&config, &domain))?;
-    let Backends { events, snapshots, read, schemas, leases } = open_backends(&config).await?;
+    let Backends { events, snapshots, read, schemas, leases, store_id } =
+        open_backends(&config, domain.service_name()).await?;
+    // What names this service on engines other services share (stream, exchanges, queues).
+    let identity = Config::identity(domain.service_name(), &store_id);
+    tracing::info!(service = domain.service_name(), store_id = %store_id, identity = %identity, "store opened");
     let domain = Arc::new(domain);
     let registry = Arc::new(Registry::new(schemas));
     register_shipped_schemas(&registry, &domain).await?;
@@ -173,7 +177,7 @@ pub async fn run(
         read.index_fields(projection.name(), projection.list_fields()).await?;
     }
     // With NATS configured, the core path feeds the projections (and the router feeds NATS).
-    let stream = open_stream(&config).await?;
+    let stream = open_stream(&config, &identity, &store_id).await?;
     for projection in read_side {
         // Only a projection whose every event type is core can be fed by the core path alone;
         // one that also reads queue-path events keeps tailing the change feed. So does one whose
@@ -235,7 +239,7 @@ pub async fn run(
         saga_tasks.push(tokio::spawn(sagas.clone().run(stopped.clone())));
     }
     // The queue path: the router feeds it, webhooks and the dead-letter processor consume it.
-    let queue = open_queue(&config).await?;
+    let queue = open_queue(&config, &identity, &store_id).await?;
     let webhooks = webhooks::Webhooks::new(read.clone(), queue.clone());
     let mut queue_tasks = Vec::new();
     if config.role.runs(Role::Router) {
@@ -373,6 +377,8 @@ struct Backends {
     schemas: Arc<dyn SchemaStore>,
     /// One saga driver across processes; in memory for the embedded store, which is one process.
     leases: Arc<dyn nexus_core::Leases>,
+    /// The event store's identity, drawn when it was created.
+    store_id: String,
 }
 
 /// Subject under which a command type's payload schema is registered.
@@ -442,7 +448,7 @@ fn check_version(subject: &str, shipped: u32, registered: u32) -> Result<(), Ser
 
 /// Resolves the configured store into the port trait objects: the only place that knows which
 /// backend is in use.
-async fn open_backends(config: &Config) -> Result<Backends, ServeError> {
+async fn open_backends(config: &Config, service: &str) -> Result<Backends, ServeError> {
     match &config.store {
         StoreBackend::Embedded => {
             std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
@@ -453,12 +459,15 @@ async fn open_backends(config: &Config) -> Result<Backends, ServeError> {
             let read = Arc::new(SqliteReadStore::open(&config.data_dir)?);
             let schemas = Arc::new(nexus_sqlite::SqliteSchemaStore::open(&config.data_dir)?);
             let leases = Arc::new(nexus_runtime::InProcessLeases::default());
-            Ok(Backends { events: sqlite.clone(), snapshots: sqlite, read, schemas, leases })
+            let store_id = sqlite.store_id().to_owned();
+            Ok(Backends { events: sqlite.clone(), snapshots: sqlite, read, schemas, leases, store_id })
         }
         #[cfg(feature = "postgres")]
         StoreBackend::Postgres { url, schema } => {
+            let schema = schema.as_deref().unwrap_or(service);
             let backend = nexus_postgres::PostgresBackend::connect(url, schema).await?;
             Ok(Backends {
+                store_id: backend.store_id().to_owned(),
                 events: backend.event_store(),
                 snapshots: backend.snapshot_store(),
                 read: backend.read_store(),
@@ -468,6 +477,7 @@ async fn open_backends(config: &Config) -> Result<Backends, ServeError> {
         }
         #[cfg(not(feature = "postgres"))]
         StoreBackend::Postgres { .. } => {
+            let _ = service;
             Err(ServeError::NotBuiltIn("PostgreSQL (NEXUS_STORE_URL)", "postgres"))
         }
     }
@@ -475,33 +485,47 @@ async fn open_backends(config: &Config) -> Result<Backends, ServeError> {
 
 /// The core path's backend: NATS JetStream when `NEXUS_STREAM_URL` is set; `None` when the
 /// projections tail the store's change feed (the embedded core path).
-async fn open_stream(config: &Config) -> Result<Option<Arc<dyn nexus_core::EventStream>>, ServeError> {
+async fn open_stream(
+    config: &Config,
+    identity: &str,
+    store_id: &str,
+) -> Result<Option<Arc<dyn nexus_core::EventStream>>, ServeError> {
     let Some(url) = &config.stream.url else { return Ok(None) };
     #[cfg(feature = "nats")]
     {
+        let name = config.stream_name(identity);
         let stream =
-            nexus_nats::NatsEventStream::connect(url, &config.stream.name, config.stream.partitions).await?;
+            nexus_nats::NatsEventStream::connect_for_store(url, &name, config.stream.partitions, store_id)
+                .await?;
+        tracing::info!(stream = %name, "core path on NATS JetStream");
         Ok(Some(Arc::new(stream)))
     }
     #[cfg(not(feature = "nats"))]
     {
-        let _ = url;
+        let _ = (url, identity, store_id);
         Err(ServeError::NotBuiltIn("NATS JetStream (NEXUS_STREAM_URL)", "nats"))
     }
 }
 
 /// The queue path's backend: RabbitMQ when `NEXUS_QUEUE_URL` is set, else embedded (`queue.db`
 /// in the data directory).
-async fn open_queue(config: &Config) -> Result<Arc<dyn nexus_core::EventQueue>, ServeError> {
+async fn open_queue(
+    config: &Config,
+    identity: &str,
+    store_id: &str,
+) -> Result<Arc<dyn nexus_core::EventQueue>, ServeError> {
     if let Some(url) = &config.queue.url {
         #[cfg(feature = "rabbitmq")]
         {
-            let queue = nexus_rabbitmq::RabbitEventQueue::connect(url, &config.queue.namespace).await?;
+            let namespace = config.queue_namespace(identity);
+            let queue =
+                nexus_rabbitmq::RabbitEventQueue::connect_for_store(url, &namespace, store_id).await?;
+            tracing::info!(namespace = %namespace, "queue path on RabbitMQ");
             return Ok(Arc::new(queue));
         }
         #[cfg(not(feature = "rabbitmq"))]
         {
-            let _ = url;
+            let _ = (url, identity, store_id);
             return Err(ServeError::NotBuiltIn("RabbitMQ (NEXUS_QUEUE_URL)", "rabbitmq"));
         }
     }
@@ -544,7 +568,7 @@ fn describe(store: &StoreBackend, data_dir: &std::path::Path) -> String {
         // Never log credentials: the host part only.
         StoreBackend::Postgres { url, schema } => {
             let host = url.rsplit('@').next().unwrap_or(url);
-            format!("postgres {host} schema {schema}")
+            format!("postgres {host} schema {}", schema.as_deref().unwrap_or("(the service's name)"))
         }
     }
 }

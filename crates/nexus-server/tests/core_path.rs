@@ -22,7 +22,7 @@ async fn orders_reach_the_read_model_through_nats() {
     let name = format!("nexus-test-{}", uuid::Uuid::new_v4().simple());
     let server = TestServer::start_with(|config| {
         config.stream.url = Some(url.clone());
-        config.stream.name = name.clone();
+        config.stream.name = Some(name.clone());
         config.stream.partitions = 3;
     })
     .await;

@@ -51,6 +51,15 @@ CREATE TABLE snapshots (
     PRIMARY KEY (aggregate_id, version)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- The store's identity, made once with the store: what names it on engines several stores share
+-- (its NATS stream, its RabbitMQ exchanges) and what every message it publishes carries.
+CREATE TABLE store_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+INSERT INTO store_meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
+"#,
 ];
 
 /// Most appends one transaction takes; bounds a commit's latency under a flood.
@@ -84,6 +93,7 @@ pub struct SqliteEventStore {
     writer: Option<std::thread::JoinHandle<()>>,
     readers: Arc<ReaderPool>,
     head: watch::Receiver<u64>,
+    store_id: String,
     /// Declared after the writer and the readers: on drop it empties the log once they are gone.
     _checkpointer: Checkpointer,
 }
@@ -112,6 +122,9 @@ impl SqliteEventStore {
         let head: u64 = conn
             .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| row.get(0))
             .map_err(unavailable)?;
+        let store_id: String = conn
+            .query_row("SELECT value FROM store_meta WHERE key = 'store_id'", [], |row| row.get(0))
+            .map_err(unavailable)?;
         let (head_tx, head_rx) = watch::channel(head);
         let checkpointer = Checkpointer::start(&path, "events")?;
         let (jobs, queue) = mpsc::channel();
@@ -128,8 +141,15 @@ impl SqliteEventStore {
             writer: Some(writer),
             readers: ReaderPool::new(path),
             head: head_rx,
+            store_id,
             _checkpointer: checkpointer,
         })
+    }
+
+    /// The store's identity: 32 hex digits drawn when the store was created, the same on every
+    /// open of it and different for every other store.
+    pub fn store_id(&self) -> &str {
+        &self.store_id
     }
 }
 

@@ -25,6 +25,8 @@ pub use queue::{FANOUT_CONSUMER, SqliteEventQueue};
 /// is missing here.
 pub const STORE_OPERATIONS: &[(&str, &[&str])] = &[
     ("events", &["INSERT", "SELECT"]),
+    // The store's identity, written once when the store is created.
+    ("store_meta", &["INSERT", "SELECT"]),
     ("commands", &["INSERT", "SELECT"]),
     ("snapshots", &["INSERT", "SELECT"]),
     // DELETE: a projection rebuild clears its shadow and swaps it in for the live model.

@@ -91,7 +91,7 @@ async fn on_rabbitmq_a_failing_endpoint_gets_five_attempts_then_the_dlq_then_one
         config.queue.retry_base_ms = 10;
         config.queue.dlq_process_interval_secs = 0;
         config.queue.url = Some(url.clone());
-        config.queue.namespace = namespace.clone();
+        config.queue.namespace = Some(namespace.clone());
     })
     .await;
     let hook = five_attempts_dlq_and_one_signed_retry(&server).await;
