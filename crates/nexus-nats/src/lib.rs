@@ -9,23 +9,30 @@
 //!
 //! Each reader has one durable pull consumer per partition, `{reader}-p{partition}`, with a single
 //! `filter_subject` (the local NATS server is 2.9.10, which ignores the plural `filter_subjects`)
-//! and `AckPolicy::All`, so acknowledging a sequence acknowledges everything before it.
+//! and `AckPolicy::Explicit`: [`ack`](EventStream::ack) of a sequence acknowledges each message
+//! this process fetched up to it, one by one, and nothing another process holds. Several
+//! processes may share a durable consumer (two query processes): what one of them fetched and
+//! did not acknowledge, because it died, goes to another after the ack wait (2 s; a living reader
+//! keeps what it holds with progress acknowledgements), so a dead
+//! reader delays its events by seconds and loses none. (With `AckPolicy::All`, the survivor's
+//! next acknowledgement also acknowledged what the dead one held, and those events were lost.)
 //!
 //! Owned by one event store ([`NatsEventStream::connect_for_store`]): the stream records its
 //! store's id in its description when it creates the stream, and refuses to attach to a stream
 //! another store created; every publish carries the id (header `Nexus-Store`), and a fetched
 //! message of another store is refused: never handed to a reader, logged, counted in
-//! `nexus_foreign_events_total{path="stream"}`, and acknowledged once no event of this store is
-//! pending before it (the core path has no dead-letter queue; the event stays in its own store).
+//! `nexus_foreign_events_total{path="stream"}`, and acknowledged (the core path has no dead-letter
+//! queue; the event stays in its own store).
 //!
 //! Architecture invariant: no domain knowledge; errors collapse into `StoreError::Unavailable`
 //! or `Corrupt`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
-use async_nats::jetstream::{self, Message, stream};
+use async_nats::jetstream::{self, AckKind, Message, stream};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use nexus_core::ports::{EventStream, StreamEvent, partition_of};
@@ -36,18 +43,17 @@ fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> StoreEr
     StoreError::Unavailable(Box::new(error))
 }
 
-/// How long an unacknowledged fetch stays with its reader before JetStream redelivers it.
-const ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long an unacknowledged fetch stays with its reader before JetStream redelivers it: how
+/// long the events a dead reader held wait for another. A living reader's fetched messages are
+/// kept from it by progress acknowledgements (`AckKind::Progress`) every third of it, however
+/// long their batch takes to apply.
+const ACK_WAIT: Duration = Duration::from_secs(2);
+
+/// Fetched, unacknowledged messages by reader and partition, by stream sequence.
+type PendingMessages = Arc<Mutex<HashMap<(String, u32), BTreeMap<u64, Message>>>>;
 
 /// The header naming the store an event was published from.
 const STORE_HEADER: &str = "Nexus-Store";
-
-/// A fetched message: an event for the reader, or one of another store waiting to be
-/// acknowledged.
-struct Pending {
-    message: Message,
-    foreign: bool,
-}
 
 /// JetStream core path.
 pub struct NatsEventStream {
@@ -56,8 +62,9 @@ pub struct NatsEventStream {
     partitions: u32,
     ack_wait: Duration,
     consumers: Mutex<HashMap<(String, u32), PullConsumer>>,
-    /// Fetched, unacknowledged messages by reader and partition, by stream sequence.
-    pending: Mutex<HashMap<(String, u32), BTreeMap<u64, Pending>>>,
+    pending: PendingMessages,
+    /// Sends the progress acknowledgements; stops with the stream.
+    keep_alive: tokio::task::JoinHandle<()>,
     /// The store whose events this stream carries; `None`: not checked (tools, tests).
     store_id: Option<String>,
 }
@@ -124,13 +131,16 @@ impl NatsEventStream {
                  service and its store) or give each deployment a name of its own"
             )));
         }
+        let pending = PendingMessages::default();
+        let keep_alive = tokio::spawn(keep_alive(pending.clone(), ack_wait / 3));
         Ok(Self {
             jetstream,
             name: name.to_owned(),
             partitions: partitions.max(1),
             ack_wait,
             consumers: Mutex::default(),
-            pending: Mutex::default(),
+            pending,
+            keep_alive,
             store_id,
         })
     }
@@ -166,7 +176,7 @@ impl NatsEventStream {
                 pull::Config {
                     durable_name: Some(durable.clone()),
                     filter_subject: self.subject(partition),
-                    ack_policy: AckPolicy::All,
+                    ack_policy: AckPolicy::Explicit,
                     ack_wait: self.ack_wait,
                     ..Default::default()
                 },
@@ -183,6 +193,28 @@ impl NatsEventStream {
         let event: DomainEvent = serde_json::from_slice(&message.payload)
             .map_err(|e| StoreError::Corrupt(format!("stream message is not an event: {e}")))?;
         Ok(StreamEvent { partition, sequence: info.stream_sequence, event })
+    }
+}
+
+impl Drop for NatsEventStream {
+    fn drop(&mut self) {
+        self.keep_alive.abort();
+    }
+}
+
+/// Tells JetStream every `every` that the fetched messages not yet acknowledged are still being
+/// worked on, so they stay with this process until it acknowledges them or dies.
+async fn keep_alive(pending: PendingMessages, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    loop {
+        tick.tick().await;
+        let held: Vec<Message> =
+            pending.lock().await.values().flat_map(|slot| slot.values().cloned()).collect();
+        for message in held {
+            if let Err(error) = message.ack_with(AckKind::Progress).await {
+                tracing::debug!(%error, "progress acknowledgement failed; the message may be redelivered");
+            }
+        }
     }
 }
 
@@ -222,6 +254,22 @@ impl EventStream for NatsEventStream {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<StreamEvent>, StoreError> {
+        // What this process fetched and has not acknowledged (its batch failed) comes first,
+        // again: acknowledging a later one must not acknowledge these unapplied.
+        let mut events: Vec<StreamEvent> = {
+            let pending = self.pending.lock().await;
+            match pending.get(&(reader.to_owned(), partition)) {
+                Some(slot) => slot
+                    .values()
+                    .take(max)
+                    .map(|message| Self::to_event(partition, message))
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            }
+        };
+        if !events.is_empty() {
+            return Ok(events);
+        }
         let consumer = self.consumer(reader, partition).await?;
         let mut messages = Vec::new();
         // What is there now; when nothing, wait for the first one, then take what followed it.
@@ -248,7 +296,8 @@ impl EventStream for NatsEventStream {
                 }
             }
         }
-        let mut events = Vec::with_capacity(messages.len());
+        events.reserve(messages.len());
+        let mut refused = Vec::new();
         let mut pending = self.pending.lock().await;
         let slot = pending.entry((reader.to_owned(), partition)).or_default();
         for message in messages {
@@ -260,46 +309,31 @@ impl EventStream for NatsEventStream {
                     from_store = %theirs, "refused an event of another store; it is not applied"
                 );
                 metrics::counter!("nexus_foreign_events_total", "path" => "stream").increment(1);
+                refused.push(message);
             } else {
-                events.push(event.clone());
+                slot.insert(event.sequence, message);
+                events.push(event);
             }
-            slot.insert(event.sequence, Pending { message, foreign: foreign.is_some() });
         }
-        // Nothing of this store pending: the refused messages are acknowledged at once (with
-        // `AckPolicy::All` that acknowledges nothing a reader still holds).
-        if events.is_empty()
-            && slot.values().all(|p| p.foreign)
-            && let Some((&last, _)) = slot.last_key_value()
-        {
-            let message = slot.remove(&last).expect("present").message;
-            slot.clear();
-            drop(pending);
+        drop(pending);
+        // Acknowledged at once: nobody applies them, and they must not come back.
+        for message in refused {
             message.ack().await.map_err(StoreError::Unavailable)?;
         }
         Ok(events)
     }
 
     async fn ack(&self, reader: &str, partition: u32, sequence: u64) -> Result<(), StoreError> {
-        let message = {
+        let acknowledged = {
             let mut pending = self.pending.lock().await;
             let Some(slot) = pending.get_mut(&(reader.to_owned(), partition)) else { return Ok(()) };
-            // AckPolicy::All: acknowledging a sequence acknowledges everything before it, so the
-            // refused messages right after `sequence` go with it.
-            let mut last = sequence;
-            for (&seq, message) in slot.range(sequence + 1..) {
-                if !message.foreign {
-                    break;
-                }
-                last = seq;
-            }
-            let message = slot.remove(&last).map(|p| p.message);
-            slot.retain(|seq, _| *seq > last);
-            message
+            let rest = slot.split_off(&(sequence + 1));
+            std::mem::replace(slot, rest)
         };
-        match message {
-            Some(message) => message.ack().await.map_err(StoreError::Unavailable),
-            None => Ok(()),
+        for message in acknowledged.into_values() {
+            message.ack().await.map_err(StoreError::Unavailable)?;
         }
+        Ok(())
     }
 
     async fn backlog(&self, reader: &str, partition: u32) -> Result<u64, StoreError> {

@@ -1,10 +1,12 @@
 //! A projection fed by the core path (`EventStream`) instead of the change feed: one durable
 //! reader per projection and partition, exactly once in effect.
 //!
-//! Per partition, the documents and a checkpoint (`{projection}@p{partition}`, the stream
-//! sequence) commit in one read-store transaction, and only then is the stream acknowledged. A
-//! crash between the two replays the batch: sequences at or below the checkpoint are skipped, and
-//! the version guard skips what a replayed publish carries again. An aggregate's events are in one
+//! Per partition, the documents and a checkpoint (`{projection}@p{partition}`, the highest stream
+//! sequence applied) commit in one read-store transaction, and only then is the stream
+//! acknowledged. A crash between the two replays the batch, and the version guard skips what the
+//! documents already have. Every delivered event goes through the guard, below the checkpoint too:
+//! with several processes on one consumer, an event a dead process held comes back after a
+//! younger one was applied. An aggregate's events are in one
 //! partition, so partitions touch disjoint documents and run independently. The stream is a
 //! transport, not the truth (JetStream acks before it syncs): when an event's version jumps past
 //! the document's next one, the missing events are read from the event store first.
@@ -222,11 +224,8 @@ impl StreamProjectionRunner {
             .await
             .map_err(|e| e.to_string())?;
         let Some(last) = batch.last().map(|e| e.sequence) else { return Ok(Some(checkpoint)) };
-        let fresh: Vec<&DomainEvent> = batch
-            .iter()
-            .filter(|e| e.sequence > checkpoint && self.projection.handles(&e.event.event_type))
-            .map(|e| &e.event)
-            .collect();
+        let fresh: Vec<&DomainEvent> =
+            batch.iter().filter(|e| self.projection.handles(&e.event.event_type)).map(|e| &e.event).collect();
         let mut docs: HashMap<String, ReadDocument> = HashMap::new();
         let mut versions_before: HashMap<String, u64> = HashMap::new();
         let mut updates = Vec::new();
@@ -274,9 +273,7 @@ impl StreamProjectionRunner {
         let position = last.max(checkpoint);
         self.read.commit(checkpoint_name, name, touched, position).await.map_err(|e| e.to_string())?;
         self.stream.ack(name, partition, last).await.map_err(|e| e.to_string())?;
-        if let Some(applied) =
-            batch.iter().filter(|e| e.sequence > checkpoint).map(|e| e.event.position).max()
-        {
+        if let Some(applied) = batch.iter().map(|e| e.event.position).max() {
             self.status.applied_in_partition(partition, applied);
         }
         metrics::counter!("nexus_projection_events_total", "projection" => name)

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nexus_core::Domain;
 use nexus_server::{Config, Overrides};
 
@@ -211,8 +211,9 @@ const MAX_BLOCKING_THREADS: usize = 32;
 /// }
 /// ```
 pub fn main(domain: Domain) -> anyhow::Result<()> {
-    // Usage lines name the binary as it was invoked (clap reads it from the first argument).
-    let cli = Cli::parse();
+    // Help and `--version` name the service; usage lines the binary as it was invoked.
+    let matches = Cli::command().name(domain.service_name()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     init_logging(cli.log_json);
     // Blocking work (SQLite reads and commits) queues for a few threads instead of starting one
     // per waiting task (tokio's default allows 512): on a few cores more threads add no

@@ -13,3 +13,4 @@ mod registry_interop;
 mod roles;
 mod router_crash;
 mod saga_crash;
+mod shared_engines;
