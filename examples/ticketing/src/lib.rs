@@ -50,6 +50,7 @@ pub fn domain() -> Domain {
         .projection(AgentsProjection)
         .projection(SurveysProjection)
         .process_manager(SurveyOnResolve)
+        .queue_path(&["SurveyRequested"])
 }
 
 /// Reads a stored event as an aggregate's typed event enum. A projection that cannot read an event
@@ -79,7 +80,7 @@ mod tests {
     }
 
     #[test]
-    fn the_domain_registers_everything_once_on_the_core_path() {
+    fn the_domain_registers_everything_once_and_routes_survey_requests_to_the_queue_path() {
         // `Domain` panics on a duplicate command, event, projection or process manager name.
         let domain = domain();
         assert_eq!(domain.service_name(), "ticketing");
@@ -89,10 +90,8 @@ mod tests {
         assert_eq!(projections, ["tickets", "agents", "surveys"]);
         let managers: Vec<_> = domain.process_managers().iter().map(|m| m.name()).collect();
         assert_eq!(managers, ["survey-on-resolve"]);
-        assert_eq!(
-            domain.core_events(),
-            ["SurveyRequested", "TicketAssigned", "TicketOpened", "TicketResolved"]
-        );
+        assert_eq!(domain.core_events(), ["TicketAssigned", "TicketOpened", "TicketResolved"]);
+        assert!(!domain.is_core("SurveyRequested"));
         let creating: BTreeSet<_> = domain.commands().filter(|c| c.creates).map(|c| c.name).collect();
         assert_eq!(creating, BTreeSet::from(["OpenTicket", "RequestSurvey"]));
     }
