@@ -31,16 +31,17 @@ fn amqp_url() -> String {
     env_or("NEXUS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
 }
 
+/// What a webhook endpoint received: each delivery's CloudEvents type and body.
+type Received = Arc<Mutex<Vec<(String, Value)>>>;
+
 /// A webhook endpoint on 127.0.0.1:0 that records the event types it receives.
-async fn endpoint() -> (Arc<Mutex<Vec<(String, Value)>>>, String) {
-    let received: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+async fn endpoint() -> (Received, String) {
+    let received: Received = Arc::default();
     let app = axum::Router::new()
         .route(
             "/hook",
             axum::routing::post(
-                |State(received): State<Arc<Mutex<Vec<(String, Value)>>>>,
-                 headers: HeaderMap,
-                 body: Bytes| async move {
+                |State(received): State<Received>, headers: HeaderMap, body: Bytes| async move {
                     let kind = headers.get("ce-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
                     received
                         .lock()
