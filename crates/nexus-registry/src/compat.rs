@@ -52,6 +52,7 @@
 //! | `T` → `[T, "null"]` | ok: the reader accepts more types | `TYPE_CHANGED` |
 //! | tighten a bound (`maximum` 100 → 50) | `CONSTRAINT_TIGHTENED` | ok |
 //! | loosen a bound | ok | `CONSTRAINT_RELAXED` |
+//! | add, remove or change an `allOf`, `not`, `if`/`then`/`else`, ... (see below) | `COMPOSITION_CHANGED` | `COMPOSITION_CHANGED` |
 //!
 //! Why an added field breaks FORWARD on a closed object: a consumer that declared its fields
 //! cannot be assumed to ignore new ones, and "a field one side declares and the other does not"
@@ -73,21 +74,53 @@
 //! `const` is a one-value enum), `properties`, `required`, `additionalProperties` /
 //! `unevaluatedProperties`, `items` (a schema, or draft-07's tuple array with `additionalItems`),
 //! `prefixItems`, `anyOf` / `oneOf` (as unions: each writer branch, and each writer type, must be
-//! readable by some reader branch), boolean schemas, and local `$ref`s (`#`, `#/$defs/X`,
-//! `#/definitions/X`, any JSON pointer into the same document; siblings of a `$ref` are ignored),
-//! with a guard that assumes a pair already being compared further up holds, so recursive
-//! schemas terminate. Bounds are compared where both sides can hold the type: `minimum`,
-//! `exclusiveMinimum`, `maximum`, `exclusiveMaximum` (numbers; draft-04 boolean forms ignored),
-//! `minLength` / `maxLength`, `minItems` / `maxItems`: a reader bound tighter than the writer's
-//! is breaking.
+//! readable by some reader branch; the keywords beside them, see below), boolean schemas, and
+//! local `$ref`s (`#`, `#/$defs/X`, `#/definitions/X`, any JSON pointer into the same document;
+//! the keywords beside them, see below), with a guard that assumes a pair already being compared
+//! further up holds, so recursive schemas terminate. Bounds are compared where both sides can
+//! hold the type: `minimum`, `exclusiveMinimum`, `maximum`, `exclusiveMaximum` (numbers; draft-04
+//! boolean forms ignored), `minLength` / `maxLength`, `minItems` / `maxItems`: a reader bound
+//! tighter than the writer's is breaking.
 //!
 //! Not compared (a change to them is never reported): annotations (`title`, `description`,
 //! `default`, `examples`, `deprecated`, ...), `format`, `pattern`, `patternProperties`,
 //! `propertyNames`, `multipleOf`, `uniqueItems`, `contains`, `min`/`maxProperties`,
-//! `dependentRequired` / `dependentSchemas`, `allOf`, `not`, `if`/`then`/`else`, `$anchor`
-//! references, and references to other documents (a non-local `$ref` is reported as
-//! `UNRESOLVED_REFERENCE` unless both sides name the same one). `enum` values are not checked
-//! against bounds.
+//! `dependentRequired`, `$anchor` references, and references to other documents (a non-local
+//! `$ref` is reported as `UNRESOLVED_REFERENCE` unless both sides name the same one). `enum`
+//! values are not checked against bounds.
+//!
+//! # Composition the diff does not judge: the same on both sides, or `COMPOSITION_CHANGED`
+//!
+//! A composition keyword applies a schema to the value where it stands; ignored, it lets a new
+//! reader refuse what old events hold (`{"allOf": [{"properties": {"v": {"type": "integer"}}}]}`
+//! after `{"properties": {"v": {"type": "string"}}}`; `"not": {}`, which refuses everything; a
+//! field required through `allOf`), or a writer declare fields the reader never hears of. Those
+//! the walk does not judge must be *the same in both schemas* at each compared location, or the
+//! change is reported there as `COMPOSITION_CHANGED`, in both directions:
+//!
+//! - `allOf`, `not`, `if`/`then`/`else` (together, as one), `dependentSchemas`, draft-07
+//!   `dependencies`, `$dynamicRef` / `$recursiveRef`, and an `anyOf` / `oneOf` that is not walked
+//!   as a union (an empty list, or `oneOf` beside an `anyOf`);
+//! - every constraint beside a `$ref` (only the reference is followed) and beside the `anyOf` /
+//!   `oneOf` of a union (only its branches are walked). Annotations, `$defs` / `definitions`,
+//!   `$schema` and anchors are not constraints.
+//!
+//! "The same" is keyword for keyword, annotations aside, with local `$ref`s inside followed on
+//! both sides: an `allOf` written identically whose `$ref` now points at a changed definition is
+//! a change. Where it is the same, the rest of both schemas is walked as usual. What a writer's
+//! value is known to satisfy accumulates along the writer's `$ref` chain and the union branch it
+//! is in, and a reader's likewise, so an `allOf` inside one branch of a union is compared with
+//! the writer branch that branch must read. Moving a constraint into or out of `allOf` is a
+//! change (refused even when equivalent): register it under `NONE` if it is deliberate.
+//!
+//! Case files (`tests/compat/`): `backward-allof-type-changed`, `backward-not-added`,
+//! `backward-allof-required-field-added`, `backward-if-then-added-nested`,
+//! `backward-dependent-schemas-added`, `backward-ref-sibling-added`,
+//! `backward-anyof-sibling-added`, `backward-oneof-branch-allof-added`,
+//! `backward-allof-identical-ref-target-changed`, `forward-allof-removed`,
+//! `full-allof-changed-reported-once`; the same on both sides:
+//! `backward-allof-identical-compatible`, `backward-allof-identical-other-change-found`,
+//! `full-recursive-ref-in-allof-identical`.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -209,10 +242,14 @@ pub enum Rule {
     ConstraintRelaxed,
     /// A `$ref` that cannot be followed (not local, missing, or a cycle of bare references).
     UnresolvedReference,
+    /// A composition keyword the diff does not judge (`allOf`, `not`, `if`/`then`/`else`,
+    /// `dependentSchemas`, ..., or a keyword beside `$ref`, `anyOf` or `oneOf`) is not the same
+    /// in both schemas.
+    CompositionChanged,
 }
 
 impl Rule {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::FieldRemoved,
         Self::FieldAdded,
         Self::FieldRenamed,
@@ -225,6 +262,7 @@ impl Rule {
         Self::ConstraintTightened,
         Self::ConstraintRelaxed,
         Self::UnresolvedReference,
+        Self::CompositionChanged,
     ];
 
     /// The wire name, e.g. `FIELD_REMOVED`.
@@ -242,6 +280,7 @@ impl Rule {
             Self::ConstraintTightened => "CONSTRAINT_TIGHTENED",
             Self::ConstraintRelaxed => "CONSTRAINT_RELAXED",
             Self::UnresolvedReference => "UNRESOLVED_REFERENCE",
+            Self::CompositionChanged => "COMPOSITION_CHANGED",
         }
     }
 }
@@ -352,6 +391,12 @@ struct Walker<'a> {
     writer: &'static str,
     /// (reader node, writer node, writer types) pairs being compared further up the stack.
     active: HashSet<(usize, usize, u8)>,
+    /// What the writer's value at the current data location is known to satisfy beyond what is
+    /// walked: the unjudged keywords of every writer node passed on the way to the node being
+    /// compared (its `$ref` chain, the union it is a branch of). Reset at each property or item.
+    given: Vec<Unjudged<'a>>,
+    /// The same for the reader: each must be among `given`, and the other way round.
+    needed: Vec<Unjudged<'a>>,
     out: Vec<Violation>,
 }
 
@@ -363,12 +408,25 @@ impl<'a> Walker<'a> {
         reader: &'static str,
         writer: &'static str,
     ) -> Self {
-        Self { reader_root, writer_root, direction, reader, writer, active: HashSet::new(), out: Vec::new() }
+        Self {
+            reader_root,
+            writer_root,
+            direction,
+            reader,
+            writer,
+            active: HashSet::new(),
+            given: Vec::new(),
+            needed: Vec::new(),
+            out: Vec::new(),
+        }
     }
 
     fn run(mut self) -> Vec<Violation> {
         let (reader, writer) = (self.reader_root, self.writer_root);
-        self.compare(reader, writer, &Path::root());
+        self.descend(reader, writer, &Path::root());
+        // The same finding reached twice (through each branch of a writer's union) is one.
+        let mut seen = HashSet::new();
+        self.out.retain(|v| seen.insert((v.path.clone(), v.rule, v.message.clone())));
         self.out
     }
 
@@ -384,13 +442,39 @@ impl<'a> Walker<'a> {
         }
     }
 
+    /// Compares the schemas of a new data location (the root, a property, items): what the
+    /// writer's ancestors guaranteed holds for the parent value, not for this one.
+    fn descend(&mut self, reader: &'a Value, writer: &'a Value, path: &Path) {
+        let given = std::mem::take(&mut self.given);
+        let needed = std::mem::take(&mut self.needed);
+        self.compare(reader, writer, path);
+        self.given = given;
+        self.needed = needed;
+    }
+
     fn compare(&mut self, reader: &'a Value, writer: &'a Value, path: &Path) {
-        let (reader, writer) = match (resolve(self.reader_root, reader), resolve(self.writer_root, writer)) {
+        let marks = (self.needed.len(), self.given.len());
+        self.compare_within(reader, writer, path);
+        self.needed.truncate(marks.0);
+        self.given.truncate(marks.1);
+    }
+
+    fn compare_within(&mut self, reader: &'a Value, writer: &'a Value, path: &Path) {
+        let (mut reader_refs, mut writer_refs) = (Vec::new(), Vec::new());
+        let resolved = (
+            resolve(self.reader_root, reader, &mut reader_refs),
+            resolve(self.writer_root, writer, &mut writer_refs),
+        );
+        self.needed.extend(reader_refs.into_iter().filter_map(|node| beside(node, "$ref")));
+        self.given.extend(writer_refs.into_iter().filter_map(|node| beside(node, "$ref")));
+        let (reader, writer) = match resolved {
             (Ok(reader), Ok(writer)) => (reader, writer),
             (reader_found, writer_found) => {
                 // The same foreign reference on both sides names the same schema.
                 let same_name = matches!((ref_of(reader), ref_of(writer)), (Some(a), Some(b)) if a == b);
-                if !same_name {
+                if same_name {
+                    self.check_unjudged(path);
+                } else {
                     let mut problems = Vec::new();
                     if let Err(problem) = reader_found {
                         problems.push(format!("in the {}: {problem}", self.reader));
@@ -403,6 +487,7 @@ impl<'a> Walker<'a> {
                 return;
             }
         };
+        self.given.extend(unjudged(writer));
         if let Some(branches) = union(writer) {
             for branch in branches {
                 self.compare(reader, branch, path);
@@ -410,6 +495,44 @@ impl<'a> Walker<'a> {
             return;
         }
         self.compare_typed(reader, writer, writer_types(writer), path);
+    }
+
+    /// Composition the walk does not judge must be the same on both sides: every unjudged
+    /// keyword the reader has at this point (`needed`) must be among the writer's (`given`), and
+    /// the other way round. Not judged, a reader's `allOf` could refuse what the writer writes,
+    /// and a writer's could declare fields the reader does not know.
+    fn check_unjudged(&mut self, path: &Path) {
+        let mut same = Same::new(self.reader_root, self.writer_root);
+        let mut differences = Vec::new();
+        for needed in &self.needed {
+            if !self.given.iter().any(|given| same.unjudged(needed, given)) {
+                differences.push(format!(
+                    "the {} has {} here and the {} has no identical one",
+                    self.reader, needed.what, self.writer
+                ));
+            }
+        }
+        let mut same = Same::new(self.writer_root, self.reader_root);
+        for given in &self.given {
+            if !self.needed.iter().any(|needed| same.unjudged(given, needed)) {
+                differences.push(format!(
+                    "the {} has {} here and the {} has no identical one",
+                    self.writer, given.what, self.reader
+                ));
+            }
+        }
+        if differences.is_empty() {
+            return;
+        }
+        self.out.push(Violation {
+            path: path.render(),
+            rule: Rule::CompositionChanged,
+            message: format!(
+                "{}: the diff does not judge this composition, so any change to it is refused (keep it \
+                 the same in both versions)",
+                differences.join("; ")
+            ),
+        });
     }
 
     /// Compares resolved schemas, the writer restricted to `types`.
@@ -428,6 +551,20 @@ impl<'a> Walker<'a> {
         if wtypes.is_empty() {
             return; // the writer writes nothing here
         }
+        // The union's siblings hold whichever branch is taken; the branches are checked (with
+        // their own unjudged keywords) in `best_branch`.
+        let mark = self.needed.len();
+        self.needed.extend(unjudged(reader));
+        if let Some(branches) = union(reader) {
+            let singles = if wtypes.count() > 1 { wtypes.singles() } else { vec![wtypes] };
+            for types in singles {
+                self.best_branch(branches, writer, types, path);
+            }
+            self.needed.truncate(mark);
+            return;
+        }
+        self.check_unjudged(path);
+        self.needed.truncate(mark);
         let r = match reader {
             Value::Object(r) => r,
             Value::Bool(false) => {
@@ -442,13 +579,6 @@ impl<'a> Walker<'a> {
             Value::Object(w) => w,
             _ => &*EMPTY,
         };
-        if let Some(branches) = union(reader) {
-            let singles = if wtypes.count() > 1 { wtypes.singles() } else { vec![wtypes] };
-            for types in singles {
-                self.best_branch(branches, writer, types, path);
-            }
-            return;
-        }
 
         let rtypes = Types::keyword(r.get("type"));
         let accepted = rtypes.accepted();
@@ -507,12 +637,17 @@ impl<'a> Walker<'a> {
         let mut best: Option<Vec<Violation>> = None;
         for branch in branches {
             let saved = std::mem::take(&mut self.out);
-            match resolve(self.reader_root, branch) {
+            let mark = self.needed.len();
+            let mut refs = Vec::new();
+            let resolved = resolve(self.reader_root, branch, &mut refs);
+            self.needed.extend(refs.into_iter().filter_map(|node| beside(node, "$ref")));
+            match resolved {
                 Ok(branch) => self.compare_typed(branch, writer, types, path),
                 Err(problem) => {
                     self.push(path, Rule::UnresolvedReference, format!("in the {}: {problem}", self.reader))
                 }
             }
+            self.needed.truncate(mark);
             let found = std::mem::replace(&mut self.out, saved);
             if found.is_empty() {
                 return;
@@ -618,7 +753,7 @@ impl<'a> Walker<'a> {
             let field_path = path.field(name);
             let (reader_prop, writer_prop) = (reader_props.get(name), writer_props.get(name));
             match (reader_prop, writer_prop) {
-                (Some(reader_prop), Some(writer_prop)) => self.compare(reader_prop, writer_prop, &field_path),
+                (Some(reader_prop), Some(writer_prop)) => self.descend(reader_prop, writer_prop, &field_path),
                 (None, Some(writer_prop)) => match reader_extra {
                     Extra::Closed => {
                         let rule = self.named(Rule::FieldRemoved, Rule::FieldAdded);
@@ -628,7 +763,7 @@ impl<'a> Walker<'a> {
                         );
                         self.push(&field_path, rule, message);
                     }
-                    Extra::Open(schema) => self.compare(schema, writer_prop, &field_path),
+                    Extra::Open(schema) => self.descend(schema, writer_prop, &field_path),
                 },
                 _ => {}
             }
@@ -671,7 +806,7 @@ impl<'a> Walker<'a> {
                 self.push(path, rule, message);
             }
             (Extra::Open(writer_extra), Extra::Open(reader_extra)) => {
-                self.compare(reader_extra, writer_extra, &path.child(Segment::Additional))
+                self.descend(reader_extra, writer_extra, &path.child(Segment::Additional))
             }
         }
     }
@@ -682,16 +817,17 @@ impl<'a> Walker<'a> {
         for index in 0..reader_tuple.len().max(writer_tuple.len()) {
             let reader_item = reader_tuple.get(index).unwrap_or(reader_rest);
             let writer_item = writer_tuple.get(index).unwrap_or(writer_rest);
-            self.compare(reader_item, writer_item, &path.child(Segment::Index(index)));
+            self.descend(reader_item, writer_item, &path.child(Segment::Index(index)));
         }
-        self.compare(reader_rest, writer_rest, &path.child(Segment::Items));
+        self.descend(reader_rest, writer_rest, &path.child(Segment::Items));
         self.compare_bound(path, "minItems", inclusive(r, "minItems"), inclusive(w, "minItems"), Side::Lower);
         self.compare_bound(path, "maxItems", inclusive(r, "maxItems"), inclusive(w, "maxItems"), Side::Upper);
     }
 }
 
-/// Follows `$ref`s from `schema` within `root` until a schema without one.
-fn resolve<'a>(root: &'a Value, schema: &'a Value) -> Result<&'a Value, String> {
+/// Follows `$ref`s from `schema` within `root` until a schema without one; `passed` gets each
+/// schema with a `$ref` on the way (their other keywords are not walked).
+fn resolve<'a>(root: &'a Value, schema: &'a Value, passed: &mut Vec<&'a Value>) -> Result<&'a Value, String> {
     let mut current = schema;
     let mut seen: Vec<&str> = Vec::new();
     while let Some(reference) = ref_of(current) {
@@ -699,6 +835,7 @@ fn resolve<'a>(root: &'a Value, schema: &'a Value) -> Result<&'a Value, String> 
             return Err(format!("'{reference}' refers to itself through bare references"));
         }
         seen.push(reference);
+        passed.push(current);
         current = lookup(root, reference).ok_or_else(|| {
             format!("cannot resolve '{reference}' (only local references like '#/$defs/Name' are followed)")
         })?;
@@ -739,12 +876,162 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The branches of an `anyOf` / `oneOf` (siblings are ignored).
+/// The branches of an `anyOf` / `oneOf` (its siblings are [`unjudged`]).
 fn union(schema: &Value) -> Option<&[Value]> {
-    ["anyOf", "oneOf"].into_iter().find_map(|keyword| match schema.get(keyword) {
-        Some(Value::Array(branches)) if !branches.is_empty() => Some(branches.as_slice()),
-        _ => None,
+    union_keyword(schema).and_then(|keyword| schema.get(keyword)).and_then(Value::as_array).map(Vec::as_slice)
+}
+
+/// Which keyword [`union`] takes the branches of: `anyOf`, else `oneOf`, with at least one branch.
+fn union_keyword(schema: &Value) -> Option<&'static str> {
+    ["anyOf", "oneOf"].into_iter().find(|keyword| match schema.get(*keyword) {
+        Some(Value::Array(branches)) => !branches.is_empty(),
+        _ => false,
     })
+}
+
+/// Keywords that are neither walked nor a constraint of their own beside another keyword:
+/// declarations (`$defs`) and identifiers. Annotations ([`ANNOTATIONS`]) are not either.
+const DECLARATIONS: [&str; 7] =
+    ["$schema", "$defs", "definitions", "$anchor", "$dynamicAnchor", "$recursiveAnchor", "$vocabulary"];
+
+/// In-place applicators the walk does not judge, each a constraint on the value where it stands
+/// (`if`/`then`/`else` are one, see [`unjudged`]). `anyOf` / `oneOf` are here only when they are
+/// not a [`union`] (an empty or malformed list, or the second of the two).
+const UNJUDGED: [&str; 8] =
+    ["allOf", "not", "dependentSchemas", "dependencies", "$dynamicRef", "$recursiveRef", "anyOf", "oneOf"];
+
+/// Keywords of one schema the walk does not judge, kept together to be compared whole with the
+/// other side's.
+#[derive(Debug)]
+struct Unjudged<'a> {
+    /// For people: `allOf`, `if/then/else`, `keywords beside $ref (required)`.
+    what: String,
+    /// (keyword, value), in keyword order.
+    parts: Vec<(&'a str, &'a Value)>,
+}
+
+/// The keywords of `schema` the walk does not judge: beside a `$ref` or a [`union`], every
+/// constraint (the walk follows the reference or the branches only); otherwise the [`UNJUDGED`]
+/// applicators and `if`/`then`/`else` (one, together).
+fn unjudged(schema: &Value) -> Vec<Unjudged<'_>> {
+    let Value::Object(map) = schema else { return Vec::new() };
+    if ref_of(schema).is_some() {
+        return beside(schema, "$ref").into_iter().collect();
+    }
+    if let Some(keyword) = union_keyword(schema) {
+        return beside(schema, keyword).into_iter().collect();
+    }
+    let mut found = Vec::new();
+    let conditional: Vec<(&str, &Value)> =
+        ["else", "if", "then"].into_iter().filter_map(|k| map.get(k).map(|v| (k, v))).collect();
+    if !conditional.is_empty() {
+        found.push(Unjudged { what: "if/then/else".to_owned(), parts: conditional });
+    }
+    for keyword in UNJUDGED {
+        if let Some(value) = map.get(keyword) {
+            found.push(Unjudged { what: format!("`{keyword}`"), parts: vec![(keyword, value)] });
+        }
+    }
+    found
+}
+
+/// The constraints beside `keyword` (a `$ref`, or the keyword of a [`union`]), if there are any.
+fn beside<'a>(schema: &'a Value, keyword: &str) -> Option<Unjudged<'a>> {
+    let Value::Object(map) = schema else { return None };
+    let mut parts: Vec<(&str, &Value)> = map
+        .iter()
+        .map(|(name, value)| (name.as_str(), value))
+        .filter(|(name, _)| *name != keyword && !ANNOTATIONS.contains(name) && !DECLARATIONS.contains(name))
+        .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    parts.sort_by_key(|(name, _)| *name);
+    let names: Vec<&str> = parts.iter().map(|(name, _)| *name).collect();
+    Some(Unjudged { what: format!("keywords beside `{keyword}` ({})", names.join(", ")), parts })
+}
+
+/// Whether two schemas, each in its own document, are the same constraint: equal keyword for
+/// keyword, annotations aside, and local `$ref`s followed on both sides (a pair of targets
+/// already being compared further up is taken as the same, so recursive definitions terminate).
+struct Same<'a> {
+    a_root: &'a Value,
+    b_root: &'a Value,
+    assumed: HashSet<(usize, usize)>,
+}
+
+impl<'a> Same<'a> {
+    fn new(a_root: &'a Value, b_root: &'a Value) -> Self {
+        Self { a_root, b_root, assumed: HashSet::new() }
+    }
+
+    fn unjudged(&mut self, a: &Unjudged<'_>, b: &Unjudged<'_>) -> bool {
+        a.parts.len() == b.parts.len()
+            && a.parts.iter().zip(&b.parts).all(|((ka, va), (kb, vb))| ka == kb && self.keyword(ka, va, vb))
+    }
+
+    fn schemas(&mut self, a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) => {
+                let constraints = |map: &Map<String, Value>| {
+                    map.keys().filter(|k| !ANNOTATIONS.contains(&k.as_str())).count()
+                };
+                constraints(a) == constraints(b)
+                    && a.iter()
+                        .filter(|(k, _)| !ANNOTATIONS.contains(&k.as_str()))
+                        .all(|(k, va)| b.get(k).is_some_and(|vb| self.keyword(k, va, vb)))
+            }
+            _ => a == b,
+        }
+    }
+
+    fn keyword(&mut self, keyword: &str, a: &Value, b: &Value) -> bool {
+        match keyword {
+            "$ref" => self.references(a, b),
+            // Values, not schemas.
+            "enum" | "const" | "required" | "type" | "dependentRequired" => a == b,
+            // Names mapped to schemas.
+            "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas" => {
+                match (a, b) {
+                    (Value::Object(a), Value::Object(b)) => {
+                        a.len() == b.len()
+                            && a.iter().all(|(name, va)| b.get(name).is_some_and(|vb| self.schemas(va, vb)))
+                    }
+                    _ => a == b,
+                }
+            }
+            _ => self.values(a, b),
+        }
+    }
+
+    /// A keyword's value: a schema, a list of them, or a plain value.
+    fn values(&mut self, a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Object(_), Value::Object(_)) => self.schemas(a, b),
+            (Value::Array(a), Value::Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(a, b)| self.values(a, b))
+            }
+            _ => same_value(a, b),
+        }
+    }
+
+    fn references(&mut self, a: &Value, b: &Value) -> bool {
+        let (Some(a_ref), Some(b_ref)) = (a.as_str(), b.as_str()) else { return a == b };
+        match (lookup(self.a_root, a_ref), lookup(self.b_root, b_ref)) {
+            (Some(a), Some(b)) => {
+                let pair = (a as *const Value as usize, b as *const Value as usize);
+                if !self.assumed.insert(pair) {
+                    return true; // being compared further up
+                }
+                let same = self.schemas(a, b);
+                self.assumed.remove(&pair);
+                same
+            }
+            // References that are not followed are the same when they name the same schema.
+            (None, None) => a_ref == b_ref,
+            _ => false,
+        }
+    }
 }
 
 /// The values of `const` (one) or `enum`, if the schema lists them.
@@ -1238,6 +1525,33 @@ mod tests {
     fn narrowing_to_integer_names_the_lost_values() {
         let found = can_read(&json!({"type": "integer"}), &json!({"type": "number"}));
         assert!(found[0].message.ends_with("non-integer numbers cannot be read"), "{}", found[0]);
+    }
+
+    #[test]
+    fn composition_is_refused_unless_the_same_on_both_sides() {
+        let old = json!({"properties": {"v": {"type": "string"}}});
+        let new = json!({"allOf": [{"properties": {"v": {"type": "integer"}}, "required": ["v"]}]});
+        let found = check(Compatibility::Backward, &new, std::slice::from_ref(&old));
+        assert_eq!(pairs(&found), [("$".to_owned(), Rule::CompositionChanged)]);
+        assert!(found[0].message.starts_with("the new schema has `allOf` here"), "{}", found[0]);
+        // The same keyword on both sides is no change, wherever its references point alike.
+        let with = |maximum: u32| {
+            json!({"$defs": {"Small": {"maximum": maximum}}, "type": "object",
+                "properties": {"n": {"type": "integer", "not": {"$ref": "#/$defs/Small"}}}})
+        };
+        assert!(check(Compatibility::Full, &with(5), &[with(5)]).is_empty());
+        assert_eq!(
+            pairs(&check(Compatibility::Full, &with(6), &[with(5)])),
+            [("$.n".to_owned(), Rule::CompositionChanged)]
+        );
+        // A union's siblings hold for every branch the writer's union may take.
+        let union =
+            |sibling: Value| json!({"anyOf": [{"type": "string"}, {"type": "null"}], "maxLength": sibling});
+        assert!(can_read(&union(json!(3)), &union(json!(3))).is_empty());
+        assert_eq!(
+            pairs(&can_read(&union(json!(3)), &union(json!(4)))),
+            [("$".to_owned(), Rule::CompositionChanged)]
+        );
     }
 
     #[test]

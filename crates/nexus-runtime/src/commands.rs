@@ -356,6 +356,15 @@ impl CommandBus {
         for event in &events {
             if let Err(error) = handler.apply(state, event) {
                 *slot = Slot::default();
+                // Another kind of aggregate owns this id: say so, not what serde thought of it.
+                if !handler.events().iter().any(|spec| spec.name == event.event_type) {
+                    tracing::debug!(aggregate_id, %error, "command sent to an aggregate of another kind");
+                    return Err(CommandError::Rejected(DomainError::rule(format!(
+                        "aggregate '{aggregate_id}' is not of kind {}: it holds {} events",
+                        handler.kind(),
+                        event.event_type
+                    ))));
+                }
                 return Err(CommandError::Rejected(DomainError::rule(format!(
                     "aggregate '{aggregate_id}' cannot take this command: {error}"
                 ))));

@@ -144,8 +144,7 @@ impl Authenticator {
     }
 
     fn jwt(&self, token: &str) -> Result<Principal, ApiError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| unauthenticated(format!("the bearer token is not a JWT: {e}")))?;
+        let header = jsonwebtoken::decode_header(token).map_err(ApiError::from)?;
         let key = match header.alg {
             Algorithm::HS256 => self.hs256.as_ref(),
             Algorithm::RS256 => self.rs256.as_ref(),
@@ -164,9 +163,7 @@ impl Authenticator {
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
         }
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
-            .map_err(|e| unauthenticated(format!("the bearer token is not valid: {e}")))?
-            .claims;
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(ApiError::from)?.claims;
         let mut scopes: Vec<String> =
             claims.scope.as_deref().unwrap_or_default().split_whitespace().map(str::to_owned).collect();
         scopes.extend(claims.scopes.unwrap_or_default());

@@ -253,8 +253,22 @@ pub struct Limits {
     pub temporal_max_days: u64,
     /// WebSocket connections one client may hold open (contract: 1000).
     pub ws_connections_per_client: u32,
+    /// Aggregate ids one WebSocket connection may follow at once (1000); a `subscribe` that would
+    /// pass it is refused on the socket.
+    pub ws_subscriptions_per_connection: u32,
+    /// Largest WebSocket message (and frame) a client may send (64 KiB); a larger one closes the
+    /// connection.
+    pub ws_max_message_bytes: usize,
     /// Notifications per second pushed to one client over all its connections (contract: 100).
     pub ws_notifications_per_second: u32,
+    /// A connection must send a complete request head within this time of being accepted (or of
+    /// the first byte of a later request on it); else it is closed (10 s).
+    pub header_read_timeout_ms: u64,
+    /// A kept-alive connection with no request in flight is closed after this time (75 s).
+    pub idle_timeout_ms: u64,
+    /// Connections open at once, WebSockets included (10,000); beyond it a new connection takes
+    /// the slot of the one waiting longest for a request, or is closed when none waits.
+    pub max_connections: usize,
 }
 
 /// The TOML file's shape: every key optional, unknown keys refused (a typo must not be silently
@@ -364,7 +378,12 @@ struct FileLimits {
     max_page_size: Option<usize>,
     temporal_max_days: Option<u64>,
     ws_connections_per_client: Option<u32>,
+    ws_subscriptions_per_connection: Option<u32>,
+    ws_max_message_bytes: Option<usize>,
     ws_notifications_per_second: Option<u32>,
+    header_read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -440,7 +459,15 @@ impl Config {
                 max_page_size: parsed.limits.max_page_size.unwrap_or(1000),
                 temporal_max_days: parsed.limits.temporal_max_days.unwrap_or(90),
                 ws_connections_per_client: parsed.limits.ws_connections_per_client.unwrap_or(1000),
+                ws_subscriptions_per_connection: parsed
+                    .limits
+                    .ws_subscriptions_per_connection
+                    .unwrap_or(1000),
+                ws_max_message_bytes: parsed.limits.ws_max_message_bytes.unwrap_or(64 * 1024),
                 ws_notifications_per_second: parsed.limits.ws_notifications_per_second.unwrap_or(100),
+                header_read_timeout_ms: parsed.limits.header_read_timeout_ms.unwrap_or(10_000),
+                idle_timeout_ms: parsed.limits.idle_timeout_ms.unwrap_or(75_000),
+                max_connections: parsed.limits.max_connections.unwrap_or(10_000),
             },
             projection_batch_size: parsed.projection_batch_size.unwrap_or(1000),
             aggregate_cache_capacity: parsed.aggregate_cache_capacity.unwrap_or(100_000),
@@ -624,6 +651,23 @@ impl Config {
                 limits.min_version_timeout_ms <= limits.max_wait_ms,
                 "limits.min-version-timeout-ms must not exceed limits.max-wait-ms",
             ),
+            (
+                limits.ws_subscriptions_per_connection >= 1,
+                "limits.ws-subscriptions-per-connection must be at least 1",
+            ),
+            (
+                (1024..=16 * 1024 * 1024).contains(&limits.ws_max_message_bytes),
+                "limits.ws-max-message-bytes must be from 1024 to 16777216",
+            ),
+            (
+                (100..=3_600_000).contains(&limits.header_read_timeout_ms),
+                "limits.header-read-timeout-ms must be from 100 to 3600000",
+            ),
+            (
+                (100..=3_600_000).contains(&limits.idle_timeout_ms),
+                "limits.idle-timeout-ms must be from 100 to 3600000",
+            ),
+            (limits.max_connections >= 1, "limits.max-connections must be at least 1"),
             (self.projection_batch_size >= 1, "projection-batch-size must be at least 1"),
             (self.aggregate_cache_capacity >= 1, "aggregate-cache-capacity must be at least 1"),
             (self.rate_limits.window_secs >= 1, "rate-limits.window-secs must be at least 1"),

@@ -47,6 +47,11 @@ pub enum ApiError {
     TooManyConnections { limit: u32 },
     #[error("a backend is unavailable: {0}")]
     Unavailable(String),
+    /// A store failed: the client hears that a backend is unavailable, the log gets the store's
+    /// own words (driver text, host names) and nobody else.
+    #[error("a backend is unavailable: {0}")]
+    StoreUnavailable(StoreError),
+    /// A bug or corrupt data: the client hears only that, the log gets the details.
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -63,6 +68,42 @@ impl ApiError {
             many => format!("{} fields are invalid", many.len()),
         };
         Self::Validation { message, fields }
+    }
+
+    /// An error axum or a layer answered before (or instead of) a handler, as plain text with
+    /// `status`: the same failure in the contract's shape. `text` is axum's own explanation
+    /// (such as "Invalid URL: …"), kept for 400s, where it describes the client's mistake.
+    pub fn rejection(status: StatusCode, text: &str, body_limit: usize) -> Self {
+        let text = text.trim();
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge(body_limit),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType,
+            StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,
+            StatusCode::NOT_FOUND => Self::NotFound("no such endpoint".into()),
+            status if status.is_server_error() => {
+                Self::Internal(format!("{status} answered as text: {text}"))
+            }
+            _ => {
+                let message = if text.is_empty() {
+                    format!("the request is malformed ({status})")
+                } else {
+                    format!("the request is malformed: {}", text.chars().take(300).collect::<String>())
+                };
+                Self::Validation { message, fields: Vec::new() }
+            }
+        }
+    }
+
+    /// What the client is told: the error's own words, except where those are the server's
+    /// internals (a bug's details, a driver's text), which only the log gets.
+    fn client_message(&self) -> String {
+        match self {
+            Self::Internal(_) => "internal error: the server logged the details".into(),
+            Self::StoreUnavailable(_) => {
+                "a backend is unavailable or stayed busy; nothing acknowledged was lost, and the request may be sent again".into()
+            }
+            _ => self.to_string(),
+        }
     }
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -88,7 +129,9 @@ impl ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
             }
             Self::TimeRangeExceeded { .. } => (StatusCode::BAD_REQUEST, "TIME_RANGE_EXCEEDED"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            Self::Unavailable(_) | Self::StoreUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+            }
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         }
     }
@@ -97,7 +140,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let mut body = json!({"code": code, "message": self.to_string()});
+        let mut body = json!({"code": code, "message": self.client_message()});
         match &self {
             Self::Validation { fields, .. } => body["fields"] = json!(fields),
             Self::Concurrency { expected, actual } => {
@@ -112,14 +155,14 @@ impl IntoResponse for ApiError {
                 body["minPosition"] = json!(wanted);
                 body["currentPosition"] = json!(current);
             }
-            Self::Unavailable(_) | Self::Internal(_) => {
+            Self::Unavailable(_) | Self::StoreUnavailable(_) | Self::Internal(_) => {
                 tracing::error!(error = %self, "request failed");
             }
             _ => {}
         }
         let mut response = (status, axum::Json::<Value>(body)).into_response();
         match &self {
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::StoreUnavailable(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::RateLimited { retry_after, .. } => {
@@ -145,7 +188,7 @@ impl From<StoreError> for ApiError {
             StoreError::WrongExpectedVersion { expected, actual, .. } => {
                 Self::Concurrency { expected, actual }
             }
-            StoreError::Unavailable(_) => Self::Unavailable(error.to_string()),
+            StoreError::Unavailable(_) => Self::StoreUnavailable(error),
             StoreError::Corrupt(_) => Self::Internal(error.to_string()),
         }
     }
@@ -180,5 +223,63 @@ impl From<CommandError> for ApiError {
                 _ => rejection.to_string(),
             }),
         }
+    }
+}
+
+/// A bearer token that did not verify, in plain words: the library's own names
+/// (`ExpiredSignature`, `Base64(InvalidByte(…))`) mean nothing to a client.
+impl From<jsonwebtoken::errors::Error> for ApiError {
+    fn from(error: jsonwebtoken::errors::Error) -> Self {
+        use jsonwebtoken::errors::ErrorKind;
+        let why = match error.kind() {
+            ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+                "is not a well-formed JWT (three base64url parts: header, claims, signature)".to_owned()
+            }
+            ErrorKind::Json(_) => "has a header or claims that are not the JSON this server reads".to_owned(),
+            ErrorKind::InvalidSignature => "has a signature that does not verify".to_owned(),
+            ErrorKind::ExpiredSignature => "has expired (its exp claim is in the past)".to_owned(),
+            ErrorKind::ImmatureSignature => "is not valid yet (its nbf claim is in the future)".to_owned(),
+            ErrorKind::InvalidIssuer => {
+                "was issued by an issuer this server does not accept (iss)".to_owned()
+            }
+            ErrorKind::InvalidAudience => "is meant for another audience (aud)".to_owned(),
+            ErrorKind::InvalidSubject => "has a subject this server does not accept (sub)".to_owned(),
+            ErrorKind::MissingRequiredClaim(claim) => format!("lacks the required claim '{claim}'"),
+            ErrorKind::InvalidClaimFormat(claim) => format!("has a claim '{claim}' of the wrong type"),
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
+                "is signed with an algorithm this server does not accept".to_owned()
+            }
+            _ => "cannot be verified".to_owned(),
+        };
+        Self::Unauthenticated(format!("the bearer token {why}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_failures_are_told_in_plain_words() {
+        use jsonwebtoken::errors::{Error, ErrorKind};
+        let told = |kind: ErrorKind| ApiError::from(Error::from(kind)).client_message();
+        assert_eq!(
+            told(ErrorKind::ExpiredSignature),
+            "the bearer token has expired (its exp claim is in the past)"
+        );
+        assert_eq!(
+            told(ErrorKind::MissingRequiredClaim("sub".into())),
+            "the bearer token lacks the required claim 'sub'"
+        );
+        assert!(!told(ErrorKind::InvalidSignature).contains("InvalidSignature"));
+    }
+
+    #[test]
+    fn internals_stay_in_the_log() {
+        let internal = ApiError::Internal("Order cannot read event e-1: unknown variant `X`".into());
+        assert!(!internal.client_message().contains("unknown variant"));
+        let store = ApiError::from(StoreError::Unavailable("connection refused to db.internal:5432".into()));
+        assert!(!store.client_message().contains("db.internal"), "{}", store.client_message());
+        assert!(store.to_string().contains("db.internal"), "the log keeps it");
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 mod error;
 mod extract;
 mod graph;
+mod listener;
 mod rate_limit;
 mod routes;
 #[cfg(feature = "testing")]
@@ -21,11 +22,9 @@ mod webhooks;
 mod ws;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use nexus_core::{Domain, EventStore, ReadStore, SchemaStore, SnapshotStore, StoreError};
 use nexus_registry::Registry;
@@ -257,10 +256,7 @@ pub async fn run(
         };
         queue_tasks.push(tokio::spawn(router.run(stopped.clone())));
         let delivering = webhooks::Delivering {
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(std::time::Duration::from_millis(config.queue.webhook_timeout_ms))
-                .build()
+            http: webhooks::http_client(std::time::Duration::from_millis(config.queue.webhook_timeout_ms))
                 .map_err(|e| ServeError::Io(std::io::Error::other(e)))?,
             retry_base: std::time::Duration::from_millis(config.queue.retry_base_ms),
         };
@@ -323,16 +319,9 @@ pub async fn run(
     });
     let app = router(state);
     tracing::info!(addr = %listener.local_addr()?, role = ?config.role, auth = config.auth_enabled(), store = %describe(&config.store, &config.data_dir), "nexus serving");
-    // Small writes (202 bodies, WebSocket notifications) must not wait for Nagle's algorithm and
-    // the peer's delayed ACK: that alone adds ~40 ms to a notification.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::warn!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    // Header-read and idle timeouts, a cap on open connections, TCP_NODELAY, the peer's address
+    // for per-client limits, WebSocket upgrades, graceful shutdown: see `listener`.
+    listener::serve(listener, app, listener::Settings::from_limits(&config.limits), shutdown).await;
     tracing::info!("shutting down: stopping projections");
     let _ = stop.send(true);
     for task in saga_tasks {
@@ -352,7 +341,6 @@ pub async fn run(
         sweep.abort();
         let _ = sweep.await;
     }
-    served?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

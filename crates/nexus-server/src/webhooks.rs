@@ -182,6 +182,14 @@ impl Webhooks {
     }
 }
 
+/// The HTTP client that delivers webhooks: no proxy, `timeout` per request, and no redirects
+/// followed. A webhook's URL is the one an operator registered; a `3xx` would send the event
+/// (and its signature) wherever the endpoint points, so it is a failed delivery instead, retried
+/// and then dead-lettered like any other non-`2xx` answer.
+pub(crate) fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).timeout(timeout).build()
+}
+
 /// How deliveries are made.
 #[derive(Clone)]
 pub(crate) struct Delivering {
@@ -281,6 +289,15 @@ async fn post(http: &reqwest::Client, hook: &Webhook, event: &DomainEvent) -> Re
     }
     match request.body(body).send().await {
         Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) if response.status().is_redirection() => {
+            let location = response.headers().get(reqwest::header::LOCATION);
+            let to = location.and_then(|l| l.to_str().ok()).map(|l| format!(" (to {l})")).unwrap_or_default();
+            Err(format!(
+                "HTTP {} from {}: redirects are not followed{to}; register the URL that answers 2xx itself",
+                response.status(),
+                hook.url
+            ))
+        }
         Ok(response) => Err(format!("HTTP {} from {}", response.status(), hook.url)),
         Err(error) if error.is_timeout() => Err(format!("TIMEOUT: {} did not answer in time", hook.url)),
         Err(error) => Err(format!("UNAVAILABLE: cannot reach {}: {error}", hook.url)),

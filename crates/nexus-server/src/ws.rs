@@ -3,11 +3,17 @@
 //! Each connection holds its own set of aggregate ids and its own receiver of the notifier's
 //! broadcast; a slow connection lags (and is told how many it missed), it never slows the
 //! projection or other clients.
+//!
+//! What one connection may cost is bounded: a client message (and each frame) is at most
+//! `[limits] ws-max-message-bytes`, a larger one closes the connection (close code 1009) before
+//! it is read; and a connection follows at most `[limits] ws-subscriptions-per-connection`
+//! aggregate ids, a `subscribe` that would pass it is refused as a whole with an `error` message
+//! and the connection stays open.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, State};
 use axum::response::IntoResponse;
 use axum::response::Response;
@@ -31,7 +37,10 @@ pub(crate) async fn upgrade(
         metrics::counter!("nexus_throttled_requests_total", "class" => "WebSocketConnections").increment(1);
         return ApiError::TooManyConnections { limit }.into_response();
     };
-    ws.on_upgrade(move |socket| serve(socket, state, client, slot))
+    let max_bytes = state.config.limits.ws_max_message_bytes;
+    ws.max_message_size(max_bytes)
+        .max_frame_size(max_bytes)
+        .on_upgrade(move |socket| serve(socket, state, client, slot))
 }
 
 /// Per-client WebSocket limits (contract §5): connections open, and notifications per second
@@ -98,6 +107,7 @@ async fn serve(mut socket: WebSocket, state: AppState, client: Client, _slot: Sl
     let mut updates = state.notifier.subscribe();
     let mut shutdown = state.shutdown.clone();
     let mut subscribed: HashSet<String> = HashSet::new();
+    let max_subscriptions = state.config.limits.ws_subscriptions_per_connection as usize;
     // Notifications over the client's rate are dropped and counted; the count is reported as
     // soon as sending is allowed again (at the latest a second later).
     let mut dropped: u64 = 0;
@@ -105,8 +115,24 @@ async fn serve(mut socket: WebSocket, state: AppState, client: Client, _slot: Sl
     loop {
         let outgoing = tokio::select! {
             incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Text(text))) => answer(&text, &mut subscribed),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(Message::Text(text))) => answer(&text, &mut subscribed, max_subscriptions),
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "WebSocket read failed; closing");
+                    // A message or frame over `ws-max-message-bytes` is refused by its header,
+                    // before its payload is read (tungstenite's "Message too long"); the client
+                    // is told why. Any other read error is a broken connection.
+                    if !error.to_string().contains("too long") {
+                        break;
+                    }
+                    metrics::counter!("nexus_throttled_requests_total", "class" => "WebSocketMessageSize")
+                        .increment(1);
+                    let limit = state.config.limits.ws_max_message_bytes;
+                    let reason = format!("messages are limited to {limit} bytes");
+                    let frame = CloseFrame { code: close_code::SIZE, reason: reason.into() };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    return;
+                }
                 Some(Ok(_)) => continue, // pings are answered by the protocol layer
             },
             _ = report.tick(), if dropped > 0 => {
@@ -150,9 +176,25 @@ async fn serve(mut socket: WebSocket, state: AppState, client: Client, _slot: Sl
     let _ = socket.send(Message::Close(None)).await;
 }
 
-fn answer(text: &str, subscribed: &mut HashSet<String>) -> Value {
+fn answer(text: &str, subscribed: &mut HashSet<String>, max_subscriptions: usize) -> Value {
     match serde_json::from_str::<ClientMessage>(text) {
         Ok(ClientMessage::Subscribe { aggregate_ids }) => {
+            let new: HashSet<&String> = aggregate_ids.iter().filter(|id| !subscribed.contains(*id)).collect();
+            if subscribed.len() + new.len() > max_subscriptions {
+                metrics::counter!("nexus_throttled_requests_total", "class" => "WebSocketSubscriptions")
+                    .increment(1);
+                return json!({
+                    "type": "error",
+                    "code": "VALIDATION_ERROR",
+                    "message": format!(
+                        "a connection follows at most {max_subscriptions} aggregate ids: this one follows {} \
+                         and the subscribe adds {}; nothing was subscribed (unsubscribe some first, or \
+                         use another connection)",
+                        subscribed.len(),
+                        new.len()
+                    ),
+                });
+            }
             subscribed.extend(aggregate_ids.iter().cloned());
             json!({"type": "subscribed", "aggregateIds": aggregate_ids})
         }
@@ -167,5 +209,36 @@ fn answer(text: &str, subscribed: &mut HashSet<String>) -> Value {
             "code": "VALIDATION_ERROR",
             "message": format!("expected {{\"type\": \"subscribe\"|\"unsubscribe\", \"aggregateIds\": [...]}}: {e}"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscribe(ids: &[&str]) -> String {
+        json!({"type": "subscribe", "aggregateIds": ids}).to_string()
+    }
+
+    #[test]
+    fn subscriptions_per_connection_are_bounded_counting_distinct_new_ids() {
+        let mut subscribed = HashSet::new();
+        assert_eq!(answer(&subscribe(&["a", "b"]), &mut subscribed, 3)["type"], "subscribed");
+        // Ids already followed, and repeats within one message, count once.
+        assert_eq!(answer(&subscribe(&["a", "b", "c", "c"]), &mut subscribed, 3)["type"], "subscribed");
+        assert_eq!(subscribed.len(), 3);
+        // One more is refused as a whole: nothing of it is subscribed.
+        let refused = answer(&subscribe(&["a", "d"]), &mut subscribed, 3);
+        assert_eq!(
+            (refused["type"].as_str(), refused["code"].as_str()),
+            (Some("error"), Some("VALIDATION_ERROR"))
+        );
+        assert!(refused["message"].as_str().unwrap().contains("at most 3"), "{refused}");
+        assert_eq!(subscribed.len(), 3);
+        assert!(!subscribed.contains("d"));
+        // Unsubscribing makes room again.
+        let unsubscribe = json!({"type": "unsubscribe", "aggregateIds": ["a"]}).to_string();
+        assert_eq!(answer(&unsubscribe, &mut subscribed, 3)["type"], "unsubscribed");
+        assert_eq!(answer(&subscribe(&["d"]), &mut subscribed, 3)["type"], "subscribed");
     }
 }

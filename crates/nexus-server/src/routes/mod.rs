@@ -13,8 +13,10 @@ mod sagas;
 
 use std::collections::BTreeMap;
 
-use axum::extract::DefaultBodyLimit;
-use axum::middleware::from_fn_with_state;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Extension, Router};
 
@@ -337,9 +339,54 @@ pub(crate) fn router(state: AppState) -> Router {
         router = router.route(path, handler);
     }
     router
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(|uri: Uri| async move {
+            if registry::is_registry_path(uri.path()) {
+                registry::http_error(StatusCode::NOT_FOUND, "no such endpoint of the schema registry")
+            } else {
+                ApiError::NotFound("no such endpoint".into()).into_response()
+            }
+        })
+        .method_not_allowed_fallback(|uri: Uri| async move {
+            if registry::is_registry_path(uri.path()) {
+                registry::http_error(StatusCode::METHOD_NOT_ALLOWED, "this path does not take that method")
+            } else {
+                ApiError::MethodNotAllowed.into_response()
+            }
+        })
+        .layer(from_fn_with_state(body_limit, errors_as_json))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(BodyLimit(body_limit)))
         .with_state(state)
+}
+
+/// The last word on every error: one answered as text, by axum's extractors (a path segment
+/// that is not UTF-8, a body over the limit, a WebSocket upgrade without its headers) or by any
+/// handler that did not go through [`ApiError`], is answered again in the contract's shape, or in
+/// Confluent's under `/api/schema-registry`. Errors already in JSON pass as they are.
+///
+/// What hyper refuses while parsing the request (a URI over 64 KiB: 414, too many or too large
+/// headers: 431, a conflicting `Content-Length`: 400) never reaches a service, this one included:
+/// hyper writes those status lines itself, with an empty body, and closes the connection.
+async fn errors_as_json(State(body_limit): State<usize>, request: Request, next: Next) -> Response {
+    let in_registry = registry::is_registry_path(request.uri().path());
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.split(';').next().unwrap_or("").trim().ends_with("json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    // axum's rejections are one short line; more is not worth reading.
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    if in_registry {
+        registry::rejection(status, &text, body_limit)
+    } else {
+        ApiError::rejection(status, &text, body_limit).into_response()
+    }
 }

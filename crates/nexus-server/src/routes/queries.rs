@@ -49,9 +49,7 @@ fn wait_budget(state: &AppState, timeout_ms: Option<u64>) -> Result<u64, ApiErro
 fn take_wait(params: &mut HashMap<String, String>) -> Result<(Option<u64>, Option<u64>), ApiError> {
     let mut number = |name: &str| match params.remove(name) {
         None => Ok(None),
-        Some(text) => {
-            text.parse::<u64>().map(Some).map_err(|_| ApiError::field(name, "must be a non-negative integer"))
-        }
+        Some(text) => crate::extract::query_integer(name, &text).map(Some),
     };
     Ok((number("minPosition")?, number("timeoutMs")?))
 }
@@ -167,6 +165,42 @@ fn page_size(
 /// Parameters of a list that are not field filters.
 const RESERVED: [&str; 3] = ["sort", "limit", "nextToken"];
 
+/// Whether `name` can name a document field: letters, digits and `_`, with `.` between nested
+/// names. The read stores refuse any other (`StoreError::InvalidRequest`, which cannot say which
+/// parameter held it); checked here first, by the same rule, so the error names the parameter.
+fn is_field_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .split('.')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+}
+
+const FIELD_NAME_RULE: &str = "letters, digits and _, with . between nested names";
+
+/// The filters among `params` (all but `reserved`), in name order; each name that is not a field
+/// name is an error named after it.
+fn field_filters(
+    params: &HashMap<String, String>,
+    reserved: &[&str],
+    errors: &mut Vec<FieldError>,
+) -> Vec<Filter> {
+    let mut filters: Vec<Filter> = params
+        .iter()
+        .filter(|(key, _)| !reserved.contains(&key.as_str()))
+        .map(|(field, value)| Filter { field: field.clone(), value: value.clone() })
+        .collect();
+    filters.sort_by(|a, b| a.field.cmp(&b.field));
+    for filter in &filters {
+        if !is_field_name(&filter.field) {
+            errors.push(FieldError::new(
+                &filter.field,
+                format!("is not a field name ({FIELD_NAME_RULE}), so it cannot filter"),
+            ));
+        }
+    }
+    filters
+}
+
 /// `GET /api/queries/{resourceType}?<field>=<value>&sort=<field>:asc|desc&limit=&nextToken=`.
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -182,6 +216,11 @@ pub(crate) async fn list(
     let limit = page_size(&params, limits, &mut errors);
     let sort = params.get("sort").and_then(|sort| {
         let (field, order) = sort.split_once(':').unwrap_or((sort, "asc"));
+        if !is_field_name(field) {
+            errors
+                .push(FieldError::new("sort", format!("'{field}' is not a field name ({FIELD_NAME_RULE})")));
+            return None;
+        }
         match order.to_ascii_lowercase().as_str() {
             "asc" => Some((field.to_owned(), SortOrder::Asc)),
             "desc" => Some((field.to_owned(), SortOrder::Desc)),
@@ -191,12 +230,7 @@ pub(crate) async fn list(
             }
         }
     });
-    let mut filters: Vec<Filter> = params
-        .iter()
-        .filter(|(key, _)| !RESERVED.contains(&key.as_str()))
-        .map(|(field, value)| Filter { field: field.clone(), value: value.clone() })
-        .collect();
-    filters.sort_by(|a, b| a.field.cmp(&b.field));
+    let filters = field_filters(&params, &RESERVED, &mut errors);
     let fingerprint = page_fingerprint(&filters, &sort);
     let offset = match params.get("nextToken") {
         None => 0,
@@ -242,7 +276,8 @@ fn decode_token(token: &str, fingerprint: &str) -> Option<usize> {
     let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
     let value: Value = serde_json::from_slice(&bytes).ok()?;
     (value.get("q")?.as_str()? == fingerprint).then_some(())?;
-    value.get("o")?.as_u64().map(|o| o as usize)
+    // An offset the stores cannot take (they count in signed 64 bits) is no token of theirs.
+    value.get("o")?.as_u64().filter(|o| *o <= crate::extract::MAX_QUERY_INTEGER).map(|o| o as usize)
 }
 
 #[derive(Deserialize)]
@@ -355,12 +390,10 @@ pub(crate) async fn search(
         .get("facets")
         .map(|f| f.split(',').map(str::trim).filter(|f| !f.is_empty()).map(str::to_owned).collect())
         .unwrap_or_default();
-    let mut filters: Vec<Filter> = params
-        .iter()
-        .filter(|(key, _)| !SEARCH_RESERVED.contains(&key.as_str()))
-        .map(|(field, value)| Filter { field: field.clone(), value: value.clone() })
-        .collect();
-    filters.sort_by(|a, b| a.field.cmp(&b.field));
+    for facet in facets.iter().filter(|facet| !is_field_name(facet)) {
+        errors.push(FieldError::new("facets", format!("'{facet}' is not a field name ({FIELD_NAME_RULE})")));
+    }
+    let filters = field_filters(&params, &SEARCH_RESERVED, &mut errors);
     let fingerprint = page_fingerprint(&filters, &Some((format!("q={text}"), SortOrder::Asc)));
     let offset = match params.get("nextToken") {
         None => 0,

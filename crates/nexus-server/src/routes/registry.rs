@@ -6,33 +6,113 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use nexus_core::RegisteredSchema;
 use nexus_registry::RegistryError;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::extract::BodyLimit;
 
-/// A registry failure in Confluent's shape.
-pub(crate) struct ConfluentError(RegistryError);
+/// Where the registry is served; everything under it answers errors in Confluent's shape.
+const PREFIX: &str = "/api/schema-registry";
+
+/// Whether `path` is the registry's, so that its errors take Confluent's shape.
+pub(crate) fn is_registry_path(path: &str) -> bool {
+    path.strip_prefix(PREFIX).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// A registry failure in Confluent's shape: the registry's own, or a plain HTTP failure (no
+/// such endpoint, a body over the limit, a malformed path), which Confluent's server answers
+/// with the HTTP status as `error_code`.
+pub(crate) enum ConfluentError {
+    Registry(RegistryError),
+    Http { status: StatusCode, message: String },
+}
 
 impl From<RegistryError> for ConfluentError {
     fn from(error: RegistryError) -> Self {
-        Self(error)
+        Self::Registry(error)
     }
 }
 
 impl IntoResponse for ConfluentError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
-            tracing::error!(error = %self.0, "schema registry request failed");
+        let (status, error_code, message) = match self {
+            Self::Registry(error) => {
+                let status =
+                    StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                if status.is_server_error() {
+                    tracing::error!(%error, "schema registry request failed");
+                }
+                (status, error.error_code(), error.to_string())
+            }
+            Self::Http { status, message } => {
+                if status.is_server_error() {
+                    tracing::error!(error = message, "schema registry request failed");
+                }
+                let message = if status.is_server_error() {
+                    "internal error: the server logged the details".to_owned()
+                } else {
+                    message
+                };
+                (status, u32::from(status.as_u16()), format!("HTTP {status}: {message}"))
+            }
+        };
+        (status, Json(json!({"error_code": error_code, "message": message}))).into_response()
+    }
+}
+
+/// A plain HTTP failure under the registry, in Confluent's shape.
+pub(crate) fn http_error(status: StatusCode, message: impl Into<String>) -> Response {
+    ConfluentError::Http { status, message: message.into() }.into_response()
+}
+
+/// An error that came back as text from under the registry (see `routes::errors_as_json`), in
+/// Confluent's shape: the same status, and the same words the contract's shape would use.
+pub(crate) fn rejection(status: StatusCode, text: &str, body_limit: usize) -> Response {
+    let error = crate::error::ApiError::rejection(status, text, body_limit);
+    http_error(status, error.to_string())
+}
+
+/// A request body, read whole (the registry reads any body as JSON, whatever its content type):
+/// over the body limit is a 413 in Confluent's shape.
+pub(crate) struct RegistryBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RegistryBody {
+    type Rejection = ConfluentError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = request.extensions().get::<BodyLimit>().map_or(0, |limit| limit.0);
+        Bytes::from_request(request, state).await.map(RegistryBody).map_err(|rejection| {
+            let message = match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => format!("the request body is larger than {limit} bytes"),
+                _ => "the request body could not be read to its end".to_owned(),
+            };
+            ConfluentError::Http { status: rejection.status(), message }
+        })
+    }
+}
+
+/// Path parameters, a segment that does not decode (not UTF-8) being a 400 in Confluent's shape.
+pub(crate) struct Path<T>(T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ConfluentError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(path) => Ok(Path(path.0)),
+            Err(rejection) => {
+                let error = crate::extract::path_error(&rejection);
+                Err(ConfluentError::Http { status: rejection.status(), message: error.to_string() })
+            }
         }
-        (status, Json(json!({"error_code": self.0.error_code(), "message": self.0.to_string()})))
-            .into_response()
     }
 }
 
@@ -49,7 +129,9 @@ struct SchemaBody {
 
 fn schema_body(bytes: &Bytes) -> Result<SchemaBody, ConfluentError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        ConfluentError(RegistryError::InvalidSchema(format!("the request body is not a schema request: {e}")))
+        ConfluentError::Registry(RegistryError::InvalidSchema(format!(
+            "the request body is not a schema request: {e}"
+        )))
     })
 }
 
@@ -77,7 +159,7 @@ pub(crate) async fn versions(State(state): State<AppState>, Path(subject): Path<
 pub(crate) async fn register(
     State(state): State<AppState>,
     Path(subject): Path<String>,
-    body: Bytes,
+    RegistryBody(body): RegistryBody,
 ) -> Reply {
     let body = schema_body(&body)?;
     let registered = state.registry.register(&subject, &body.schema, body.schema_type.as_deref()).await?;
@@ -104,14 +186,18 @@ pub(crate) async fn version_schema(
 }
 
 /// `POST /subjects/{subject}`: which version of the subject holds this schema.
-pub(crate) async fn lookup(State(state): State<AppState>, Path(subject): Path<String>, body: Bytes) -> Reply {
+pub(crate) async fn lookup(
+    State(state): State<AppState>,
+    Path(subject): Path<String>,
+    RegistryBody(body): RegistryBody,
+) -> Reply {
     let body = schema_body(&body)?;
     Ok(Json(full(&state.registry.lookup(&subject, &body.schema, body.schema_type.as_deref()).await?)))
 }
 
 /// `GET /schemas/ids/{id}`
 pub(crate) async fn by_id(State(state): State<AppState>, Path(id): Path<String>) -> Reply {
-    let id: u32 = id.parse().map_err(|_| ConfluentError(RegistryError::SchemaNotFound))?;
+    let id: u32 = id.parse().map_err(|_| ConfluentError::Registry(RegistryError::SchemaNotFound))?;
     let found = state.registry.by_id(id).await?;
     Ok(Json(json!({"schema": found.schema, "schemaType": found.schema_type})))
 }
@@ -121,7 +207,7 @@ pub(crate) async fn compatibility(
     State(state): State<AppState>,
     Path((subject, version)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
-    body: Bytes,
+    RegistryBody(body): RegistryBody,
 ) -> Reply {
     let body = schema_body(&body)?;
     let violations = state
@@ -148,9 +234,12 @@ pub(crate) async fn global_config(State(state): State<AppState>) -> Reply {
 }
 
 /// `PUT /config`
-pub(crate) async fn set_global_config(State(state): State<AppState>, body: Bytes) -> Reply {
+pub(crate) async fn set_global_config(
+    State(state): State<AppState>,
+    RegistryBody(body): RegistryBody,
+) -> Reply {
     let body: ConfigBody = serde_json::from_slice(&body).map_err(|_| {
-        ConfluentError(RegistryError::InvalidCompatibility(String::from_utf8_lossy(&body).into()))
+        ConfluentError::Registry(RegistryError::InvalidCompatibility(String::from_utf8_lossy(&body).into()))
     })?;
     Ok(Json(
         json!({"compatibility": state.registry.set_compatibility(None, &body.compatibility).await?.to_string()}),
@@ -178,10 +267,10 @@ pub(crate) async fn subject_config(
 pub(crate) async fn set_subject_config(
     State(state): State<AppState>,
     Path(subject): Path<String>,
-    body: Bytes,
+    RegistryBody(body): RegistryBody,
 ) -> Reply {
     let body: ConfigBody = serde_json::from_slice(&body).map_err(|_| {
-        ConfluentError(RegistryError::InvalidCompatibility(String::from_utf8_lossy(&body).into()))
+        ConfluentError::Registry(RegistryError::InvalidCompatibility(String::from_utf8_lossy(&body).into()))
     })?;
     let level = state.registry.set_compatibility(Some(&subject), &body.compatibility).await?;
     Ok(Json(json!({"compatibility": level.to_string()})))

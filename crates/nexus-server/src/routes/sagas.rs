@@ -83,14 +83,15 @@ pub(crate) async fn list(
     if !(1..=limits.max_page_size).contains(&limit) {
         errors.push(FieldError::new("limit", format!("must be from 1 to {}", limits.max_page_size)));
     }
-    let offset = match params.next_token.as_deref().map(str::parse::<usize>) {
-        None => 0,
-        Some(Ok(offset)) => offset,
-        Some(Err(_)) => {
-            errors.push(FieldError::new("nextToken", "is not a token this endpoint returned"));
-            0
-        }
-    };
+    let offset =
+        match params.next_token.as_deref().map(|token| crate::extract::query_integer("nextToken", token)) {
+            None => 0,
+            Some(Ok(offset)) => offset as usize,
+            Some(Err(_)) => {
+                errors.push(FieldError::new("nextToken", "is not a token this endpoint returned"));
+                0
+            }
+        };
     if !errors.is_empty() {
         return Err(ApiError::fields(errors));
     }
