@@ -206,3 +206,59 @@ fn fold_all(projection: &dyn Projection, events: &[DomainEvent], docs: &mut BTre
         }
     }
 }
+
+/// Checks what a domain's registrations promise but the compiler cannot see:
+///
+/// - every command type registered with [`CommandSpec`](crate::CommandSpec) is a variant of its
+///   aggregate's command enum (else every payload of it fails as "unknown variant");
+/// - every event type registered with [`EventSpec`](crate::EventSpec) is a variant of its
+///   aggregate's event enum (else a stored event of it cannot be read back);
+/// - every schema is a JSON object schema of draft 2020-12; command schemas refuse unknown
+///   fields (`additionalProperties: false`), event schemas allow new optional ones
+///   (`additionalProperties: true`), so a later version may add fields without breaking readers.
+///
+/// # Panics
+/// On the first registration that breaks one of these, naming it.
+pub fn check_domain(domain: &crate::Domain) {
+    const DIALECT: &str = "https://json-schema.org/draft/2020-12/schema";
+    let schema = |what: &str, text: &str| -> Value {
+        let schema: Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("the schema of {what} is not JSON: {e}"));
+        assert_eq!(schema["$schema"], DIALECT, "the schema of {what} must name draft 2020-12");
+        assert_eq!(schema["type"], "object", "the schema of {what} must describe an object");
+        schema
+    };
+    let garbage = json!({"definitely": "not valid"});
+    for spec in domain.commands() {
+        let additional = &schema(spec.name, spec.schema)["additionalProperties"];
+        assert_eq!(additional, &json!(false), "command {} must refuse unknown fields", spec.name);
+        let (_, handler) = domain.command(spec.name).expect("registered");
+        if let Err(crate::DecideError::Invalid(errors)) =
+            handler.decide(&handler.initial_state(), spec.name, &garbage)
+        {
+            let unknown = errors.iter().any(|e| e.error.contains("unknown variant"));
+            assert!(
+                !unknown,
+                "command {} is not a variant of {}'s commands: {errors:?}",
+                spec.name,
+                handler.kind()
+            );
+        }
+    }
+    for handler in domain.aggregates() {
+        for spec in handler.events() {
+            let additional = &schema(spec.name, spec.schema)["additionalProperties"];
+            assert_eq!(additional, &json!(true), "event {} must allow new optional fields", spec.name);
+            let mut log = EventLog::new();
+            let event = log.append("x-1", spec.name, garbage.clone()).clone();
+            if let Err(error) = handler.apply(&mut handler.initial_state(), &event) {
+                assert!(
+                    !error.contains("unknown variant"),
+                    "event {} is not a variant of {}'s events: {error}",
+                    spec.name,
+                    handler.kind()
+                );
+            }
+        }
+    }
+}
