@@ -30,6 +30,11 @@ pub enum RegistryError {
         "Invalid compatibility level '{0}'. Valid values are NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE"
     )]
     InvalidCompatibility(String),
+    /// The name is not kept: it may be 10 KB, or hold control characters.
+    #[error(
+        "Invalid subject: a subject name is 1 to {MAX_SUBJECT_LEN} characters from A-Z, a-z, 0-9, '.', '_' and '-'"
+    )]
+    InvalidSubject,
     #[error("Schema being registered is incompatible with an earlier schema for subject '{subject}': {}", describe(.violations))]
     Incompatible { subject: String, violations: Vec<Violation> },
     #[error("Error in the backend data store: {0}")]
@@ -56,6 +61,7 @@ impl RegistryError {
             Self::InvalidSchema(_) => 42201,
             Self::InvalidVersion(_) => 42202,
             Self::InvalidCompatibility(_) => 42203,
+            Self::InvalidSubject => 42208,
             Self::Store(_) => 50001,
         }
     }
@@ -76,6 +82,19 @@ fn parse_version(text: &str) -> Result<Option<u32>, RegistryError> {
         Ok(n) if (1..=i32::MAX as u32).contains(&n) => Ok(Some(n)),
         _ => Err(RegistryError::InvalidVersion(text.to_owned())),
     }
+}
+
+/// The longest subject name.
+pub const MAX_SUBJECT_LEN: usize = 255;
+
+/// A subject name a registry client may create: `[A-Za-z0-9._-]{1,255}`, which every shipped
+/// subject fits (event types, `commands.{CommandType}`). An event type is a subject, and it ends
+/// up in header values (a webhook's `ce-type`), file names and logs: a control character, a `/`
+/// or a 10 KB name would break them long after the registry accepted it.
+pub fn check_subject(subject: &str) -> Result<(), RegistryError> {
+    let valid = (1..=MAX_SUBJECT_LEN).contains(&subject.len())
+        && subject.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if valid { Ok(()) } else { Err(RegistryError::InvalidSubject) }
 }
 
 /// The default when neither the subject nor the registry sets one (Confluent's default).
@@ -128,6 +147,7 @@ impl Registry {
         schema: &str,
         schema_type: Option<&str>,
     ) -> Result<RegisteredSchema, RegistryError> {
+        check_subject(subject)?;
         let (value, canonical) = Self::parse(schema, schema_type)?;
         let versions = self.store.versions(subject).await?;
         if let Some(existing) = versions.iter().find(|v| v.schema == canonical) {
@@ -244,6 +264,9 @@ impl Registry {
         subject: Option<&str>,
         level: &str,
     ) -> Result<Compatibility, RegistryError> {
+        if let Some(subject) = subject {
+            check_subject(subject)?;
+        }
         let parsed: Compatibility =
             level.parse().map_err(|_| RegistryError::InvalidCompatibility(level.to_owned()))?;
         self.store.set_compatibility(subject, &parsed.to_string()).await?;
@@ -319,5 +342,21 @@ impl EventValidator for Registry {
                 fields,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod subject_tests {
+    use super::*;
+
+    #[test]
+    fn subject_names_are_restricted() {
+        for ok in ["TicketOpened", "commands.OpenTicket", "a-b_c.1", &"x".repeat(MAX_SUBJECT_LEN)] {
+            assert!(check_subject(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "\r\nInjected", "a\0b", "a/b", "a b", "Ünïcode", &"x".repeat(MAX_SUBJECT_LEN + 1)] {
+            assert!(matches!(check_subject(bad), Err(RegistryError::InvalidSubject)), "{bad:?}");
+        }
+        assert_eq!(RegistryError::InvalidSubject.status(), 422);
     }
 }

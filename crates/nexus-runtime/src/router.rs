@@ -246,6 +246,9 @@ impl EventRouter {
     }
 }
 
+/// The prefix of a failure reason that retrying can never fix (see [`DlqAction::for_reason`]).
+pub const PERMANENT: &str = "permanent:";
+
 /// What the dead-letter processor does with a dead letter (seed: `determineAction`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DlqAction {
@@ -258,10 +261,15 @@ pub enum DlqAction {
 }
 
 impl DlqAction {
-    /// The seed's rule, case-insensitive on the failure reason.
+    /// The seed's rule, case-insensitive on the failure reason, after one of ours: a reason
+    /// starting `PERMANENT:` is a failure that can never succeed however often it is tried (a
+    /// request that cannot even be built, such as a header value with a control character), so
+    /// it is archived, never republished, whatever else its text says ("unavailable" in a URL).
     pub fn for_reason(reason: &str) -> Self {
         let reason = reason.to_ascii_lowercase();
-        if reason.contains("timeout") || reason.contains("unavailable") {
+        if reason.starts_with(PERMANENT) {
+            DlqAction::Skip
+        } else if reason.contains("timeout") || reason.contains("unavailable") {
             DlqAction::Retry
         } else if reason.contains("schema") || reason.contains("validation") {
             DlqAction::Skip
@@ -330,5 +338,12 @@ mod tests {
         assert_eq!(DlqAction::for_reason("HTTP 503 Service Unavailable"), DlqAction::Retry);
         assert_eq!(DlqAction::for_reason("SCHEMA: ItemAdded v1 validation failed"), DlqAction::Skip);
         assert_eq!(DlqAction::for_reason("HTTP 500 Internal Server Error"), DlqAction::Manual);
+        assert_eq!(
+            DlqAction::for_reason(
+                "PERMANENT: cannot build the request to http://unavailable/timeout: builder error"
+            ),
+            DlqAction::Skip
+        );
+        assert_eq!(DlqAction::for_reason("permanent: invalid header value"), DlqAction::Skip);
     }
 }

@@ -6,11 +6,18 @@
 //! browser, may send either as `?access_token=` on `/api/subscriptions`. A credential carries a
 //! subject and scopes (`commands`, `queries`, `admin`); each scope grants only itself. The
 //! subject becomes the request's [`Client`], the key of its rate limits.
+//!
+//! Every credential a request carries must verify: a good API key next to a bad bearer token is
+//! refused, not the bad one ignored. A JWT's subject must not be blank. Credentials that do not
+//! verify are counted per peer address ([`AuthFailures`]); past `[auth] failures-per-minute` the
+//! peer's credentials are refused with 429 unchecked until its minute is over. A WebSocket opened
+//! with a JWT is closed when the token expires ([`CredentialExpiry`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -21,6 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::AppState;
 use crate::config::AuthSettings;
 use crate::error::ApiError;
+use crate::rate_limit::AuthFailures;
 
 /// What a credential must allow to call an endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,11 +77,31 @@ impl Client {
 struct Principal {
     subject: String,
     scopes: Vec<String>,
+    /// When the credential stops being valid (a JWT's `exp`, seconds since the epoch); API keys
+    /// do not expire.
+    expires: Option<u64>,
+}
+
+/// When the request's credential expires (a JWT's `exp`, seconds since the epoch), in the
+/// request's extensions: a WebSocket opened with it is closed then.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CredentialExpiry(pub(crate) u64);
+
+impl CredentialExpiry {
+    /// The moment of expiry on the runtime's clock (now, when already past).
+    pub(crate) fn instant(self) -> tokio::time::Instant {
+        let at = UNIX_EPOCH + Duration::from_secs(self.0);
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        tokio::time::Instant::now() + left
+    }
 }
 
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    /// Required by the validation; read for WebSocket expiry.
+    #[serde(default)]
+    exp: Option<u64>,
     /// OAuth 2 style: space-separated.
     #[serde(default)]
     scope: Option<String>,
@@ -89,6 +117,8 @@ pub(crate) struct Authenticator {
     audience: Option<String>,
     /// By the key's SHA-256 (hex): subject and scopes.
     api_keys: HashMap<String, (String, Vec<String>)>,
+    /// Credentials that did not verify, per peer address.
+    failures: AuthFailures,
 }
 
 impl Authenticator {
@@ -108,39 +138,79 @@ impl Authenticator {
                 .iter()
                 .map(|k| (k.key_sha256.to_ascii_lowercase(), (k.subject.clone(), k.scopes.clone())))
                 .collect(),
+            failures: AuthFailures::new(settings.failures_per_minute, Duration::from_secs(60)),
         })
     }
 
+    /// Whether the request carries any credential (a header or, on the WebSocket, the query).
+    fn presents_credential(headers: &HeaderMap, access_token: Option<&str>) -> bool {
+        headers.contains_key("x-api-key")
+            || headers.contains_key(axum::http::header::AUTHORIZATION)
+            || access_token.is_some()
+    }
+
+    /// Checks every credential the request carries; all must verify. The first one (in the order
+    /// `X-API-Key`, `Authorization`, `?access_token=`) is the caller; the request expires with
+    /// the first of them to expire.
     fn authenticate(&self, headers: &HeaderMap, access_token: Option<&str>) -> Result<Principal, ApiError> {
+        let mut checked: Vec<(&str, Result<Principal, ApiError>)> = Vec::new();
         if let Some(key) = headers.get("x-api-key") {
-            let key = key.to_str().map_err(|_| unauthenticated("the X-API-Key header is not text"))?;
-            return self.api_key(key);
+            let principal = match key.to_str() {
+                Ok(key) => self.api_key(key),
+                Err(_) => Err(unauthenticated("the X-API-Key header is not text")),
+            };
+            checked.push(("the X-API-Key header", principal));
         }
         if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
-            let value =
-                value.to_str().map_err(|_| unauthenticated("the Authorization header is not text"))?;
-            // The scheme name is case-insensitive (RFC 9110).
-            let token = value
-                .split_once(' ')
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, token)| token)
-                .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer <JWT>`"))?;
-            return self.jwt(token.trim());
+            let principal = match value.to_str() {
+                Err(_) => Err(unauthenticated("the Authorization header is not text")),
+                // The scheme name is case-insensitive (RFC 9110).
+                Ok(value) => {
+                    match value.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")) {
+                        Some((_, token)) => self.jwt(token.trim()),
+                        None => Err(unauthenticated("the Authorization header must be `Bearer <JWT>`")),
+                    }
+                }
+            };
+            checked.push(("the Authorization header", principal));
         }
         match access_token {
-            Some(token) if token.split('.').count() == 3 => self.jwt(token),
-            Some(key) => self.api_key(key),
-            None => Err(unauthenticated(
-                "no credential: send `Authorization: Bearer <JWT>` or `X-API-Key: <key>`",
-            )),
+            Some(token) if token.split('.').count() == 3 => checked.push(("access_token", self.jwt(token))),
+            Some(key) => checked.push(("access_token", self.api_key(key))),
+            None => {}
         }
+        if checked.is_empty() {
+            return Err(unauthenticated(
+                "no credential: send `Authorization: Bearer <JWT>` or `X-API-Key: <key>`",
+            ));
+        }
+        let several = checked.len() > 1;
+        let mut caller: Option<Principal> = None;
+        for (source, principal) in checked {
+            let principal = principal.map_err(|error| match error {
+                ApiError::Unauthenticated(why) if several => unauthenticated(format!(
+                    "{why} ({source}; every credential a request carries must be valid)"
+                )),
+                other => other,
+            })?;
+            match &mut caller {
+                None => caller = Some(principal),
+                Some(caller) => {
+                    caller.expires = match (caller.expires, principal.expires) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    }
+                }
+            }
+        }
+        Ok(caller.expect("at least one credential"))
     }
 
     fn api_key(&self, key: &str) -> Result<Principal, ApiError> {
         let digest = Sha256::digest(key.as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         let (subject, scopes) = self.api_keys.get(&hex).ok_or_else(|| unauthenticated("unknown API key"))?;
-        Ok(Principal { subject: subject.clone(), scopes: scopes.clone() })
+        Ok(Principal { subject: subject.clone(), scopes: scopes.clone(), expires: None })
     }
 
     fn jwt(&self, token: &str) -> Result<Principal, ApiError> {
@@ -164,10 +234,14 @@ impl Authenticator {
             validation.set_issuer(&[issuer]);
         }
         let claims = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(ApiError::from)?.claims;
+        // The subject names the client in rate limits and logs: a blank one names nobody.
+        if claims.sub.trim().is_empty() {
+            return Err(unauthenticated("the token's subject (sub) is empty"));
+        }
         let mut scopes: Vec<String> =
             claims.scope.as_deref().unwrap_or_default().split_whitespace().map(str::to_owned).collect();
         scopes.extend(claims.scopes.unwrap_or_default());
-        Ok(Principal { subject: claims.sub, scopes })
+        Ok(Principal { subject: claims.sub, scopes, expires: claims.exp })
     }
 }
 
@@ -189,8 +263,9 @@ fn access_token(request: &Request) -> Option<String> {
 }
 
 /// The middleware on every endpoint but the public ones when auth is on: 401 without a valid
-/// credential, 403 without the endpoint's scope; otherwise the caller becomes the request's
-/// [`Client`].
+/// credential, 403 without the endpoint's scope, 429 with a credential from a peer that has sent
+/// too many bad ones; otherwise the caller becomes the request's [`Client`] (and a JWT's expiry
+/// its [`CredentialExpiry`]).
 pub(crate) async fn require(
     State((state, scope)): State<(AppState, Scope)>,
     mut request: Request,
@@ -200,12 +275,36 @@ pub(crate) async fn require(
         return next.run(request).await;
     };
     let token = access_token(&request);
+    // The peer a credential that does not verify is counted against (none when the server is
+    // served without connection info, as in some embeddings: then nothing is throttled).
+    let peer = match Authenticator::presents_credential(request.headers(), token.as_deref()) {
+        true => request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()),
+        false => None,
+    };
+    if let Some(peer) = peer
+        && let Err(retry_after) = authenticator.failures.check(peer)
+    {
+        metrics::counter!("nexus_throttled_requests_total", "class" => "AuthFailures").increment(1);
+        tracing::debug!(%peer, path = request.uri().path(), "credential not checked: too many failures");
+        let limit = authenticator.failures.limit();
+        return ApiError::RateLimited { limit, retry_after }.into_response();
+    }
     let principal = match authenticator.authenticate(request.headers(), token.as_deref()) {
         Ok(principal) => principal,
         Err(error) => {
             metrics::counter!("nexus_auth_failures_total", "reason" => "unauthenticated").increment(1);
             // The reason only: never the credential itself.
             tracing::info!(reason = %error, path = request.uri().path(), "credential refused");
+            if let Some(peer) = peer
+                && authenticator.failures.record(peer)
+            {
+                tracing::warn!(
+                    %peer,
+                    limit = authenticator.failures.limit(),
+                    "too many credentials that do not verify from this peer: its credentials are \
+                     refused with 429 for the rest of the minute"
+                );
+            }
             return error.into_response();
         }
     };
@@ -226,5 +325,8 @@ pub(crate) async fn require(
         .into_response();
     }
     request.extensions_mut().insert(Client(format!("sub:{}", principal.subject)));
+    if let Some(exp) = principal.expires {
+        request.extensions_mut().insert(CredentialExpiry(exp));
+    }
     next.run(request).await
 }

@@ -101,6 +101,10 @@ pub struct AuthSettings {
     /// When set, a token's `aud` must contain it.
     pub jwt_audience: Option<String>,
     pub api_keys: Vec<ApiKey>,
+    /// Credentials that do not verify a peer address may send per minute before its credentials
+    /// are refused with 429 for the rest of the minute (`[auth] failures-per-minute`, default
+    /// 20); 0 turns the throttle off.
+    pub failures_per_minute: u32,
 }
 
 /// An API key, sent as `X-API-Key`. The configuration holds its SHA-256, never the key.
@@ -221,6 +225,14 @@ pub struct RateLimitConfig {
     pub list_per_window: u32,
     pub search_per_window: u32,
     pub temporal_per_window: u32,
+    /// Commands, sagas started and raw imports (0, the default: no limit; the seed sets none).
+    pub commands_per_window: u32,
+    /// One document, a saga's status, WebSocket upgrades (default: no limit).
+    pub reads_per_window: u32,
+    /// The schema registry (default: no limit).
+    pub registry_per_window: u32,
+    /// `/api/admin/*` and `/metrics` (default: no limit).
+    pub admin_per_window: u32,
 }
 
 /// The seed's snapshot triggers.
@@ -269,6 +281,9 @@ pub struct Limits {
     /// Connections open at once, WebSockets included (10,000); beyond it a new connection takes
     /// the slot of the one waiting longest for a request, or is closed when none waits.
     pub max_connections: usize,
+    /// Longest `userId`, `correlationId` and `causationId` a command's metadata (or its
+    /// `X-Correlation-Id` header) may carry, in bytes (256); each is copied into every event.
+    pub max_metadata_value_bytes: usize,
 }
 
 /// The TOML file's shape: every key optional, unknown keys refused (a typo must not be silently
@@ -311,6 +326,7 @@ struct FileAuth {
     jwt_rs256_public_key_file: Option<PathBuf>,
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
+    failures_per_minute: Option<u32>,
     #[serde(default)]
     api_keys: Vec<ApiKey>,
 }
@@ -356,6 +372,10 @@ struct FileRateLimits {
     list: Option<u32>,
     search: Option<u32>,
     temporal: Option<u32>,
+    commands: Option<u32>,
+    reads: Option<u32>,
+    registry: Option<u32>,
+    admin: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -384,6 +404,7 @@ struct FileLimits {
     header_read_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    max_metadata_value_bytes: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -468,6 +489,7 @@ impl Config {
                 header_read_timeout_ms: parsed.limits.header_read_timeout_ms.unwrap_or(10_000),
                 idle_timeout_ms: parsed.limits.idle_timeout_ms.unwrap_or(75_000),
                 max_connections: parsed.limits.max_connections.unwrap_or(10_000),
+                max_metadata_value_bytes: parsed.limits.max_metadata_value_bytes.unwrap_or(256),
             },
             projection_batch_size: parsed.projection_batch_size.unwrap_or(1000),
             aggregate_cache_capacity: parsed.aggregate_cache_capacity.unwrap_or(100_000),
@@ -483,6 +505,10 @@ impl Config {
                 list_per_window: parsed.rate_limits.list.unwrap_or(1000),
                 search_per_window: parsed.rate_limits.search.unwrap_or(100),
                 temporal_per_window: parsed.rate_limits.temporal.unwrap_or(10),
+                commands_per_window: parsed.rate_limits.commands.unwrap_or(0),
+                reads_per_window: parsed.rate_limits.reads.unwrap_or(0),
+                registry_per_window: parsed.rate_limits.registry.unwrap_or(0),
+                admin_per_window: parsed.rate_limits.admin.unwrap_or(0),
             },
             sagas: Sagas {
                 step_timeout_ms: parsed.sagas.step_timeout_ms.unwrap_or(30_000),
@@ -515,6 +541,7 @@ impl Config {
                 jwt_issuer: parsed.auth.jwt_issuer,
                 jwt_audience: parsed.auth.jwt_audience,
                 api_keys: parsed.auth.api_keys,
+                failures_per_minute: parsed.auth.failures_per_minute.unwrap_or(20),
             },
         };
         config.validate()?;
@@ -668,6 +695,10 @@ impl Config {
                 "limits.idle-timeout-ms must be from 100 to 3600000",
             ),
             (limits.max_connections >= 1, "limits.max-connections must be at least 1"),
+            (
+                (36..=65_536).contains(&limits.max_metadata_value_bytes),
+                "limits.max-metadata-value-bytes must be from 36 (a UUID) to 65536",
+            ),
             (self.projection_batch_size >= 1, "projection-batch-size must be at least 1"),
             (self.aggregate_cache_capacity >= 1, "aggregate-cache-capacity must be at least 1"),
             (self.rate_limits.window_secs >= 1, "rate-limits.window-secs must be at least 1"),

@@ -16,7 +16,8 @@ use serde_json::Value;
 use crate::error::ApiError;
 
 /// A JSON request body: 415 when it is not JSON, 413 when too large, 400 with the parser's
-/// position when malformed. A number with a zero fractional part (`2.0`) is read as the integer
+/// position when malformed, 400 naming the path of a key an object gives twice (`{"a":1,"a":2}`
+/// is refused rather than read as its last value, which another parser would read as its first). A number with a zero fractional part (`2.0`) is read as the integer
 /// (`2`), as JSON Schema counts it: the schema that accepted it and the typed code that reads it
 /// then agree.
 pub struct JsonBody(pub Value);
@@ -45,10 +46,122 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 ApiError::field("body", "could not be read to its end")
             }
         })?;
-        let mut value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::field("body", format!("malformed JSON: {e}")))?;
+        let mut value = strict_json(&bytes)?;
         integral_floats_as_integers(&mut value);
         Ok(JsonBody(value))
+    }
+}
+
+/// Parses a JSON body as `serde_json` does, in the same single pass, but refuses an object that
+/// gives a key twice, naming its path (`metadata.correlationId`, `items[0].sku`).
+fn strict_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    let duplicate = std::cell::RefCell::new(None);
+    let seed = Strict { at: &JsonPath::Root, duplicate: &duplicate };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = de::DeserializeSeed::deserialize(seed, &mut deserializer).and_then(|value| {
+        deserializer.end()?;
+        Ok(value)
+    });
+    match (parsed, duplicate.into_inner()) {
+        (Ok(value), _) => Ok(value),
+        (Err(_), Some(path)) => {
+            Err(ApiError::field(&path, "is given more than once: an object names each key once"))
+        }
+        (Err(e), None) => Err(ApiError::field("body", format!("malformed JSON: {e}"))),
+    }
+}
+
+/// Where a value is in the body, built into text only for an error.
+enum JsonPath<'a> {
+    Root,
+    Key(&'a JsonPath<'a>, &'a str),
+    Index(&'a JsonPath<'a>, usize),
+}
+
+impl fmt::Display for JsonPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JsonPath::Root => Ok(()),
+            JsonPath::Key(JsonPath::Root, key) => f.write_str(key),
+            JsonPath::Key(parent, key) => write!(f, "{parent}.{key}"),
+            JsonPath::Index(JsonPath::Root, index) => write!(f, "body[{index}]"),
+            JsonPath::Index(parent, index) => write!(f, "{parent}[{index}]"),
+        }
+    }
+}
+
+/// A `Value` at `at`; a duplicate key's path goes to `duplicate`, and parsing stops.
+struct Strict<'a> {
+    at: &'a JsonPath<'a>,
+    duplicate: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl<'de> de::DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        loop {
+            let at = JsonPath::Index(self.at, items.len());
+            match seq.next_element_seed(Strict { at: &at, duplicate: self.duplicate })? {
+                Some(item) => items.push(item),
+                None => return Ok(Value::Array(items)),
+            }
+        }
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if fields.contains_key(&key) {
+                *self.duplicate.borrow_mut() = Some(JsonPath::Key(self.at, &key).to_string());
+                return Err(A::Error::custom(format!("duplicate key '{key}'")));
+            }
+            let at = JsonPath::Key(self.at, &key);
+            let value = map.next_value_seed(Strict { at: &at, duplicate: self.duplicate })?;
+            fields.insert(key, value);
+        }
+        Ok(Value::Object(fields))
     }
 }
 
@@ -383,6 +496,24 @@ mod tests {
             r#"{"a":1,"b":[2,-3,1.5],"c":{"d":9007199254740992,"e":1e+300,"f":7}}"#
         );
         assert!(value["a"].is_u64() && value["b"][1].is_i64());
+    }
+
+    #[test]
+    fn duplicate_keys_are_named_by_their_path() {
+        let field = |body: &str| match strict_json(body.as_bytes()) {
+            Err(ApiError::Validation { fields, .. }) => fields[0].field.clone(),
+            other => panic!("{body}: {:?}", other.map(|v| v.to_string()).map_err(|e| e.to_string())),
+        };
+        assert_eq!(field(r#"{"a":1,"a":2}"#), "a");
+        assert_eq!(
+            field(r#"{"metadata":{"correlationId":"x","correlationId":"y"}}"#),
+            "metadata.correlationId"
+        );
+        assert_eq!(field(r#"{"items":[{"sku":"a"},{"sku":"b","sku":"c"}]}"#), "items[1].sku");
+        assert_eq!(field(r#"[{"k":1,"k":1}]"#), "body[0].k");
+        assert_eq!(field(r#"{"a":1} x"#), "body");
+        let text = r#"{"a":[1,-2,1.5,"s",null,true,{}],"b":{"c":{"a":1}},"a2":18446744073709551615}"#;
+        assert_eq!(strict_json(text.as_bytes()).unwrap(), serde_json::from_str::<Value>(text).unwrap());
     }
 
     #[test]

@@ -272,7 +272,9 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 
 /// One POST in CloudEvents 1.0 binary mode: the attributes in `ce-` headers, the event's data
 /// (its `DomainEvent` JSON) as the body. A failure comes back as the reason the dead-letter
-/// processor classifies: `TIMEOUT:`/`UNAVAILABLE:` are transient, an HTTP status is not.
+/// processor classifies: `TIMEOUT:`/`UNAVAILABLE:` are transient, an HTTP status is not, and
+/// `PERMANENT:` never succeeds (a request that cannot be built: an event type or aggregate id
+/// that is not a valid header value), so it is archived rather than republished forever.
 async fn post(http: &reqwest::Client, hook: &Webhook, event: &DomainEvent) -> Result<(), String> {
     let body = serde_json::to_vec(event).map_err(|e| format!("cannot serialize the event: {e}"))?;
     let mut request = http
@@ -299,6 +301,10 @@ async fn post(http: &reqwest::Client, hook: &Webhook, event: &DomainEvent) -> Re
             ))
         }
         Ok(response) => Err(format!("HTTP {} from {}", response.status(), hook.url)),
+        Err(error) if error.is_builder() => {
+            let cause = std::error::Error::source(&error).map(|c| format!(" ({c})")).unwrap_or_default();
+            Err(format!("PERMANENT: cannot build the request to {}: {error}{cause}", hook.url))
+        }
         Err(error) if error.is_timeout() => Err(format!("TIMEOUT: {} did not answer in time", hook.url)),
         Err(error) => Err(format!("UNAVAILABLE: cannot reach {}: {error}", hook.url)),
     }

@@ -9,6 +9,10 @@
 //! it is read; and a connection follows at most `[limits] ws-subscriptions-per-connection`
 //! aggregate ids, a `subscribe` that would pass it is refused as a whole with an `error` message
 //! and the connection stays open.
+//!
+//! A connection opened with a JWT lives no longer than the token: at its `exp` the server closes
+//! it (close code 1008, policy violation, reason "token expired"); the client reconnects with a
+//! fresh token. API keys do not expire.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -22,15 +26,17 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::AppState;
-use crate::auth::Client;
+use crate::auth::{Client, CredentialExpiry};
 use crate::error::ApiError;
 
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     client: Option<axum::Extension<Client>>,
+    expiry: Option<axum::Extension<CredentialExpiry>>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let expires = expiry.map(|e| e.0.instant());
     let client = client.map_or_else(|| Client::peer(peer), |c| c.0);
     let Some(slot) = state.subscriptions.connect(client.clone()) else {
         let limit = state.config.limits.ws_connections_per_client;
@@ -40,7 +46,7 @@ pub(crate) async fn upgrade(
     let max_bytes = state.config.limits.ws_max_message_bytes;
     ws.max_message_size(max_bytes)
         .max_frame_size(max_bytes)
-        .on_upgrade(move |socket| serve(socket, state, client, slot))
+        .on_upgrade(move |socket| serve(socket, state, client, slot, expires))
 }
 
 /// Per-client WebSocket limits (contract §5): connections open, and notifications per second
@@ -103,7 +109,13 @@ enum ClientMessage {
     Unsubscribe { aggregate_ids: Vec<String> },
 }
 
-async fn serve(mut socket: WebSocket, state: AppState, client: Client, _slot: Slot) {
+async fn serve(
+    mut socket: WebSocket,
+    state: AppState,
+    client: Client,
+    _slot: Slot,
+    expires: Option<tokio::time::Instant>,
+) {
     let mut updates = state.notifier.subscribe();
     let mut shutdown = state.shutdown.clone();
     let mut subscribed: HashSet<String> = HashSet::new();
@@ -112,6 +124,13 @@ async fn serve(mut socket: WebSocket, state: AppState, client: Client, _slot: Sl
     // soon as sending is allowed again (at the latest a second later).
     let mut dropped: u64 = 0;
     let mut report = tokio::time::interval(std::time::Duration::from_secs(1));
+    let expired = async {
+        match expires {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expired);
     loop {
         let outgoing = tokio::select! {
             incoming = socket.recv() => match incoming {
@@ -168,6 +187,12 @@ async fn serve(mut socket: WebSocket, state: AppState, client: Client, _slot: Sl
                 Err(RecvError::Closed) => break,
             },
             _ = shutdown.changed() => break,
+            () = &mut expired => {
+                tracing::debug!(client = client.0, "WebSocket credential expired; closing");
+                let frame = CloseFrame { code: close_code::POLICY, reason: "token expired".into() };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return;
+            },
         };
         if socket.send(Message::Text(outgoing.to_string().into())).await.is_err() {
             break;

@@ -20,12 +20,18 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<CommandResult>), ApiError> {
-    let request = parse_request(command_type, body, &headers)?;
+    let max_metadata_bytes = state.config.limits.max_metadata_value_bytes;
+    let request = parse_request(command_type, body, &headers, max_metadata_bytes)?;
     let result = state.bus.handle(request).await?;
     Ok((StatusCode::ACCEPTED, Json(result)))
 }
 
-fn parse_request(command_type: String, body: Value, headers: &HeaderMap) -> Result<CommandRequest, ApiError> {
+fn parse_request(
+    command_type: String,
+    body: Value,
+    headers: &HeaderMap,
+    max_metadata_bytes: usize,
+) -> Result<CommandRequest, ApiError> {
     let Value::Object(mut body) = body else {
         return Err(ApiError::field("body", "must be a JSON object"));
     };
@@ -74,8 +80,31 @@ fn parse_request(command_type: String, body: Value, headers: &HeaderMap) -> Resu
         }
     };
     let user_id = meta("userId");
-    let correlation_id = meta("correlationId").or_else(|| header(headers, "x-correlation-id"));
+    let correlation_id = meta("correlationId");
     let causation_id = meta("causationId");
+    // Each is copied into every event the command appends: bounded, the header too.
+    let correlation_id = match correlation_id {
+        Some(id) => Some(("metadata.correlationId", id)),
+        None => header(headers, "x-correlation-id").map(|id| ("X-Correlation-Id", id)),
+    };
+    let mut bounded = |name: &str, value: Option<String>| {
+        value.filter(|value| {
+            let fits = value.len() <= max_metadata_bytes;
+            if !fits {
+                errors.push(FieldError::new(
+                    name,
+                    format!("must be at most {max_metadata_bytes} bytes (it has {})", value.len()),
+                ));
+            }
+            fits
+        })
+    };
+    let user_id = bounded("metadata.userId", user_id);
+    let causation_id = bounded("metadata.causationId", causation_id);
+    let correlation_id = match correlation_id {
+        Some((name, id)) => bounded(name, Some(id)),
+        None => None,
+    };
     if !errors.is_empty() {
         return Err(ApiError::fields(errors));
     }

@@ -73,19 +73,26 @@ pub(crate) async fn by_type(
     if event_type.is_empty() {
         errors.push(FieldError::new("eventType", "is required"));
     }
-    let mut time = |name: &str, value: Option<String>, default: &str| match value {
-        None => Some(default.to_owned()),
+    let mut time = |name: &str, value: Option<String>, default: DateTime<Utc>| match value {
+        None => Some(default),
         Some(text) => match DateTime::parse_from_rfc3339(&text) {
-            Ok(at) => Some(format_timestamp(at.with_timezone(&Utc))),
+            Ok(at) => Some(at.with_timezone(&Utc)),
             Err(e) => {
                 errors.push(FieldError::new(name, format!("must be an ISO 8601 timestamp: {e}")));
                 None
             }
         },
     };
-    // Stored timestamps are fixed-width ISO strings, so string order is time order.
-    let start = time("startTime", params.start_time, "0000-01-01T00:00:00.000Z");
-    let end = time("endTime", params.end_time, "9999-12-31T23:59:59.999Z");
+    // Like a temporal query, a time range reaches at most `temporal-max-days` back: that is
+    // where it starts when `startTime` is left out, and an earlier one is refused.
+    let max_days = state.config.limits.temporal_max_days;
+    let earliest = i64::try_from(max_days)
+        .ok()
+        .and_then(chrono::TimeDelta::try_days)
+        .and_then(|days| Utc::now().checked_sub_signed(days))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let start = time("startTime", params.start_time, earliest);
+    let end = time("endTime", params.end_time, latest());
     let limit = params.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_RANGE_LIMIT {
         errors.push(FieldError::new("limit", format!("must be between 1 and {MAX_RANGE_LIMIT}")));
@@ -94,8 +101,18 @@ pub(crate) async fn by_type(
         return Err(ApiError::fields(errors));
     }
     let (start, end) = (start.expect("no errors"), end.expect("no errors"));
+    if start < earliest {
+        return Err(ApiError::TimeRangeExceeded { max_days });
+    }
+    // Stored timestamps are fixed-width ISO strings, so string order is time order.
+    let (start, end) = (format_timestamp(start), format_timestamp(end));
     let events = state.events.read_by_type(&event_type, &start, &end, limit).await?;
     Ok(Json(EventsBody { events }))
+}
+
+/// The latest time a stored timestamp can hold (its year has four digits).
+fn latest() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999Z").expect("a valid timestamp").with_timezone(&Utc)
 }
 
 struct RawAppend {

@@ -351,6 +351,10 @@ fn rate_class_name(class: RateClass) -> &'static str {
         RateClass::List => "list",
         RateClass::Search => "search",
         RateClass::Temporal => "temporal",
+        RateClass::Commands => "commands",
+        RateClass::Reads => "reads",
+        RateClass::Registry => "registry",
+        RateClass::Admin => "admin",
     }
 }
 

@@ -49,3 +49,38 @@ async fn time_range_queries_have_their_own_lower_limit() {
     assert_eq!(server.get("/api/events/nobody").await.status, 404);
     server.stop().await;
 }
+
+/// Every endpoint but health and the OpenAPI document is in a class whose limit can be set:
+/// commands, reads, the registry and the admin API are open by default and limited when asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reads_registry_and_admin_can_be_limited_too() {
+    let open = TestServer::start().await;
+    for n in 0..30 {
+        let body = serde_json::json!({"customerId": "c", "items": [{"productId": "p", "quantity": 1}]});
+        assert_eq!(open.command("PlaceOrder", body).await.status, 202, "command {n}: open by default");
+    }
+    open.stop().await;
+
+    let server = TestServer::start_with(|config| {
+        config.rate_limits.commands_per_window = 2;
+        config.rate_limits.reads_per_window = 1;
+        config.rate_limits.registry_per_window = 1;
+        config.rate_limits.admin_per_window = 1;
+    })
+    .await;
+    let body = serde_json::json!({"aggregateId": "o-1", "customerId": "c", "items": [{"productId": "p", "quantity": 1}]});
+    assert_eq!(server.command("PlaceOrder", body.clone()).await.status, 202);
+    assert_eq!(server.command("ConfirmOrder", serde_json::json!({"aggregateId": "o-1"})).await.status, 202);
+    server
+        .command("ShipOrder", serde_json::json!({"aggregateId": "o-1"}))
+        .await
+        .assert_error(429, "RATE_LIMITED");
+    for path in ["/api/queries/orders/o-1", "/api/schema-registry/subjects", "/api/admin/projections"] {
+        assert_eq!(server.get(path).await.status, 200, "{path}: the first is allowed");
+        server.get(path).await.assert_error(429, "RATE_LIMITED");
+    }
+    // Lists are their own class, and health is never limited.
+    assert_eq!(server.get("/api/queries/orders").await.status, 200);
+    assert_eq!(server.get("/health/live").await.status, 200);
+    server.stop().await;
+}
