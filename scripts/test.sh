@@ -27,5 +27,8 @@ echo "== alert rules: syntax, then their unit tests"
 promtool check rules deploy/prometheus/nexus-alerts.yml
 promtool test rules deploy/prometheus/nexus-alerts.test.yml
 
+echo "== API fuzzing: schemathesis against a real nexus serve (no 5xx, every error in the contract's shape)"
+scripts/fuzz-api.sh
+
 echo "== nexus bench smoke run (completes and reports; no speed assertion)"
 cargo run --locked -q -p nexus -- bench --duration 3 --concurrency 8 --mix place=70,ship=10,get=15,list=5 --lag-samples 20

@@ -125,7 +125,11 @@ pub(crate) async fn get(
         let doc = state.read.get(&resource, &id).await?;
         let current = doc.as_ref().map_or(0, |d| d.version);
         if current >= wanted {
-            return Ok(Json(doc.expect("version > 0 means the document exists")));
+            // `minVersion=0` asks for nothing to wait for: a missing document is missing.
+            return match doc {
+                Some(doc) => Ok(Json(doc)),
+                None => Err(ApiError::NotFound(format!("no {resource} document '{id}'"))),
+            };
         }
         loop {
             match tokio::time::timeout_at(deadline, updates.recv()).await {

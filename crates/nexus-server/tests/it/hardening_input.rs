@@ -333,3 +333,16 @@ async fn a_command_to_an_aggregate_of_another_kind_says_so_plainly() {
     assert!(message.contains("is not of kind Order") && message.contains("UserRegistered"), "{message}");
     assert!(!message.contains("variant"), "{message}");
 }
+
+/// Found by the API fuzzer: `minVersion=0` on a document that does not exist took the server's
+/// "the document exists" for granted and dropped the connection. It is a plain 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_version_zero_on_a_missing_document_is_not_found() {
+    let server = TestServer::start().await;
+    for path in
+        ["/api/queries/orders/nope?minVersion=0", "/api/queries/customers/0?minVersion=0&timeoutMs=200"]
+    {
+        server.get(path).await.assert_error(404, "NOT_FOUND");
+    }
+    assert_eq!(server.get("/health/live").await.status, 200);
+}
