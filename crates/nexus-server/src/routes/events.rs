@@ -269,6 +269,24 @@ pub(crate) async fn append(
     if request.events.is_empty() {
         errors.push(FieldError::new("events", "must hold at least one event"));
     }
+    // The same bound as a command's metadata.
+    let max = state.config.limits.max_metadata_value_bytes;
+    for (index, raw) in request.events.iter().enumerate() {
+        let metadata = &raw.metadata;
+        for (key, value) in [
+            ("correlationId", &metadata.correlation_id),
+            ("causationId", &metadata.causation_id),
+            ("userId", &metadata.user_id),
+        ] {
+            if let Some(value) = value.as_ref().filter(|v| v.len() > max) {
+                let field = format!("events[{index}].metadata.{key}");
+                errors.push(FieldError::new(
+                    field,
+                    format!("must be at most {max} bytes (it has {})", value.len()),
+                ));
+            }
+        }
+    }
     let now = format_timestamp(Utc::now());
     let mut events = Vec::with_capacity(request.events.len());
     for (index, raw) in request.events.into_iter().enumerate() {

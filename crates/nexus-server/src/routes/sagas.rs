@@ -29,6 +29,19 @@ pub(crate) async fn start(
         definition.metadata.correlation_id =
             headers.get("x-correlation-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     }
+    // The same bound as a command's metadata: it is copied into every event of the saga.
+    let max = state.config.limits.max_metadata_value_bytes;
+    let too_long: Vec<FieldError> = [
+        ("metadata.correlationId", &definition.metadata.correlation_id),
+        ("metadata.userId", &definition.metadata.user_id),
+    ]
+    .into_iter()
+    .filter_map(|(field, value)| value.as_ref().filter(|v| v.len() > max).map(|v| (field, v.len())))
+    .map(|(field, len)| FieldError::new(field, format!("must be at most {max} bytes (it has {len})")))
+    .collect();
+    if !too_long.is_empty() {
+        return Err(ApiError::fields(too_long));
+    }
     let saga_id = definition.saga_id.clone();
     state.sagas.start(definition).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"sagaId": saga_id}))))

@@ -226,3 +226,33 @@ async fn event_time_ranges_reach_back_at_most_temporal_max_days() {
     assert_eq!(ids(&open), [recent]);
     server.stop().await;
 }
+
+/// The metadata bound holds on every way in: a saga's metadata and an import's events too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_and_import_metadata_are_bounded_like_a_commands() {
+    let server = TestServer::start().await;
+    let long = "c".repeat(300);
+    let saga = serde_json::json!({
+        "sagaType": "Bounded",
+        "steps": [{"stepId": "a", "command": {"commandType": "AddStock", "aggregateId": "p-1", "payload": {"quantity": 1}}}],
+        "metadata": {"correlationId": long}
+    });
+    let reply = crate::support::Reply::read(
+        server.http.post(server.url("/api/sagas")).json(&saga).send().await.unwrap(),
+    )
+    .await;
+    reply.assert_error(400, "VALIDATION_ERROR");
+    assert_eq!(reply.body["fields"][0]["field"], "metadata.correlationId", "{}", reply.body);
+    let import = serde_json::json!({"events": [{
+        "eventType": "StockAdded", "payload": {"quantity": 1},
+        "metadata": {"schemaVersion": "1", "userId": long}
+    }]});
+    let reply = crate::support::Reply::read(
+        server.http.post(server.url("/api/events/p-9")).json(&import).send().await.unwrap(),
+    )
+    .await;
+    reply.assert_error(400, "VALIDATION_ERROR");
+    let fields: Vec<&str> =
+        reply.body["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+    assert!(fields.contains(&"events[0].metadata.userId"), "{}", reply.body);
+}
