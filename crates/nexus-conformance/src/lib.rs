@@ -60,6 +60,7 @@ macro_rules! read_store_suite {
         $crate::read_store_suite!(@cases $factory;
             commit_writes_documents_and_checkpoint,
             older_versions_never_overwrite_newer,
+            replace_overwrites_the_same_version_only,
             list_filters_sorts_and_pages,
             load_returns_existing_documents_only,
             search_ranks_filters_and_counts_facets,

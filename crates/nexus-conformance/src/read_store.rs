@@ -40,6 +40,28 @@ pub async fn older_versions_never_overwrite_newer(store: Arc<dyn ReadStore>) {
     assert_eq!(store.get("things", "a").await.unwrap().unwrap().version, 3);
 }
 
+pub async fn replace_overwrites_the_same_version_only(store: Arc<dyn ReadStore>) {
+    store.commit("p", "things", vec![doc("a", 2, "FIRST", 1.0, &[])], 2).await.unwrap();
+    store.commit("p", "things", vec![doc("a", 2, "IGNORED", 1.0, &[])], 3).await.unwrap();
+    assert_eq!(
+        store.get("things", "a").await.unwrap().unwrap().status,
+        "FIRST",
+        "commit needs a newer version"
+    );
+    store.replace("p~late", "things", vec![doc("a", 2, "REPLACED", 1.0, &[])], 7).await.unwrap();
+    let stored = store.get("things", "a").await.unwrap().unwrap();
+    assert_eq!((stored.status.as_str(), stored.version), ("REPLACED", 2));
+    assert_eq!(store.checkpoint("p~late").await.unwrap(), 7, "the checkpoint commits with it");
+    store.replace("p~late", "things", vec![doc("a", 1, "OLDER", 1.0, &[])], 8).await.unwrap();
+    assert_eq!(store.get("things", "a").await.unwrap().unwrap().status, "REPLACED", "older never wins");
+    let listed = store
+        .list("things", &ListQuery { filters: Vec::new(), sort: None, limit: 10, offset: 0 })
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 1);
+    assert_eq!(listed.items[0].status, "REPLACED");
+}
+
 pub async fn list_filters_sorts_and_pages(store: Arc<dyn ReadStore>) {
     let docs = vec![
         doc("a", 1, "PLACED", 30.0, &["high-value"]),

@@ -28,7 +28,7 @@ pub use model::{
     is_valid_aggregate_id, read_tagged,
 };
 pub use ports::{
-    AppendOutcome, AppendRequest, CommandRecord, DeadLetter, Delivery, EventQueue, EventRejection,
+    AppendOutcome, AppendRequest, CommandRecord, DeadLetter, Delivery, EventQueue, EventRejection, FailureKind,
     EventStore, EventStream, EventValidator, Filter, Lease, Leases, ListQuery, NewEvent, Page, ReadStore,
     RegisteredSchema, SchemaStore, SearchQuery, SearchResults, Snapshot, SnapshotStore, SortOrder,
     StoreError, StreamEvent, partition_of,

@@ -240,6 +240,17 @@ pub trait ReadStore: Send + Sync + 'static {
         self.commit(projection, resource, docs.to_vec(), position).await
     }
 
+    /// [`commit`](Self::commit), where a document also replaces a stored one at the same
+    /// version (an older one still never does): a parked event applied late to documents that
+    /// went on without it keeps their versions.
+    async fn replace(
+        &self,
+        projection: &str,
+        resource: &str,
+        docs: Vec<ReadDocument>,
+        position: u64,
+    ) -> Result<(), StoreError>;
+
     async fn get(&self, resource: &str, id: &str) -> Result<Option<ReadDocument>, StoreError>;
 
     async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError>;
@@ -359,6 +370,68 @@ pub struct DeadLetter {
     pub last_failure_time: String,
 }
 
+/// What kind of failure a dead letter records, which decides what becomes of it. The kind is
+/// decided where the failure happens, from its type, and travels as the first word of the failure
+/// reason (`TRANSIENT: …`), so every queue backend keeps it without a column of its own; it is
+/// read back from that prefix alone, never guessed from the rest of the text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The other side could not be reached or did not answer in time: trying again later may
+    /// succeed.
+    Transient,
+    /// Can never succeed however often it is tried (a request that cannot even be built).
+    Permanent,
+    /// The event does not match its registered schema.
+    Schema,
+    /// The consumer answered and refused the event (e.g. an HTTP 500 from a webhook).
+    Rejected,
+    /// A projection's own code failed on the event.
+    Projection,
+    /// The event belongs to another store's deployment.
+    Foreign,
+}
+
+impl FailureKind {
+    const ALL: [FailureKind; 6] = [
+        FailureKind::Transient,
+        FailureKind::Permanent,
+        FailureKind::Schema,
+        FailureKind::Rejected,
+        FailureKind::Projection,
+        FailureKind::Foreign,
+    ];
+
+    /// The reason's first word.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Transient => "TRANSIENT",
+            FailureKind::Permanent => "PERMANENT",
+            FailureKind::Schema => "SCHEMA",
+            FailureKind::Rejected => "REJECTED",
+            FailureKind::Projection => "PROJECTION",
+            FailureKind::Foreign => "FOREIGN",
+        }
+    }
+
+    /// The failure reason stored for `message`: `KIND: message`.
+    pub fn reason(self, message: impl std::fmt::Display) -> String {
+        format!("{}: {message}", self.label())
+    }
+
+    /// The kind a stored reason starts with; `None` for a reason without one.
+    pub fn of_reason(reason: &str) -> Option<Self> {
+        let (label, _) = reason.split_once(':')?;
+        Self::ALL.into_iter().find(|kind| kind.label().eq_ignore_ascii_case(label.trim()))
+    }
+}
+
+impl DeadLetter {
+    /// The kind of failure that dead-lettered it (see [`FailureKind`]).
+    pub fn kind(&self) -> Option<FailureKind> {
+        FailureKind::of_reason(&self.failure_reason)
+    }
+}
+
 /// The queue path (the seed's SNS → SQS): a fan-out to one durable queue per consumer,
 /// at-least-once, with delayed redelivery and a dead-letter queue after [`MAX_DELIVERIES`].
 /// Errors reuse [`StoreError`]: `Unavailable` when the broker cannot be reached.
@@ -397,6 +470,12 @@ pub trait EventQueue: Send + Sync + 'static {
 
     /// Archives a dead letter (kept, no longer waiting); `false` when there is no such one.
     async fn skip(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// One round trip to the backend (readiness). By default a look at the dead-letter queue;
+    /// a backend overrides it with something cheaper.
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.dead_letters(1).await.map(|_| ())
+    }
 }
 
 /// An event read from the core path, with its place in the stream.
@@ -447,6 +526,9 @@ pub trait EventStream: Send + Sync + 'static {
     /// How many events of `partition` `reader` has not acknowledged yet (fetched or not): how far
     /// behind the stream it is.
     async fn backlog(&self, reader: &str, partition: u32) -> Result<u64, StoreError>;
+
+    /// One round trip to the backend (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
 }
 
 /// A claim on a named piece of work, held until dropped, or until its holder's process (or its

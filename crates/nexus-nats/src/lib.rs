@@ -341,4 +341,9 @@ impl EventStream for NatsEventStream {
         // Not yet delivered, plus delivered and not acknowledged.
         Ok(info.num_pending + info.num_ack_pending as u64)
     }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.jetstream.get_stream(&self.name).await.map_err(unavailable)?;
+        Ok(())
+    }
 }

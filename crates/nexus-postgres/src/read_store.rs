@@ -688,43 +688,17 @@ impl ReadStore for PostgresReadStore {
         docs: Vec<ReadDocument>,
         position: u64,
     ) -> Result<(), StoreError> {
-        // One row per id, the one a sequence of guarded upserts would leave: the first with the
-        // highest version. (One statement cannot update a row twice.)
-        let mut kept: Vec<ReadDocument> = Vec::with_capacity(docs.len());
-        let mut index: HashMap<String, usize> = HashMap::with_capacity(docs.len());
-        for doc in docs {
-            match index.get(&doc.id) {
-                Some(&at) if doc.version > kept[at].version => kept[at] = doc,
-                Some(_) => {}
-                None => {
-                    index.insert(doc.id.clone(), kept.len());
-                    kept.push(doc);
-                }
-            }
-        }
-        let ids: Vec<&str> = kept.iter().map(|d| d.id.as_str()).collect();
-        let versions: Vec<i64> = kept.iter().map(|d| bigint(d.version)).collect();
-        let texts = kept
-            .iter()
-            .map(|d| serde_json::to_string(d).map_err(|e| corrupt("read-model document", e)))
-            .collect::<Result<Vec<_>, _>>()?;
-        // One statement, so one implicit transaction and one round trip: documents and
-        // checkpoint commit together. The version guard lives in the database, whoever writes,
-        // and a checkpoint only moves forward (several query processes may run one projection).
-        self.query(
-            "WITH upserted AS ( \
-                INSERT INTO documents (resource, id, version, doc) \
-                SELECT (SELECT nexus_storage($1)), u.id, u.version, u.doc::jsonb \
-                FROM unnest($2::text[], $3::bigint[], $4::text[]) AS u(id, version, doc) \
-                ON CONFLICT (resource, id) DO UPDATE SET version = excluded.version, doc = excluded.doc \
-                WHERE excluded.version > documents.version) \
-             INSERT INTO checkpoints (projection, position) VALUES ($5, $6) \
-             ON CONFLICT (projection) DO UPDATE SET position = excluded.position \
-             WHERE excluded.position > checkpoints.position",
-            &[&resource, &ids, &versions, &texts, &projection, &bigint(position)],
-        )
-        .await?;
-        Ok(())
+        self.upsert(projection, resource, docs, position, false).await
+    }
+
+    async fn replace(
+        &self,
+        projection: &str,
+        resource: &str,
+        docs: Vec<ReadDocument>,
+        position: u64,
+    ) -> Result<(), StoreError> {
+        self.upsert(projection, resource, docs, position, true).await
     }
 
     async fn get(&self, resource: &str, id: &str) -> Result<Option<ReadDocument>, StoreError> {
@@ -1045,5 +1019,63 @@ mod tests {
         for bad in ["", "a..b", ".a", "a b", "a'b", "a-b"] {
             assert!(matches!(json_path(bad), Err(StoreError::InvalidRequest(_))), "{bad}");
         }
+    }
+}
+
+impl PostgresReadStore {
+    /// Upserts `docs` over stored documents with an older version (and, with `same_too`, the
+    /// same version) and moves the checkpoint forward, in one statement.
+    async fn upsert(
+        &self,
+        projection: &str,
+        resource: &str,
+        docs: Vec<ReadDocument>,
+        position: u64,
+        same_too: bool,
+    ) -> Result<(), StoreError> {
+        // One row per id, the one a sequence of guarded upserts would leave: the first with the
+        // highest version. (One statement cannot update a row twice.)
+        let mut kept: Vec<ReadDocument> = Vec::with_capacity(docs.len());
+        let mut index: HashMap<String, usize> = HashMap::with_capacity(docs.len());
+        for doc in docs {
+            match index.get(&doc.id) {
+                Some(&at) if doc.version > kept[at].version => kept[at] = doc,
+                Some(_) => {}
+                None => {
+                    index.insert(doc.id.clone(), kept.len());
+                    kept.push(doc);
+                }
+            }
+        }
+        let ids: Vec<&str> = kept.iter().map(|d| d.id.as_str()).collect();
+        let versions: Vec<i64> = kept.iter().map(|d| bigint(d.version)).collect();
+        let texts = kept
+            .iter()
+            .map(|d| serde_json::to_string(d).map_err(|e| corrupt("read-model document", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One statement, so one implicit transaction and one round trip: documents and
+        // checkpoint commit together.
+        // The version guard lives in the database, whoever writes, and a checkpoint only moves
+        // forward (several query processes may run one projection).
+        macro_rules! upsert {
+            ($newer:literal) => {
+                concat!(
+                    "WITH upserted AS ( \
+                        INSERT INTO documents (resource, id, version, doc) \
+                        SELECT (SELECT nexus_storage($1)), u.id, u.version, u.doc::jsonb \
+                        FROM unnest($2::text[], $3::bigint[], $4::text[]) AS u(id, version, doc) \
+                        ON CONFLICT (resource, id) DO UPDATE SET version = excluded.version, doc = excluded.doc \
+                        WHERE excluded.version ",
+                    $newer,
+                    " documents.version) \
+                     INSERT INTO checkpoints (projection, position) VALUES ($5, $6) \
+                     ON CONFLICT (projection) DO UPDATE SET position = excluded.position \
+                     WHERE excluded.position > checkpoints.position"
+                )
+            };
+        }
+        let statement = if same_too { upsert!(">=") } else { upsert!(">") };
+        self.query(statement, &[&resource, &ids, &versions, &texts, &projection, &bigint(position)]).await?;
+        Ok(())
     }
 }

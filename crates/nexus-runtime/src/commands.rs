@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nexus_core::ports::{AppendOutcome, AppendRequest, CommandRecord, NewEvent};
@@ -96,6 +96,9 @@ pub struct CommandBus {
     validator: PayloadValidator,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     cache_capacity: usize,
+    /// Tries again after an unavailable store: how often, and the first wait (doubling).
+    store_retries: u32,
+    store_retry_base: Duration,
 }
 
 impl CommandBus {
@@ -114,7 +117,20 @@ impl CommandBus {
             validator,
             slots: Mutex::new(HashMap::new()),
             cache_capacity,
+            store_retries: 3,
+            store_retry_base: Duration::from_millis(100),
         })
+    }
+
+    /// A command that finds the store unavailable is tried again `retries` times (default 3),
+    /// `base` apart at first and twice as long each time (default 100 ms), before the error
+    /// reaches the caller. Each try asks the store first whether an earlier one committed (its
+    /// outcome is unknown when the connection broke during the commit): what committed is
+    /// answered as committed, never appended twice.
+    pub fn with_store_retries(mut self, retries: u32, base: Duration) -> Self {
+        self.store_retries = retries;
+        self.store_retry_base = base;
+        self
     }
 
     /// Validates every event against its registered schema before appending it (born governed).
@@ -132,7 +148,26 @@ impl CommandBus {
     pub async fn handle(&self, request: CommandRequest) -> Result<CommandResult, CommandError> {
         let started = Instant::now();
         let command_type = request.command_type.clone();
-        let result = self.handle_inner(request).await;
+        // Fixed before the first try, so that every try is the same command to the store.
+        let command_id = request.command_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut tries = 0;
+        let result = loop {
+            // After an unavailable store, the earlier try may have committed: look first.
+            let recorded_maybe = request.command_id.is_some() || tries > 0;
+            let result = self.handle_inner(&request, &command_id, recorded_maybe).await;
+            match result {
+                Err(CommandError::Store(StoreError::Unavailable(ref error)))
+                    if tries < self.store_retries =>
+                {
+                    let delay = self.store_retry_base * 2u32.saturating_pow(tries);
+                    tracing::warn!(%error, command_id, try_again_in = ?delay, "store unavailable; trying the command again");
+                    metrics::counter!("nexus_command_store_retries_total").increment(1);
+                    tries += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                result => break result,
+            }
+        };
         let outcome = match &result {
             Ok(_) => "accepted",
             Err(CommandError::Invalid(_) | CommandError::UnknownCommand(_)) => "invalid",
@@ -145,7 +180,14 @@ impl CommandBus {
         result
     }
 
-    async fn handle_inner(&self, request: CommandRequest) -> Result<CommandResult, CommandError> {
+    /// One try of `request` as command `command_id`; with `recorded_maybe`, a command of that id
+    /// already recorded is answered from the record.
+    async fn handle_inner(
+        &self,
+        request: &CommandRequest,
+        command_id: &str,
+        recorded_maybe: bool,
+    ) -> Result<CommandResult, CommandError> {
         let (spec, handler) = self
             .domain
             .command(&request.command_type)
@@ -178,15 +220,9 @@ impl CommandBus {
             request.aggregate_id.as_deref().unwrap_or(""),
             &request.payload,
         );
-        let command_id = match &request.command_id {
-            Some(id) => {
-                if let Some(record) = self.store.find_command(id).await? {
-                    return replay(self.store.as_ref(), record, &fingerprint).await;
-                }
-                id.clone()
-            }
-            None => uuid::Uuid::new_v4().to_string(),
-        };
+        if recorded_maybe && let Some(record) = self.store.find_command(command_id).await? {
+            return replay(self.store.as_ref(), record, &fingerprint).await;
+        }
 
         let slot = self.slot(&aggregate_id);
         let mut guard = slot.lock().await;
@@ -195,7 +231,7 @@ impl CommandBus {
             // We generated this id a moment ago: nothing is stored under it, so skip the reads.
             *slot = Slot { fresh: true, ..Slot::initial(handler.as_ref()) };
         }
-        let client_command_id = request.command_id.is_some();
+        let client_command_id = recorded_maybe;
         if client_command_id {
             // A copy of this command may have committed while we waited for the lock.
             if let Some(record) = self.store.find_command(&command_id).await? {

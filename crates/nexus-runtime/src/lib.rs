@@ -15,6 +15,7 @@
 //! storage call goes through `nexus_core::ports`.
 
 mod commands;
+mod failure;
 mod leases;
 mod notify;
 mod projections;
@@ -26,9 +27,10 @@ mod stream_projections;
 mod upcasting;
 
 pub use commands::{CommandBus, CommandError, CommandRequest, SnapshotPolicy};
+pub use failure::{MAX_BACKOFF, StepError, parked_projection, projection_consumer};
 pub use leases::InProcessLeases;
 pub use notify::{Notifier, ProjectionUpdate};
-pub use projections::{ProjectionRunner, ProjectionStatus, RebuildProgress};
+pub use projections::{ProjectionRunner, ProjectionStatus, Reapplied, RebuildProgress, reapply_parked};
 pub use router::{
     DlqAction, DlqPass, EventRouter, Path as RoutePath, ROUTER_CHECKPOINT, ROUTER_CONSUMER, RouterStatus,
     process_dead_letters, retry_delay,

@@ -13,6 +13,7 @@ use nexus_core::{
 };
 use tokio::sync::watch;
 
+use crate::failure::{Attempt, Parking, StepError};
 use crate::notify::{Notifier, ProjectionUpdate};
 
 /// Applies one event to its document and stamps the document with its guard (the event's
@@ -95,6 +96,9 @@ pub struct ProjectionStatus {
     stream: std::sync::OnceLock<Arc<dyn EventStream>>,
     /// Fed by the core path: per partition, the highest store position this process applied.
     partitions: Mutex<Vec<u64>>,
+    /// Held shared while a batch is applied, exclusively while a parked event is applied late
+    /// ([`reapply_parked`]): the two never write the same documents at once in this process.
+    applying: tokio::sync::RwLock<()>,
 }
 
 /// Where a rebuild stands.
@@ -234,6 +238,11 @@ impl ProjectionStatus {
         }
     }
 
+    /// See [`reapply_parked`].
+    pub(crate) fn applying(&self) -> &tokio::sync::RwLock<()> {
+        &self.applying
+    }
+
     pub(crate) fn set_error(&self, error: Option<String>) {
         *self.last_error.lock().expect("status poisoned") = error;
     }
@@ -256,6 +265,8 @@ pub struct ProjectionRunner {
     prefetched: Mutex<Option<Prefetch>>,
     /// Paces the live model's checkpoint-only commits.
     pacer: CheckpointPacer,
+    /// The events this projection's code failed on, retried and then parked.
+    parking: Arc<Parking>,
 }
 
 /// Paces commits that would only move a checkpoint past events the consumer does not handle:
@@ -308,13 +319,13 @@ pub(crate) async fn load_documents(
     read: &dyn ReadStore,
     resource: &str,
     mut ids: Vec<String>,
-) -> Result<HashMap<String, ReadDocument>, String> {
+) -> Result<HashMap<String, ReadDocument>, StoreError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
     ids.sort_unstable();
     ids.dedup();
-    let docs = read.load(resource, &ids).await.map_err(|e| e.to_string())?;
+    let docs = read.load(resource, &ids).await?;
     Ok(docs.into_iter().map(|doc| (doc.id.clone(), doc)).collect())
 }
 
@@ -337,7 +348,7 @@ impl DocumentSnapshots {
         resource: &str,
         touched: &[ReadDocument],
         before: &HashMap<String, u64>,
-    ) -> Result<Vec<nexus_core::Snapshot>, String> {
+    ) -> Result<Vec<nexus_core::Snapshot>, StoreError> {
         touched
             .iter()
             .filter(|doc| doc.version / self.every > before.get(&doc.id).copied().unwrap_or(0) / self.every)
@@ -347,7 +358,7 @@ impl DocumentSnapshots {
                     aggregate_type: format!("projection:{resource}"),
                     version: doc.version,
                     schema_version: 1,
-                    state: serde_json::to_value(doc).map_err(|e| e.to_string())?,
+                    state: serde_json::to_value(doc).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     taken_at: doc.last_updated.clone(),
                 })
             })
@@ -389,6 +400,7 @@ impl ProjectionRunner {
         notifier: Notifier,
         batch_size: usize,
     ) -> Self {
+        let parking = Arc::new(Parking::new(projection.name(), None, Duration::from_secs(1)));
         Self {
             projection,
             events,
@@ -400,7 +412,22 @@ impl ProjectionRunner {
             snapshots: None,
             prefetched: Mutex::new(None),
             pacer: CheckpointPacer::new(),
+            parking,
         }
+    }
+
+    /// Parks an event the projection's code keeps failing on in `queue` (as consumer
+    /// `projection:{name}`) after [`MAX_DELIVERIES`](nexus_core::ports::MAX_DELIVERIES) attempts
+    /// `retry_base` apart (doubling), and goes on; without it, such an event stalls the projection.
+    pub fn with_dead_letters(mut self, queue: Arc<dyn nexus_core::EventQueue>, retry_base: Duration) -> Self {
+        self.parking = Arc::new(Parking::new(self.projection.name(), Some(queue), retry_base));
+        self
+    }
+
+    /// Shares `parking` (a stream-fed projection's rebuilder parks with its partitions).
+    pub(crate) fn with_parking(mut self, parking: Arc<Parking>) -> Self {
+        self.parking = parking;
+        self
     }
 
     /// Events a rebuild reads, applies and commits at a time (default: the batch size, at least
@@ -440,9 +467,12 @@ impl ProjectionRunner {
         let mut checkpoint = None;
         while !*shutdown.borrow() {
             let step = match checkpoint {
-                None => self.read.checkpoint(name).await.map(Some).map_err(|e| e.to_string()),
+                None => self.read.checkpoint(name).await.map(Some).map_err(StepError::from),
                 Some(_) if self.status.take_rebuild_request() => self.rebuild(&shutdown).await,
-                Some(position) => self.step(name, position).await,
+                Some(position) => {
+                    let _applying = self.status.applying.read().await;
+                    self.step(name, position).await
+                }
             };
             match step {
                 Ok(Some(position)) => {
@@ -463,13 +493,19 @@ impl ProjectionRunner {
                     }
                 }
                 Err(error) => {
-                    tracing::error!(projection = name, %error, "projection stalled; retrying");
-                    self.status.set_error(Some(error));
+                    let delay = match retry_in(&self.parking, &error, backoff).await {
+                        Some(delay) => delay,
+                        None => continue, // parked: on to the next event
+                    };
+                    tracing::error!(projection = name, kind = ?error.kind(), %error, "projection stalled; retrying");
+                    self.status.set_error(Some(error.to_string()));
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    if !matches!(error, StepError::Poison { .. }) {
+                        backoff = (backoff * 2).min(crate::failure::MAX_BACKOFF);
+                    }
                 }
             }
         }
@@ -480,16 +516,16 @@ impl ProjectionRunner {
     /// Rebuilds the read model from the first event into a shadow resource beside the live one
     /// (which keeps answering queries), then swaps it in atomically. Returns the new checkpoint;
     /// `None` when stopped before finishing (the live model is untouched).
-    pub(crate) async fn rebuild(&self, shutdown: &watch::Receiver<bool>) -> Result<Option<u64>, String> {
+    pub(crate) async fn rebuild(&self, shutdown: &watch::Receiver<bool>) -> Result<Option<u64>, StepError> {
         let name = self.projection.name();
         let shadow = format!("{name}~rebuild");
         let started = std::time::Instant::now();
         self.status.rebuilding.store(true, Ordering::Release);
         self.status.rebuild_position.store(0, Ordering::Release);
         let outcome = async {
-            self.read.clear(&shadow, &shadow).await.map_err(|e| e.to_string())?;
+            self.read.clear(&shadow, &shadow).await?;
             let Some(position) = self.load_shadow(&shadow, shutdown).await? else { return Ok(None) };
-            self.read.swap(name, &shadow).await.map_err(|e| e.to_string())?;
+            self.read.swap(name, &shadow).await?;
             self.status.rebuilds_completed.fetch_add(1, Ordering::AcqRel);
             let seconds = started.elapsed().as_secs_f64();
             tracing::info!(
@@ -517,10 +553,10 @@ impl ProjectionRunner {
         &self,
         shadow: &str,
         shutdown: &watch::Receiver<bool>,
-    ) -> Result<Option<u64>, String> {
+    ) -> Result<Option<u64>, StepError> {
         type Commit = tokio::task::JoinHandle<Result<(), StoreError>>;
-        async fn finish(commit: Commit) -> Result<(), String> {
-            commit.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+        async fn finish(commit: Commit) -> Result<(), StepError> {
+            Ok(commit.await??)
         }
         let limit = self.rebuild_batch_size;
         let mut position = 0;
@@ -538,9 +574,9 @@ impl ProjectionRunner {
                 }
                 return Ok(None);
             }
-            let head = self.events.head().await.map_err(|e| e.to_string())?;
+            let head = self.events.head().await?;
             self.status.rebuild_target.store(head, Ordering::Release);
-            let batch = self.next_batch(position, limit).await.map_err(|e| e.to_string())?;
+            let batch = self.next_batch(position, limit).await?;
             let Some(last_position) = batch.last().map(|e| e.position) else { break };
             let relevant: Vec<_> = batch
                 .iter()
@@ -570,7 +606,16 @@ impl ProjectionRunner {
             }
             let mut docs = load_documents(self.read.as_ref(), shadow, stored).await?;
             docs.extend(in_commits);
-            let applied = self.apply(&mut docs, relevant)?;
+            let applied = match self.apply(&mut docs, relevant) {
+                Ok(applied) => applied,
+                Err(StepError::Poison { event, error }) => {
+                    // The same code fails the same way on the same event: parked at once, and the
+                    // batch applied again from the stored documents, without it.
+                    self.parking.park_now(&event, &error).await?;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             // Nothing is announced of a shadow: no update is made, only the ids are counted.
             let changed: HashSet<&str> = applied.iter().map(|a| a.id.as_str()).collect();
             let mut touched = Vec::with_capacity(changed.len());
@@ -607,7 +652,7 @@ impl ProjectionRunner {
         &self,
         docs: &mut HashMap<String, ReadDocument>,
         events: Vec<(Vec<String>, &'e DomainEvent)>,
-    ) -> Result<Vec<Applied<'e>>, String> {
+    ) -> Result<Vec<Applied<'e>>, StepError> {
         // Every document already here is one of the events': at most this many are new.
         docs.reserve(events.len().saturating_sub(docs.len()));
         let keying = self.projection.keying();
@@ -628,8 +673,13 @@ impl ProjectionRunner {
                 if guard <= doc.version {
                     continue; // already applied: the guard makes replays harmless
                 }
-                fold(self.projection.as_ref(), doc, event)
-                    .map_err(|e| format!("event {} at position {}: {e}", event.event_id, event.position))?;
+                if self.parking.is_parked(event.position) {
+                    // Passed by: the document goes on without it until the dead letter's retry.
+                    doc.version = guard;
+                } else {
+                    fold(self.projection.as_ref(), doc, event)
+                        .map_err(|error| StepError::Poison { event: Box::new(event.clone()), error })?;
+                }
                 applied.push(Applied { id: doc.id.clone(), version: doc.version, event });
             }
         }
@@ -666,8 +716,8 @@ impl ProjectionRunner {
 
     /// Applies the next batch after `checkpoint` to the live model `name` and commits its
     /// checkpoint with it, then notifies and snapshots; `None` when there is nothing new.
-    pub(crate) async fn step(&self, name: &str, checkpoint: u64) -> Result<Option<u64>, String> {
-        let batch = self.next_batch(checkpoint, self.batch_size).await.map_err(|e| e.to_string())?;
+    pub(crate) async fn step(&self, name: &str, checkpoint: u64) -> Result<Option<u64>, StepError> {
+        let batch = self.next_batch(checkpoint, self.batch_size).await?;
         let Some(last) = batch.last() else { return Ok(None) };
         let last_position = last.position;
         let relevant: Vec<_> = batch
@@ -700,7 +750,7 @@ impl ProjectionRunner {
         if touched.is_empty() && !self.pacer.due(last_position) {
             return Ok(Some(last_position));
         }
-        self.read.commit(name, name, touched, last_position).await.map_err(|e| e.to_string())?;
+        self.read.commit(name, name, touched, last_position).await?;
         self.pacer.committed();
 
         if let Ok(at) = DateTime::parse_from_rfc3339(&last.timestamp) {
@@ -716,4 +766,64 @@ impl ProjectionRunner {
         }
         Ok(Some(last_position))
     }
+}
+
+/// How long a loop waits before it tries a failed step again; `None` when it need not wait (the
+/// step failed on a poison event that is now parked). A backend's failure waits `backoff`; a
+/// poison event waits out the queue path's retry delay of its attempt.
+pub(crate) async fn retry_in(parking: &Parking, error: &StepError, backoff: Duration) -> Option<Duration> {
+    let StepError::Poison { event, error } = error else { return Some(backoff) };
+    match parking.failed(event, error).await {
+        Ok(Attempt::RetryAfter(delay)) => Some(delay),
+        Ok(Attempt::Parked) => None,
+        Err(store) => {
+            tracing::warn!(%store, "cannot park a poison event; retrying");
+            Some(backoff)
+        }
+    }
+}
+
+/// What a retry of a parked event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reapplied {
+    /// Applied to the documents it targets.
+    Applied,
+    /// An earlier retry applied it already: nothing changed.
+    AlreadyApplied,
+}
+
+/// Applies a parked event to `projection`'s documents: the retry of its dead letter, once. The
+/// documents it targets take it as they are now (they went on without it) and keep their
+/// versions; a marker checkpoint committed with them records that it is done, so a second retry
+/// changes nothing. Serialized with this process's runner of the projection through `status`.
+/// A projection that still fails on the event answers [`StepError::Poison`] and changes nothing.
+pub async fn reapply_parked(
+    projection: &dyn Projection,
+    read: &dyn ReadStore,
+    status: &ProjectionStatus,
+    event: &DomainEvent,
+) -> Result<Reapplied, StepError> {
+    let name = projection.name();
+    let marker = format!("{name}~parked~{}", event.event_id);
+    let _exclusive = status.applying.write().await;
+    if read.checkpoint(&marker).await? > 0 {
+        return Ok(Reapplied::AlreadyApplied);
+    }
+    let keying = projection.keying();
+    let ids = if projection.handles(&event.event_type) { targets(projection, event) } else { Vec::new() };
+    let mut docs = load_documents(read, name, ids.clone()).await?;
+    for id in ids {
+        let doc =
+            docs.entry(id).or_insert_with_key(|id| ReadDocument::empty(id, aggregate_of(keying, id, event)));
+        let version = doc.version.max(guard_of(keying, event));
+        projection
+            .apply(doc, event)
+            .map_err(|error| StepError::Poison { event: Box::new(event.clone()), error })?;
+        doc.version = version;
+        if doc.last_updated < event.timestamp {
+            doc.last_updated.clone_from(&event.timestamp);
+        }
+    }
+    read.replace(&marker, name, docs.into_values().collect(), event.position.max(1)).await?;
+    Ok(Reapplied::Applied)
 }

@@ -20,7 +20,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nexus_core::ports::{EventQueue, EventStream};
-use nexus_core::{DomainEvent, EventRejection, EventStore, EventValidator, ReadStore, StoreError};
+use nexus_core::{
+    DeadLetter, DomainEvent, EventRejection, EventStore, EventValidator, FailureKind, ReadStore, StoreError,
+};
+
+use crate::failure::StepError;
 use tokio::sync::watch;
 
 /// The checkpoint name of the router in the read store.
@@ -144,7 +148,7 @@ impl EventRouter {
         let mut checkpoint = None;
         while !*shutdown.borrow() {
             let step = match checkpoint {
-                None => self.read.checkpoint(ROUTER_CHECKPOINT).await.map(Some).map_err(|e| e.to_string()),
+                None => self.read.checkpoint(ROUTER_CHECKPOINT).await.map(Some).map_err(StepError::from),
                 Some(position) => self.step(position).await,
             };
             match step {
@@ -165,12 +169,12 @@ impl EventRouter {
                     }
                 }
                 Err(error) => {
-                    tracing::error!(%error, "event router stalled; retrying");
+                    tracing::error!(kind = ?error.kind(), %error, "event router stalled; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff = (backoff * 2).min(crate::failure::MAX_BACKOFF);
                 }
             }
         }
@@ -179,15 +183,15 @@ impl EventRouter {
     }
 
     /// Routes the next batch after `checkpoint`; `None` when there is nothing new.
-    async fn step(&self, checkpoint: u64) -> Result<Option<u64>, String> {
-        let batch = self.events.read_all(checkpoint, self.batch_size).await.map_err(|e| e.to_string())?;
+    async fn step(&self, checkpoint: u64) -> Result<Option<u64>, StepError> {
+        let batch = self.events.read_all(checkpoint, self.batch_size).await?;
         let Some(last) = batch.last().map(|e| e.position) else { return Ok(None) };
         let mut to_queue: Vec<DomainEvent> = Vec::new();
         let mut to_stream: Vec<DomainEvent> = Vec::new();
         let mut dead = 0u64;
         for event in batch {
             if let Some(reason) = self.rejection(&event).await? {
-                self.queue.dead_letter(ROUTER_CONSUMER, &event, &reason).await.map_err(|e| e.to_string())?;
+                self.queue.dead_letter(ROUTER_CONSUMER, &event, &reason).await?;
                 tracing::warn!(event_id = %event.event_id, %reason, "event refused by the schema registry");
                 dead += 1;
                 continue;
@@ -201,17 +205,14 @@ impl EventRouter {
         // In position order, so each aggregate's events reach their partition in version order;
         // the stream drops event ids it already holds, so a replayed batch duplicates nothing.
         if let Some(stream) = &self.stream {
-            stream.publish(&to_stream).await.map_err(|e| e.to_string())?;
+            stream.publish(&to_stream).await?;
         }
-        self.queue.publish(&to_queue).await.map_err(|e| e.to_string())?;
+        self.queue.publish(&to_queue).await?;
         // Without a stream, core events stay on the change feed: a batch of them publishes
         // nothing, and only its checkpoint would be committed.
         let published = !to_queue.is_empty() || dead > 0 || (self.stream.is_some() && core > 0);
         if published || self.pacer.due(last) {
-            self.read
-                .commit(ROUTER_CHECKPOINT, ROUTER_CHECKPOINT, Vec::new(), last)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.read.commit(ROUTER_CHECKPOINT, ROUTER_CHECKPOINT, Vec::new(), last).await?;
             self.pacer.committed();
         }
         for (path, count) in [(Path::Core, core), (Path::Queue, queued), (Path::DeadLetter, dead)] {
@@ -225,56 +226,49 @@ impl EventRouter {
 
     /// `Some(reason)` when the registry refuses the event; an unreachable registry is an error
     /// (the batch is retried), never a refusal.
-    async fn rejection(&self, event: &DomainEvent) -> Result<Option<String>, String> {
+    async fn rejection(&self, event: &DomainEvent) -> Result<Option<String>, StepError> {
         let Some(validator) = &self.validator else { return Ok(None) };
         let version =
             if event.metadata.schema_version.is_empty() { "1" } else { &event.metadata.schema_version };
         match validator.validate(&event.event_type, version, &event.payload).await {
             Ok(()) => Ok(None),
-            Err(EventRejection::Unavailable(error)) => Err(format!("schema registry unavailable: {error}")),
+            Err(EventRejection::Unavailable(error)) => Err(StepError::RegistryUnavailable(error.to_string())),
             Err(EventRejection::Invalid { fields, .. }) => {
                 let fields: Vec<String> =
                     fields.iter().map(|f| format!("{}: {}", f.field, f.error)).collect();
-                Ok(Some(format!(
-                    "SCHEMA: {} v{version} validation failed: {}",
+                Ok(Some(FailureKind::Schema.reason(format_args!(
+                    "{} v{version} validation failed: {}",
                     event.event_type,
                     fields.join("; ")
-                )))
+                ))))
             }
-            Err(rejection @ EventRejection::Unregistered { .. }) => Ok(Some(format!("SCHEMA: {rejection}"))),
+            Err(rejection @ EventRejection::Unregistered { .. }) => {
+                Ok(Some(FailureKind::Schema.reason(rejection)))
+            }
         }
     }
 }
-
-/// The prefix of a failure reason that retrying can never fix (see [`DlqAction::for_reason`]).
-pub const PERMANENT: &str = "permanent:";
 
 /// What the dead-letter processor does with a dead letter (seed: `determineAction`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DlqAction {
     /// A transient failure (timeout, unavailable): republish to the consumer's queue.
     Retry,
-    /// A schema or validation failure: retrying cannot help until code changes; archive it.
+    /// Retrying cannot help until code or data changes (schema, permanent, foreign): archive it.
     Skip,
-    /// Anything else waits for an operator.
+    /// Anything else waits for an operator: a consumer that refused the event, a projection's
+    /// code that failed on it, a reason of no known kind.
     Manual,
 }
 
 impl DlqAction {
-    /// The seed's rule, case-insensitive on the failure reason, after one of ours: a reason
-    /// starting `PERMANENT:` is a failure that can never succeed however often it is tried (a
-    /// request that cannot even be built, such as a header value with a control character), so
-    /// it is archived, never republished, whatever else its text says ("unavailable" in a URL).
-    pub fn for_reason(reason: &str) -> Self {
-        let reason = reason.to_ascii_lowercase();
-        if reason.starts_with(PERMANENT) {
-            DlqAction::Skip
-        } else if reason.contains("timeout") || reason.contains("unavailable") {
-            DlqAction::Retry
-        } else if reason.contains("schema") || reason.contains("validation") {
-            DlqAction::Skip
-        } else {
-            DlqAction::Manual
+    /// The seed's rule, read from the kind of failure the dead letter records (see
+    /// [`FailureKind`]), never from the rest of its text.
+    pub fn for_letter(letter: &DeadLetter) -> Self {
+        match letter.kind() {
+            Some(FailureKind::Transient) => DlqAction::Retry,
+            Some(FailureKind::Schema | FailureKind::Permanent | FailureKind::Foreign) => DlqAction::Skip,
+            Some(FailureKind::Rejected | FailureKind::Projection) | None => DlqAction::Manual,
         }
     }
 }
@@ -293,7 +287,7 @@ pub struct DlqPass {
 pub async fn process_dead_letters(queue: &dyn EventQueue, limit: usize) -> Result<DlqPass, StoreError> {
     let mut pass = DlqPass::default();
     for letter in queue.dead_letters(limit).await? {
-        let action = DlqAction::for_reason(&letter.failure_reason);
+        let action = DlqAction::for_letter(&letter);
         tracing::warn!(
             id = %letter.id,
             event_id = %letter.event.event_id,
@@ -333,17 +327,34 @@ mod tests {
     }
 
     #[test]
-    fn dlq_actions_follow_the_seed() {
-        assert_eq!(DlqAction::for_reason("TIMEOUT: no answer within 10 s"), DlqAction::Retry);
-        assert_eq!(DlqAction::for_reason("HTTP 503 Service Unavailable"), DlqAction::Retry);
-        assert_eq!(DlqAction::for_reason("SCHEMA: ItemAdded v1 validation failed"), DlqAction::Skip);
-        assert_eq!(DlqAction::for_reason("HTTP 500 Internal Server Error"), DlqAction::Manual);
+    fn dlq_actions_follow_the_kind_of_failure() {
+        let action = |reason: &str| {
+            DlqAction::for_letter(&DeadLetter {
+                id: "1".into(),
+                event: serde_json::from_value(serde_json::json!({
+                "eventId": "e", "eventType": "T", "aggregateId": "a", "aggregateVersion": 1, "position": 1,
+                "timestamp": "2026-12-07T00:00:00.000Z", "payload": {},
+                "metadata": {"userId": "u", "correlationId": "c", "causationId": "c", "schemaVersion": "1"}
+            }))
+            .unwrap(),
+                consumer: "webhook:1".into(),
+                failure_reason: reason.into(),
+                retry_count: 5,
+                first_failure_time: String::new(),
+                last_failure_time: String::new(),
+            })
+        };
+        assert_eq!(action("TRANSIENT: no answer within 10 s"), DlqAction::Retry);
+        assert_eq!(action("SCHEMA: ItemAdded v1 validation failed"), DlqAction::Skip);
+        assert_eq!(action("REJECTED: HTTP 500 Internal Server Error"), DlqAction::Manual);
+        assert_eq!(action("PROJECTION: projection:orders failed on event e"), DlqAction::Manual);
+        assert_eq!(action("FOREIGN: an event of store x"), DlqAction::Skip);
+        // The kind is the first word alone: what follows never changes it.
         assert_eq!(
-            DlqAction::for_reason(
-                "PERMANENT: cannot build the request to http://unavailable/timeout: builder error"
-            ),
+            action("PERMANENT: cannot build the request to http://unavailable/timeout"),
             DlqAction::Skip
         );
-        assert_eq!(DlqAction::for_reason("permanent: invalid header value"), DlqAction::Skip);
+        assert_eq!(action("REJECTED: HTTP 503 Service Unavailable"), DlqAction::Manual);
+        assert_eq!(action("the consumer timed out"), DlqAction::Manual, "no kind: an operator decides");
     }
 }

@@ -119,4 +119,8 @@ impl EventStream for MemoryEventStream {
         let log = &state.logs[partition as usize];
         Ok((log.len() - log.partition_point(|e| e.sequence <= acked)) as u64)
     }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(()) // in this process: always there
+    }
 }

@@ -27,8 +27,9 @@ use nexus_core::ports::EventStream;
 use nexus_core::{DomainEvent, EventStore, Projection, ReadDocument, ReadStore};
 use tokio::sync::watch;
 
+use crate::failure::{Parking, StepError};
 use crate::notify::Notifier;
-use crate::projections::{DocumentSnapshots, ProjectionRunner, ProjectionStatus};
+use crate::projections::{DocumentSnapshots, ProjectionRunner, ProjectionStatus, retry_in};
 
 pub struct StreamProjectionRunner {
     projection: Arc<dyn Projection>,
@@ -41,6 +42,8 @@ pub struct StreamProjectionRunner {
     snapshots: Option<DocumentSnapshots>,
     /// Held shared by a partition applying a batch, exclusively by a rebuild.
     gate: tokio::sync::RwLock<()>,
+    /// The events this projection's code failed on, retried and then parked (all partitions).
+    parking: Arc<Parking>,
 }
 
 impl StreamProjectionRunner {
@@ -62,6 +65,7 @@ impl StreamProjectionRunner {
         );
         let status = Arc::new(ProjectionStatus::default());
         status.fed_by(stream.clone());
+        let parking = Arc::new(Parking::new(projection.name(), None, Duration::from_secs(1)));
         Self {
             projection,
             stream,
@@ -72,7 +76,15 @@ impl StreamProjectionRunner {
             status,
             snapshots: None,
             gate: tokio::sync::RwLock::new(()),
+            parking,
         }
+    }
+
+    /// Parks an event the projection's code keeps failing on, as the change-feed runner does
+    /// (see [`ProjectionRunner::with_dead_letters`]).
+    pub fn with_dead_letters(mut self, queue: Arc<dyn nexus_core::EventQueue>, retry_base: Duration) -> Self {
+        self.parking = Arc::new(Parking::new(self.projection.name(), Some(queue), retry_base));
+        self
     }
 
     /// Saves a snapshot of a document every `every` versions, as the change-feed runner does, so
@@ -118,7 +130,8 @@ impl StreamProjectionRunner {
             self.notifier.clone(),
             self.batch_size,
         )
-        .with_status(self.status.clone());
+        .with_status(self.status.clone())
+        .with_parking(self.parking.clone());
         while !*shutdown.borrow() {
             if !self.status.take_rebuild_request() {
                 tokio::select! {
@@ -153,14 +166,21 @@ impl StreamProjectionRunner {
     /// an event it applied between the shadow's last read and the swap went to the retired model,
     /// and its stream acknowledgement means no partition brings it again. The version guard skips
     /// everything the new model has.
-    async fn catch_up(&self, rebuilder: &ProjectionRunner, from: u64) -> Result<Option<u64>, String> {
+    async fn catch_up(&self, rebuilder: &ProjectionRunner, from: u64) -> Result<Option<u64>, StepError> {
         self.status.set_rebuilding(true);
         let replayed = async {
             let name = self.projection.name();
-            let head = self.events.head().await.map_err(|e| e.to_string())?;
+            let head = self.events.head().await?;
             let mut position = from;
             while position < head {
-                match rebuilder.step(name, position).await? {
+                let step = match rebuilder.step(name, position).await {
+                    Err(StepError::Poison { event, error }) => {
+                        self.parking.park_now(&event, &error).await?;
+                        continue;
+                    }
+                    step => step?,
+                };
+                match step {
                     Some(next) => position = next,
                     None => break,
                 }
@@ -181,10 +201,11 @@ impl StreamProjectionRunner {
         let mut checkpoint = None;
         while !*shutdown.borrow() {
             let step = match checkpoint {
-                None => self.read.checkpoint(&checkpoint_name).await.map(Some).map_err(|e| e.to_string()),
+                None => self.read.checkpoint(&checkpoint_name).await.map(Some).map_err(StepError::from),
                 Some(at) => tokio::select! {
                     step = async {
                         let _open = self.gate.read().await;
+                        let _applying = self.status.applying().read().await;
                         self.step(partition, &checkpoint_name, at).await
                     } => step,
                     _ = shutdown.changed() => continue,
@@ -198,13 +219,18 @@ impl StreamProjectionRunner {
                 }
                 Ok(None) => {}
                 Err(error) => {
-                    tracing::error!(projection = name, partition, %error, "stream projection stalled; retrying");
+                    let Some(delay) = retry_in(&self.parking, &error, backoff).await else {
+                        continue; // parked: on to the next event
+                    };
+                    tracing::error!(projection = name, partition, kind = ?error.kind(), %error, "stream projection stalled; retrying");
                     self.status.set_error(Some(format!("{origin}{error}")));
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    if !matches!(error, StepError::Poison { .. }) {
+                        backoff = (backoff * 2).min(crate::failure::MAX_BACKOFF);
+                    }
                 }
             }
         }
@@ -216,13 +242,9 @@ impl StreamProjectionRunner {
         partition: u32,
         checkpoint_name: &str,
         checkpoint: u64,
-    ) -> Result<Option<u64>, String> {
+    ) -> Result<Option<u64>, StepError> {
         let name = self.projection.name();
-        let batch = self
-            .stream
-            .fetch(name, partition, self.batch_size, Duration::from_secs(1))
-            .await
-            .map_err(|e| e.to_string())?;
+        let batch = self.stream.fetch(name, partition, self.batch_size, Duration::from_secs(1)).await?;
         let Some(last) = batch.last().map(|e| e.sequence) else { return Ok(Some(checkpoint)) };
         let fresh: Vec<&DomainEvent> =
             batch.iter().filter(|e| self.projection.handles(&e.event.event_type)).map(|e| &e.event).collect();
@@ -248,13 +270,17 @@ impl StreamProjectionRunner {
                     pending = self
                         .events
                         .read_stream(&event.aggregate_id, doc.version + 1, Some(event.aggregate_version - 1))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                        .await?;
                 }
                 pending.push(event.clone());
                 for event in pending.iter().filter(|e| self.projection.handles(&e.event_type)) {
-                    crate::projections::fold(self.projection.as_ref(), doc, event)
-                        .map_err(|e| format!("event {} of {}: {e}", event.event_id, event.aggregate_id))?;
+                    if self.parking.is_parked(event.position) {
+                        // Passed by: the document goes on without it until the dead letter's retry.
+                        doc.version = event.aggregate_version;
+                    } else {
+                        crate::projections::fold(self.projection.as_ref(), doc, event)
+                            .map_err(|error| StepError::Poison { event: Box::new(event.clone()), error })?;
+                    }
                     updates.push(crate::projections::update_of(name, &doc.id, doc.version, event));
                 }
                 // Events of other types fill the gap too: the document's version follows the
@@ -271,8 +297,8 @@ impl StreamProjectionRunner {
             None => Vec::new(),
         };
         let position = last.max(checkpoint);
-        self.read.commit(checkpoint_name, name, touched, position).await.map_err(|e| e.to_string())?;
-        self.stream.ack(name, partition, last).await.map_err(|e| e.to_string())?;
+        self.read.commit(checkpoint_name, name, touched, position).await?;
+        self.stream.ack(name, partition, last).await?;
         if let Some(applied) = batch.iter().map(|e| e.event.position).max() {
             self.status.applied_in_partition(partition, applied);
         }

@@ -284,6 +284,10 @@ pub struct Limits {
     /// Longest `userId`, `correlationId` and `causationId` a command's metadata (or its
     /// `X-Correlation-Id` header) may carry, in bytes (256); each is copied into every event.
     pub max_metadata_value_bytes: usize,
+    /// Tries of a command again after the event store was unavailable, before `503` (3).
+    pub store_retries: u32,
+    /// The wait before the first of those tries, doubling after each (100 ms).
+    pub store_retry_base_ms: u64,
 }
 
 /// The TOML file's shape: every key optional, unknown keys refused (a typo must not be silently
@@ -405,6 +409,8 @@ struct FileLimits {
     idle_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     max_metadata_value_bytes: Option<usize>,
+    store_retries: Option<u32>,
+    store_retry_base_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -490,6 +496,8 @@ impl Config {
                 idle_timeout_ms: parsed.limits.idle_timeout_ms.unwrap_or(75_000),
                 max_connections: parsed.limits.max_connections.unwrap_or(10_000),
                 max_metadata_value_bytes: parsed.limits.max_metadata_value_bytes.unwrap_or(256),
+                store_retries: parsed.limits.store_retries.unwrap_or(3),
+                store_retry_base_ms: parsed.limits.store_retry_base_ms.unwrap_or(100),
             },
             projection_batch_size: parsed.projection_batch_size.unwrap_or(1000),
             aggregate_cache_capacity: parsed.aggregate_cache_capacity.unwrap_or(100_000),
@@ -698,6 +706,11 @@ impl Config {
             (
                 (36..=65_536).contains(&limits.max_metadata_value_bytes),
                 "limits.max-metadata-value-bytes must be from 36 (a UUID) to 65536",
+            ),
+            (limits.store_retries <= 10, "limits.store-retries must be at most 10"),
+            (
+                (1..=10_000).contains(&limits.store_retry_base_ms),
+                "limits.store-retry-base-ms must be from 1 to 10000",
             ),
             (self.projection_batch_size >= 1, "projection-batch-size must be at least 1"),
             (self.aggregate_cache_capacity >= 1, "aggregate-cache-capacity must be at least 1"),

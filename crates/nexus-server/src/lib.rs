@@ -88,6 +88,8 @@ pub(crate) struct Inner {
     pub(crate) subscriptions: Arc<ws::Subscriptions>,
     /// The queue path (webhooks, dead-letter queue).
     pub(crate) queue: Arc<dyn nexus_core::EventQueue>,
+    /// The core path, when NATS carries it (readiness asks it).
+    pub(crate) stream: Option<Arc<dyn nexus_core::EventStream>>,
     pub(crate) webhooks: Arc<webhooks::Webhooks>,
     /// Checks credentials; `None` when auth is off.
     pub(crate) authenticator: Option<auth::Authenticator>,
@@ -163,7 +165,11 @@ pub async fn run(
     let bus = CommandBus::new(domain.clone(), events.clone(), config.aggregate_cache_capacity)
         .map_err(ServeError::Domain)?
         .with_snapshots(snapshots.clone(), policy)
-        .with_event_validator(registry.clone());
+        .with_event_validator(registry.clone())
+        .with_store_retries(
+            config.limits.store_retries,
+            std::time::Duration::from_millis(config.limits.store_retry_base_ms),
+        );
     let notifier = Notifier::new(65_536);
     let (stop, stopped) = watch::channel(false);
 
@@ -177,6 +183,10 @@ pub async fn run(
     }
     // With NATS configured, the core path feeds the projections (and the router feeds NATS).
     let stream = open_stream(&config, &identity, &store_id).await?;
+    // The queue path: the router feeds it, webhooks and the dead-letter processor consume it,
+    // and projections park there the events their code keeps failing on.
+    let queue = open_queue(&config, &identity, &store_id).await?;
+    let retry_base = std::time::Duration::from_millis(config.queue.retry_base_ms);
     for projection in read_side {
         // Only a projection whose every event type is core can be fed by the core path alone;
         // one that also reads queue-path events keeps tailing the change feed. So does one whose
@@ -197,7 +207,8 @@ pub async fn run(
                 notifier.clone(),
                 config.projection_batch_size,
             )
-            .with_snapshots(snapshots.clone(), config.snapshots.every_events);
+            .with_snapshots(snapshots.clone(), config.snapshots.every_events)
+            .with_dead_letters(queue.clone(), retry_base);
             projections.push((projection.name(), runner.status()));
             runners.push(tokio::spawn(runner.run(stopped.clone())));
             continue;
@@ -209,7 +220,8 @@ pub async fn run(
             notifier.clone(),
             config.projection_batch_size,
         )
-        .with_snapshots(snapshots.clone(), config.snapshots.every_events);
+        .with_snapshots(snapshots.clone(), config.snapshots.every_events)
+        .with_dead_letters(queue.clone(), retry_base);
         projections.push((projection.name(), runner.status()));
         runners.push(tokio::spawn(runner.run(stopped.clone())));
     }
@@ -237,8 +249,6 @@ pub async fn run(
         }
         saga_tasks.push(tokio::spawn(sagas.clone().run(stopped.clone())));
     }
-    // The queue path: the router feeds it, webhooks and the dead-letter processor consume it.
-    let queue = open_queue(&config, &identity, &store_id).await?;
     let webhooks = webhooks::Webhooks::new(read.clone(), queue.clone());
     let mut queue_tasks = Vec::new();
     if config.role.runs(Role::Router) {
@@ -258,7 +268,7 @@ pub async fn run(
         let delivering = webhooks::Delivering {
             http: webhooks::http_client(std::time::Duration::from_millis(config.queue.webhook_timeout_ms))
                 .map_err(|e| ServeError::Io(std::io::Error::other(e)))?,
-            retry_base: std::time::Duration::from_millis(config.queue.retry_base_ms),
+            retry_base,
         };
         queue_tasks.push(tokio::spawn(webhooks.clone().supervise(delivering, stopped.clone())));
         queue_tasks.push(tokio::spawn(dead_letter_processor(
@@ -290,6 +300,7 @@ pub async fn run(
             config.limits.ws_notifications_per_second,
         ),
         queue,
+        stream,
         webhooks,
         authenticator,
     }));

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use nexus_core::ports::{Delivery, EventQueue, Filter, ListQuery};
-use nexus_core::{DomainEvent, ReadDocument, ReadStore, StoreError};
+use nexus_core::{DomainEvent, FailureKind, ReadDocument, ReadStore, StoreError};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::sync::{Notify, watch};
@@ -219,7 +219,7 @@ async fn deliver_loop(
             Err(error) => {
                 tracing::warn!(webhook = %hook.id, %error, "queue unavailable; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2).min(nexus_runtime::MAX_BACKOFF);
                 continue;
             }
         };
@@ -272,11 +272,13 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 
 /// One POST in CloudEvents 1.0 binary mode: the attributes in `ce-` headers, the event's data
 /// (its `DomainEvent` JSON) as the body. A failure comes back as the reason the dead-letter
-/// processor classifies: `TIMEOUT:`/`UNAVAILABLE:` are transient, an HTTP status is not, and
-/// `PERMANENT:` never succeeds (a request that cannot be built: an event type or aggregate id
-/// that is not a valid header value), so it is archived rather than republished forever.
+/// processor reads the kind of (see [`FailureKind`]): no answer, or an answer that says "later"
+/// (`429`, `502`, `503`, `504`), is transient; any other non-`2xx` answer is the endpoint refusing
+/// the event; a request that cannot even be built (an event type or aggregate id that is not a
+/// valid header value) is permanent, so it is archived rather than republished forever.
 async fn post(http: &reqwest::Client, hook: &Webhook, event: &DomainEvent) -> Result<(), String> {
-    let body = serde_json::to_vec(event).map_err(|e| format!("cannot serialize the event: {e}"))?;
+    let body = serde_json::to_vec(event)
+        .map_err(|e| FailureKind::Permanent.reason(format_args!("cannot serialize the event: {e}")))?;
     let mut request = http
         .post(&hook.url)
         .header("content-type", "application/json")
@@ -294,18 +296,26 @@ async fn post(http: &reqwest::Client, hook: &Webhook, event: &DomainEvent) -> Re
         Ok(response) if response.status().is_redirection() => {
             let location = response.headers().get(reqwest::header::LOCATION);
             let to = location.and_then(|l| l.to_str().ok()).map(|l| format!(" (to {l})")).unwrap_or_default();
-            Err(format!(
+            Err(FailureKind::Rejected.reason(format_args!(
                 "HTTP {} from {}: redirects are not followed{to}; register the URL that answers 2xx itself",
                 response.status(),
                 hook.url
-            ))
+            )))
         }
-        Ok(response) => Err(format!("HTTP {} from {}", response.status(), hook.url)),
+        Ok(response) => {
+            let status = response.status();
+            let later = [429, 502, 503, 504].contains(&status.as_u16());
+            let kind = if later { FailureKind::Transient } else { FailureKind::Rejected };
+            Err(kind.reason(format_args!("HTTP {status} from {}", hook.url)))
+        }
         Err(error) if error.is_builder() => {
             let cause = std::error::Error::source(&error).map(|c| format!(" ({c})")).unwrap_or_default();
-            Err(format!("PERMANENT: cannot build the request to {}: {error}{cause}", hook.url))
+            Err(FailureKind::Permanent
+                .reason(format_args!("cannot build the request to {}: {error}{cause}", hook.url)))
         }
-        Err(error) if error.is_timeout() => Err(format!("TIMEOUT: {} did not answer in time", hook.url)),
-        Err(error) => Err(format!("UNAVAILABLE: cannot reach {}: {error}", hook.url)),
+        Err(error) if error.is_timeout() => {
+            Err(FailureKind::Transient.reason(format_args!("{} did not answer in time", hook.url)))
+        }
+        Err(error) => Err(FailureKind::Transient.reason(format_args!("cannot reach {}: {error}", hook.url))),
     }
 }

@@ -213,7 +213,7 @@ impl EventQueue for SqliteEventQueue {
                             .map_err(unavailable)?
                     };
                     for id in exhausted {
-                        bury(&tx, id, "TIMEOUT: no acknowledgement within the visibility timeout")
+                        bury(&tx, id, "TRANSIENT: no acknowledgement within the visibility timeout")
                             .map_err(unavailable)?;
                     }
                     let rows: Vec<(i64, String, u32)> = {

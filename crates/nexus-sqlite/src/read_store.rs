@@ -330,6 +330,7 @@ impl SqliteReadStore {
         resource: &str,
         mut rows: Vec<Row>,
         position: u64,
+        guard: Guard,
     ) -> Result<(), StoreError> {
         let (projection, resource) = (projection.to_owned(), resource.to_owned());
         let (writer, log, doc_values) = (self.writer.clone(), self.log.clone(), self.doc_values.clone());
@@ -339,7 +340,7 @@ impl SqliteReadStore {
             let mut conn = writer.lock().expect("read store writer poisoned");
             log.run(&conn);
             let (resource, written) =
-                crate::retry_busy(|| write_rows(&mut conn, &projection, &resource, &rows, position))
+                crate::retry_busy(|| write_rows(&mut conn, &projection, &resource, &rows, position, guard))
                     .map_err(unavailable)?;
             // After the commit, still holding the writer: see `DocValues`.
             doc_values.apply(&resource, || {
@@ -397,6 +398,15 @@ impl SqliteReadStore {
     }
 }
 
+/// Which stored documents a commit's documents replace.
+#[derive(Clone, Copy)]
+enum Guard {
+    /// Only older ones ([`ReadStore::commit`]).
+    Newer,
+    /// Older ones and those at the same version ([`ReadStore::replace`]).
+    SameOrNewer,
+}
+
 /// Writes `rows` into `resource` and moves `projection`'s checkpoint, in one transaction that
 /// takes the write lock up front. Answers the storage written and `(docid, index in rows)` of
 /// each document written.
@@ -406,6 +416,7 @@ fn write_rows(
     resource: &str,
     rows: &[Row],
     position: u64,
+    guard: Guard,
 ) -> rusqlite::Result<(String, Vec<(i64, usize)>)> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let Storage { name: resource, index } = storage_for_commit(&tx, resource)?;
@@ -422,10 +433,16 @@ fn write_rows(
             "INSERT OR IGNORE INTO documents (resource, id, version, doc, last_updated, status, tags, words) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        let mut update = tx.prepare_cached(
-            "UPDATE documents SET version = ?3, doc = ?4, last_updated = ?5, status = ?6, tags = ?7, \
-             words = ?8 WHERE resource = ?1 AND id = ?2 AND version < ?3 RETURNING docid",
-        )?;
+        let mut update = tx.prepare_cached(match guard {
+            Guard::Newer => {
+                "UPDATE documents SET version = ?3, doc = ?4, last_updated = ?5, status = ?6, tags = ?7, \
+                 words = ?8 WHERE resource = ?1 AND id = ?2 AND version < ?3 RETURNING docid"
+            }
+            Guard::SameOrNewer => {
+                "UPDATE documents SET version = ?3, doc = ?4, last_updated = ?5, status = ?6, tags = ?7, \
+                 words = ?8 WHERE resource = ?1 AND id = ?2 AND version <= ?3 RETURNING docid"
+            }
+        })?;
         // A docid above the highest before this commit is new (docids count up), so it has no
         // index entry to take out.
         let highest: i64 =
@@ -1333,7 +1350,18 @@ impl ReadStore for SqliteReadStore {
         // Everything but the SQL is done here, before the writer's turn: the writer is the one
         // thread a rebuild cannot add to.
         let rows = docs.into_iter().map(Row::of).collect::<Result<Vec<_>, _>>()?;
-        self.commit_rows(projection, resource, rows, position).await
+        self.commit_rows(projection, resource, rows, position, Guard::Newer).await
+    }
+
+    async fn replace(
+        &self,
+        projection: &str,
+        resource: &str,
+        docs: Vec<ReadDocument>,
+        position: u64,
+    ) -> Result<(), StoreError> {
+        let rows = docs.into_iter().map(Row::of).collect::<Result<Vec<_>, _>>()?;
+        self.commit_rows(projection, resource, rows, position, Guard::SameOrNewer).await
     }
 
     async fn commit_shared(
@@ -1344,7 +1372,7 @@ impl ReadStore for SqliteReadStore {
         position: u64,
     ) -> Result<(), StoreError> {
         let rows = docs.iter().map(Row::of_shared).collect::<Result<Vec<_>, _>>()?;
-        self.commit_rows(projection, resource, rows, position).await
+        self.commit_rows(projection, resource, rows, position, Guard::Newer).await
     }
 
     async fn get(&self, resource: &str, id: &str) -> Result<Option<ReadDocument>, StoreError> {

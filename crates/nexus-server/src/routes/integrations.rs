@@ -118,17 +118,51 @@ pub(crate) async fn dead_letters(State(state): State<AppState>) -> Result<Json<V
     Ok(Json(json!({"items": items})))
 }
 
-/// `POST /api/admin/dlq/{id}/retry`: republishes it to its consumer's queue.
+/// `POST /api/admin/dlq/{id}/retry`: a queue consumer's dead letter is republished to its queue;
+/// a projection's (`projection:{name}`) is applied to that projection's documents, once (see
+/// `nexus_runtime::reapply_parked`), and archived. While the projection still fails on the event,
+/// the dead letter stays waiting and the answer says why.
 pub(crate) async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if state.queue.retry(&id).await? {
-        Ok(Json(json!({"id": id, "state": "RETRIED"})))
-    } else {
-        Err(ApiError::NotFound(format!("no waiting dead letter '{id}'")))
+    let missing = || ApiError::NotFound(format!("no waiting dead letter '{id}'"));
+    let letters = state.queue.dead_letters(DEAD_LETTERS_SEARCHED).await?;
+    let letter = letters.into_iter().find(|letter| letter.id == id).ok_or_else(missing)?;
+    let Some(name) = nexus_runtime::parked_projection(&letter.consumer) else {
+        return match state.queue.retry(&id).await? {
+            true => Ok(Json(json!({"id": id, "state": "RETRIED"}))),
+            false => Err(missing()),
+        };
+    };
+    let projection = state.domain.projections().iter().find(|p| p.name() == name).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "dead letter '{id}' names projection '{name}', which this service does not have"
+        ))
+    })?;
+    // This process's runner of the projection, if it runs one here, so the two take turns.
+    let status =
+        state.projections.iter().find(|(n, _)| *n == name).map(|(_, s)| s.clone()).unwrap_or_default();
+    match nexus_runtime::reapply_parked(projection.as_ref(), state.read.as_ref(), &status, &letter.event)
+        .await
+    {
+        Ok(reapplied) => {
+            state.queue.skip(&id).await?;
+            let again = reapplied == nexus_runtime::Reapplied::AlreadyApplied;
+            Ok(Json(json!({"id": id, "state": "RETRIED", "alreadyApplied": again})))
+        }
+        Err(nexus_runtime::StepError::Poison { error, .. }) => Err(ApiError::BusinessRule(format!(
+            "projection {name} still fails on event {}: {error}; the dead letter stays waiting (fix the \
+             projection and retry, or skip it)",
+            letter.event.event_id
+        ))),
+        Err(nexus_runtime::StepError::Store(error)) => Err(error.into()),
+        Err(other) => Err(ApiError::Internal(other.to_string())),
     }
 }
+
+/// How many waiting dead letters a retry looks through for its id.
+const DEAD_LETTERS_SEARCHED: usize = 100_000;
 
 /// `POST /api/admin/dlq/{id}/skip`: archives it.
 pub(crate) async fn skip(

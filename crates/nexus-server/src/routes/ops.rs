@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
@@ -13,11 +13,42 @@ pub(crate) async fn live() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready only when every configured backend answers.
-pub(crate) async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state.events.head().await.map_err(|e| ApiError::Unavailable(format!("event store: {e}")))?;
-    state.read.ping().await.map_err(|e| ApiError::Unavailable(format!("read store: {e}")))?;
-    Ok(Json(json!({"status": "ready", "checks": {"eventStore": "ok", "readStore": "ok"}})))
+/// Ready only when every configured backend answers: each is asked at once, given at most
+/// [`READY_TIMEOUT`], and named in `checks` with `ok` or why not; `503` when any is not.
+pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let registry = state.registry.clone();
+    let (event_store, read_store, registry, stream, queue) = tokio::join!(
+        check(state.events.head()),
+        check(state.read.ping()),
+        check(async move { registry.compatibility(None).await.map_err(|e| e.to_string()) }),
+        async {
+            match &state.stream {
+                Some(stream) => Some(check(stream.ping()).await),
+                None => None,
+            }
+        },
+        check(state.queue.ping()),
+    );
+    let mut checks =
+        json!({"eventStore": event_store, "readStore": read_store, "registry": registry, "queue": queue});
+    if let Some(stream) = stream {
+        checks["stream"] = json!(stream);
+    }
+    let ready = checks.as_object().is_some_and(|all| all.values().all(|v| v == "ok"));
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"status": if ready { "ready" } else { "unavailable" }, "checks": checks})))
+}
+
+/// How long readiness waits for one backend.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `ok`, or why the backend did not answer.
+async fn check<T, E: std::fmt::Display>(probe: impl Future<Output = Result<T, E>>) -> String {
+    match tokio::time::timeout(READY_TIMEOUT, probe).await {
+        Ok(Ok(_)) => "ok".to_owned(),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("no answer within {} s", READY_TIMEOUT.as_secs()),
+    }
 }
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
