@@ -44,7 +44,7 @@ async fn dlq_list_retry_and_skip_through_the_cli() {
     assert_eq!(accepted.status().as_u16(), 202);
 
     let letter = one_dead_letter(&client, &base).await;
-    assert!(letter["failureReason"].as_str().unwrap().starts_with("UNAVAILABLE"), "{letter}");
+    assert!(letter["failureReason"].as_str().unwrap().starts_with("TRANSIENT: cannot reach"), "{letter}");
     let id = letter["id"].as_str().unwrap().to_owned();
     let listed = cli(&base, &["list"]);
     let text = String::from_utf8_lossy(&listed.stdout);
