@@ -25,11 +25,19 @@
 //! `FOREIGN:` reason, logged and counted in `nexus_foreign_events_total{path="queue"}`, never
 //! handed to a consumer.
 //!
+//! A lost connection is answered, not fatal: operations on it fail with
+//! `StoreError::Unavailable` (the callers retry with backoff), and the next operation once the
+//! broker is reachable again connects anew (one caller at a time), re-creates the confirming
+//! publisher, declares the namespace again (the ownership check included) and re-opens each
+//! subscriber's channel and consumer when that subscriber next receives. What a lost channel held
+//! unacknowledged the broker gives back to its queue, so it is delivered again: at-least-once.
+//!
 //! Architecture invariant: nothing here knows the domain or HTTP; errors collapse into
 //! `StoreError::Unavailable` (a broker problem) or `Corrupt` (a message that is not an event).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -50,6 +58,16 @@ const PREFETCH: u16 = 256;
 
 /// The consumer name of dead letters the router wrote; retrying one publishes to the fanout.
 pub const FANOUT_CONSUMER: &str = "router";
+
+/// How long connecting and declaring the namespace may take before the broker counts as
+/// unreachable (a peer that accepts TCP and then says nothing must not hang every caller).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A [`Delivery::tag`] is the broker's delivery tag on its subscriber's channel, with that
+/// channel's epoch above this bit. Tags restart at 1 on every channel, so without the epoch an
+/// ack of a delivery from a lost channel would settle whichever message the new channel numbered
+/// alike.
+const EPOCH_SHIFT: u32 = 40;
 
 fn unavailable(error: lapin::Error) -> StoreError {
     StoreError::Unavailable(Box::new(error))
@@ -91,8 +109,32 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
 }
 
+/// One connection to the broker and its confirming publisher channel; replaced as a whole when
+/// either is lost.
+struct Link {
+    connection: Connection,
+    /// Publishes (fanout, retries, dead letters) and declarations go through this channel.
+    publisher: Channel,
+}
+
+impl Link {
+    async fn connect(url: &str) -> Result<Self, StoreError> {
+        let connection =
+            Connection::connect(url, ConnectionProperties::default()).await.map_err(unavailable)?;
+        let publisher = connection.create_channel().await.map_err(unavailable)?;
+        publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
+        Ok(Self { connection, publisher })
+    }
+
+    fn is_up(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+}
+
 /// A consumer's subscription in this process: its channel (acks go back on it) and its stream.
 struct Subscriber {
+    /// Tells this channel's deliveries from those of the consumer's earlier and later channels.
+    epoch: u64,
     channel: Channel,
     stream: Mutex<Consumer>,
     /// First-failure times of deliveries being handled, by delivery tag.
@@ -101,11 +143,15 @@ struct Subscriber {
 
 /// RabbitMQ queue path.
 pub struct RabbitEventQueue {
-    connection: Connection,
+    url: String,
     namespace: String,
-    /// Publishes (fanout, retries, dead letters) go through one confirming channel.
-    publisher: Channel,
+    /// The current connection; a std lock, held only to clone or swap the `Arc`.
+    link: RwLock<Arc<Link>>,
+    /// Held while connecting again, so concurrent callers wait for one reconnection.
+    reconnecting: Mutex<()>,
     subscribers: Mutex<HashMap<String, Arc<Subscriber>>>,
+    /// The next subscriber channel's epoch.
+    epochs: AtomicU64,
     /// Retry queues declared by this process, per consumer (deleted with the consumer).
     retry_queues: std::sync::Mutex<HashMap<String, BTreeSet<u64>>>,
     /// Serializes browsing the dead-letter queue in this process.
@@ -131,27 +177,40 @@ impl RabbitEventQueue {
     }
 
     async fn open(url: &str, namespace: &str, store_id: Option<String>) -> Result<Self, StoreError> {
-        let connection =
-            Connection::connect(url, ConnectionProperties::default()).await.map_err(unavailable)?;
-        let publisher = connection.create_channel().await.map_err(unavailable)?;
-        publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
+        let link = Self::within_timeout(Link::connect(url)).await?;
         let queue = Self {
-            connection,
+            url: url.to_owned(),
             namespace: namespace.to_owned(),
-            publisher,
+            link: RwLock::new(Arc::new(link)),
+            reconnecting: Mutex::new(()),
             subscribers: Mutex::default(),
+            epochs: AtomicU64::new(0),
             retry_queues: std::sync::Mutex::default(),
             dlq: Mutex::new(()),
             store_id,
         };
+        let publisher = queue.current().publisher.clone();
+        Self::within_timeout(queue.declare(&publisher)).await?;
+        Ok(queue)
+    }
+
+    /// `step` (connecting, declaring), `Unavailable` when it takes longer than [`CONNECT_TIMEOUT`].
+    async fn within_timeout<T>(step: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        tokio::time::timeout(CONNECT_TIMEOUT, step).await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!("RabbitMQ did not answer within {CONNECT_TIMEOUT:?}").into()))
+        })
+    }
+
+    /// Declares the namespace's exchanges (stamped with the owning store), dead-letter queue
+    /// and archive: at start and again on every new connection.
+    async fn declare(&self, publisher: &Channel) -> Result<(), StoreError> {
         let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
         let mut owner = FieldTable::default();
-        if let Some(store) = &queue.store_id {
+        if let Some(store) = &self.store_id {
             owner.insert(STORE_HEADER.into(), text(store));
         }
-        for exchange in [queue.exchange(), queue.dlx()] {
-            queue
-                .publisher
+        for exchange in [self.exchange(), self.dlx()] {
+            publisher
                 .exchange_declare(exchange.as_str().into(), ExchangeKind::Fanout, durable, owner.clone())
                 .await
                 .map_err(|error| match error.kind() {
@@ -167,30 +226,60 @@ impl RabbitEventQueue {
                     _ => unavailable(error),
                 })?;
         }
-        for name in [queue.dlq_name(), queue.archive_name()] {
-            queue
-                .publisher
+        for name in [self.dlq_name(), self.archive_name()] {
+            publisher
                 .queue_declare(name.into(), QueueDeclareOptions::durable(), FieldTable::default())
                 .await
                 .map_err(unavailable)?;
         }
-        queue
-            .publisher
+        publisher
             .queue_bind(
-                queue.dlq_name().into(),
-                queue.dlx().into(),
+                self.dlq_name().into(),
+                self.dlx().into(),
                 "".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .map_err(unavailable)?;
-        Ok(queue)
+            .map_err(unavailable)
     }
 
-    /// Closes the connection: what this process held unacknowledged goes back to its queues.
+    fn current(&self) -> Arc<Link> {
+        self.link.read().expect("link poisoned").clone()
+    }
+
+    /// The live connection: the current one, or a new one when it is lost (declared like the
+    /// first). `Unavailable` while the broker cannot be reached; the next call tries again.
+    async fn link(&self) -> Result<Arc<Link>, StoreError> {
+        let current = self.current();
+        if current.is_up() {
+            return Ok(current);
+        }
+        let _one_at_a_time = self.reconnecting.lock().await;
+        let current = self.current();
+        if current.is_up() {
+            // Another caller reconnected while this one waited.
+            return Ok(current);
+        }
+        let fresh = Self::within_timeout(async {
+            let link = Link::connect(&self.url).await?;
+            self.declare(&link.publisher).await?;
+            Ok(link)
+        })
+        .await
+        .inspect_err(|error| tracing::warn!(namespace = %self.namespace, %error, "RabbitMQ unreachable"))?;
+        let fresh = Arc::new(fresh);
+        // The old connection, if still open (only its publisher was lost), closes when its last
+        // user drops it; its subscribers then find their channels closed and open new ones.
+        *self.link.write().expect("link poisoned") = fresh.clone();
+        tracing::info!(namespace = %self.namespace, "reconnected to RabbitMQ");
+        Ok(fresh)
+    }
+
+    /// Closes the connection: what this process held unacknowledged goes back to its queues. A
+    /// later operation would connect again.
     pub async fn close(&self) {
-        let _ = self.connection.close(200, "closing".into()).await;
+        let _ = self.current().connection.close(200, "closing".into()).await;
     }
 
     fn exchange(&self) -> String {
@@ -220,14 +309,15 @@ impl RabbitEventQueue {
     /// Deletes the namespace's exchanges and dead-letter queues (consumers' queues go with
     /// `unsubscribe`). For tests and decommissioning.
     pub async fn destroy(&self) -> Result<(), StoreError> {
+        let link = self.link().await?;
         for name in [self.dlq_name(), self.archive_name()] {
-            self.publisher
+            link.publisher
                 .queue_delete(name.into(), QueueDeleteOptions::default())
                 .await
                 .map_err(unavailable)?;
         }
         for name in [self.exchange(), self.dlx()] {
-            self.publisher
+            link.publisher
                 .exchange_delete(name.into(), ExchangeDeleteOptions::default())
                 .await
                 .map_err(unavailable)?;
@@ -255,6 +345,8 @@ impl RabbitEventQueue {
         properties: BasicProperties,
     ) -> Result<(), StoreError> {
         let confirm = self
+            .link()
+            .await?
             .publisher
             .basic_publish(
                 exchange.into(),
@@ -274,12 +366,16 @@ impl RabbitEventQueue {
         }
     }
 
+    /// `consumer`'s subscriber, opened (channel, prefetch, consumer) when there is none or its
+    /// channel or consumer was lost.
     async fn subscriber(&self, consumer: &str) -> Result<Arc<Subscriber>, StoreError> {
         let mut subscribers = self.subscribers.lock().await;
-        if let Some(subscriber) = subscribers.get(consumer) {
+        if let Some(subscriber) = subscribers.get(consumer)
+            && subscriber.channel.status().connected()
+        {
             return Ok(subscriber.clone());
         }
-        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        let channel = self.link().await?.connection.create_channel().await.map_err(unavailable)?;
         channel.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(unavailable)?;
         let stream = channel
             .basic_consume(
@@ -291,12 +387,63 @@ impl RabbitEventQueue {
             .await
             .map_err(unavailable)?;
         let subscriber = Arc::new(Subscriber {
+            epoch: self.epochs.fetch_add(1, Ordering::Relaxed),
             channel,
             stream: Mutex::new(stream),
             first_failures: std::sync::Mutex::default(),
         });
         subscribers.insert(consumer.to_owned(), subscriber.clone());
         Ok(subscriber)
+    }
+
+    /// Forgets `subscriber` (its consumer ended or failed), unless it was replaced already; the
+    /// next receive opens another.
+    async fn drop_subscriber(&self, consumer: &str, subscriber: &Arc<Subscriber>) {
+        let mut subscribers = self.subscribers.lock().await;
+        if subscribers.get(consumer).is_some_and(|current| Arc::ptr_eq(current, subscriber)) {
+            subscribers.remove(consumer);
+        }
+        let _ = subscriber.channel.close(200, "consumer lost".into()).await;
+    }
+
+    /// The subscriber whose channel `delivery` came on, and the broker's tag on that channel.
+    /// `Unavailable` when that channel is gone: the broker put the message back in its queue,
+    /// and it is delivered again.
+    async fn holder(&self, delivery: &Delivery) -> Result<(Arc<Subscriber>, u64), StoreError> {
+        let epoch = delivery.tag >> EPOCH_SHIFT;
+        match self.subscribers.lock().await.get(&delivery.consumer) {
+            Some(subscriber) if subscriber.epoch == epoch && subscriber.channel.status().connected() => {
+                Ok((subscriber.clone(), delivery.tag & ((1 << EPOCH_SHIFT) - 1)))
+            }
+            _ => Err(StoreError::Unavailable(
+                "the channel this delivery came on was lost; the broker delivers it again".into(),
+            )),
+        }
+    }
+
+    /// Up to `max` messages of `subscriber`'s consumer, waiting at most `wait` for the first.
+    /// An error when the channel or the consumer is lost.
+    async fn take(
+        subscriber: &Subscriber,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<lapin::message::Delivery>, StoreError> {
+        let mut stream = subscriber.stream.lock().await;
+        let cancelled = || StoreError::Unavailable("the broker cancelled the consumer".into());
+        let first = match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) => return Ok(Vec::new()),
+            Ok(None) => return Err(cancelled()),
+            Ok(Some(message)) => message.map_err(unavailable)?,
+        };
+        let mut messages = vec![first];
+        while messages.len() < max {
+            match futures_util::FutureExt::now_or_never(stream.next()) {
+                Some(Some(message)) => messages.push(message.map_err(unavailable)?),
+                Some(None) => return Err(cancelled()),
+                None => break,
+            }
+        }
+        Ok(messages)
     }
 
     fn to_delivery(
@@ -316,7 +463,7 @@ impl RabbitEventQueue {
             .expect("first failures poisoned")
             .insert(message.delivery_tag, header_str(&headers, "x-nexus-first-failure"));
         Ok(Delivery {
-            tag: message.delivery_tag,
+            tag: subscriber.epoch << EPOCH_SHIFT | message.delivery_tag,
             consumer: consumer.to_owned(),
             event,
             attempt: attempts + redeliveries + 1,
@@ -391,7 +538,7 @@ impl RabbitEventQueue {
                 consumer,
                 failure_reason: header_str(&headers, "x-nexus-reason").unwrap_or_else(|| {
                     if broker_dead {
-                        "TIMEOUT: delivery limit reached without an acknowledgement".into()
+                        "TRANSIENT: delivery limit reached without an acknowledgement".into()
                     } else {
                         "unknown".into()
                     }
@@ -410,7 +557,7 @@ impl RabbitEventQueue {
     /// every other browsed letter back.
     async fn settle_one(&self, id: &str, retry: bool) -> Result<bool, StoreError> {
         let _only_one = self.dlq.lock().await;
-        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        let channel = self.link().await?.connection.create_channel().await.map_err(unavailable)?;
         let browsed = self.browse(&channel).await?;
         let mut outcome = Ok(false);
         if let Some((tag, letter, body)) = browsed.iter().find(|(_, l, _)| l.id == id) {
@@ -460,7 +607,9 @@ impl RabbitEventQueue {
             arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay_ms as i64));
             arguments.insert("x-dead-letter-exchange".into(), text(""));
             arguments.insert("x-dead-letter-routing-key".into(), text(&self.queue_name(consumer)));
-            self.publisher
+            self.link()
+                .await?
+                .publisher
                 .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), arguments)
                 .await
                 .map_err(unavailable)?;
@@ -485,11 +634,12 @@ impl EventQueue for RabbitEventQueue {
         arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(MAX_DELIVERIES - 1)));
         arguments.insert("x-dead-letter-exchange".into(), text(&self.dlx()));
         let name = self.queue_name(consumer);
-        self.publisher
+        let link = self.link().await?;
+        link.publisher
             .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), arguments)
             .await
             .map_err(unavailable)?;
-        self.publisher
+        link.publisher
             .queue_bind(
                 name.into(),
                 self.exchange().into(),
@@ -507,13 +657,14 @@ impl EventQueue for RabbitEventQueue {
         }
         let delays =
             self.retry_queues.lock().expect("retry queues poisoned").remove(consumer).unwrap_or_default();
+        let link = self.link().await?;
         for delay in delays {
-            self.publisher
+            link.publisher
                 .queue_delete(self.retry_name(consumer, delay).into(), QueueDeleteOptions::default())
                 .await
                 .map_err(unavailable)?;
         }
-        self.publisher
+        link.publisher
             .queue_delete(self.queue_name(consumer).into(), QueueDeleteOptions::default())
             .await
             .map_err(unavailable)?;
@@ -522,13 +673,14 @@ impl EventQueue for RabbitEventQueue {
 
     async fn publish(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
         // Batched confirms: every publish goes out, then one wait for all their acks.
+        let link = self.link().await?;
         let mut confirms = Vec::with_capacity(events.len());
         for event in events {
             let body = serde_json::to_vec(event).map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
             let properties = self
                 .properties(FieldTable::default())
                 .with_message_id(ShortString::from(event.event_id.clone()));
-            let confirm = self
+            let confirm = link
                 .publisher
                 .basic_publish(
                     self.exchange().into(),
@@ -551,21 +703,16 @@ impl EventQueue for RabbitEventQueue {
 
     async fn receive(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, StoreError> {
         let subscriber = self.subscriber(consumer).await?;
-        let mut stream = subscriber.stream.lock().await;
-        let mut batch = Vec::new();
-        let first = match tokio::time::timeout(wait, stream.next()).await {
-            Err(_) => return Ok(batch),
-            Ok(None) => return Err(StoreError::Unavailable("the consumer's channel closed".into())),
-            Ok(Some(message)) => message.map_err(unavailable)?,
-        };
-        let mut messages = vec![first];
-        while messages.len() < max {
-            match futures_util::FutureExt::now_or_never(stream.next()) {
-                Some(Some(message)) => messages.push(message.map_err(unavailable)?),
-                _ => break,
+        let messages = match Self::take(&subscriber, max, wait).await {
+            Ok(messages) => messages,
+            Err(error) => {
+                // What the lost channel held goes back to the queue; the next receive opens a
+                // fresh one (on a fresh connection if that was lost too).
+                self.drop_subscriber(consumer, &subscriber).await;
+                return Err(error);
             }
-        }
-        drop(stream);
+        };
+        let mut batch = Vec::new();
         for message in messages {
             if let Some(theirs) = self.foreign(&message) {
                 self.refuse(consumer, &subscriber, message, &theirs).await?;
@@ -577,18 +724,19 @@ impl EventQueue for RabbitEventQueue {
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        let subscriber = self.subscriber(&delivery.consumer).await?;
-        subscriber.first_failures.lock().expect("first failures poisoned").remove(&delivery.tag);
-        subscriber.channel.basic_ack(delivery.tag, BasicAckOptions::default()).await.map_err(unavailable)
+        let (subscriber, tag) = self.holder(delivery).await?;
+        subscriber.first_failures.lock().expect("first failures poisoned").remove(&tag);
+        subscriber.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(unavailable)
     }
 
     async fn nack(&self, delivery: &Delivery, reason: &str, delay: Duration) -> Result<(), StoreError> {
-        let subscriber = self.subscriber(&delivery.consumer).await?;
+        // A delivery whose channel is lost is back in its queue already: no copy on top of it.
+        let (subscriber, tag) = self.holder(delivery).await?;
         let first_failure = subscriber
             .first_failures
             .lock()
             .expect("first failures poisoned")
-            .remove(&delivery.tag)
+            .remove(&tag)
             .flatten()
             .unwrap_or_else(now_iso);
         let body =
@@ -612,7 +760,7 @@ impl EventQueue for RabbitEventQueue {
             self.publish_confirmed("", &retry_queue, &body, self.properties(headers)).await?;
         }
         // The copy is confirmed: only now let go of the original (at-least-once).
-        subscriber.channel.basic_ack(delivery.tag, BasicAckOptions::default()).await.map_err(unavailable)
+        subscriber.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(unavailable)
     }
 
     async fn dead_letter(&self, consumer: &str, event: &DomainEvent, reason: &str) -> Result<(), StoreError> {
@@ -630,7 +778,7 @@ impl EventQueue for RabbitEventQueue {
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         let _only_one = self.dlq.lock().await;
-        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        let channel = self.link().await?.connection.create_channel().await.map_err(unavailable)?;
         let browsed = self.browse(&channel).await;
         let _ = channel.close(200, "browsed".into()).await;
         Ok(browsed?.into_iter().take(limit).map(|(_, letter, _)| letter).collect())
@@ -642,5 +790,10 @@ impl EventQueue for RabbitEventQueue {
 
     async fn skip(&self, id: &str) -> Result<bool, StoreError> {
         self.settle_one(id, false).await
+    }
+
+    /// The connection is up, or comes back now (declaring the namespace again).
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.link().await.map(|_| ())
     }
 }

@@ -71,7 +71,7 @@ async fn the_broker_dead_letters_a_message_no_consumer_survives() {
     };
     assert_eq!(letters.len(), 1, "dead-lettered by the broker");
     assert_eq!(letters[0].consumer, "crashy");
-    assert!(letters[0].failure_reason.starts_with("TIMEOUT"), "{}", letters[0].failure_reason);
+    assert!(letters[0].failure_reason.starts_with("TRANSIENT:"), "{}", letters[0].failure_reason);
     assert!(queue.retry(&letters[0].id).await.unwrap());
     let again = queue.receive("crashy", 10, Duration::from_secs(10)).await.unwrap();
     assert_eq!(again.len(), 1);

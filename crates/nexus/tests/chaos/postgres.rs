@@ -1,6 +1,6 @@
 //! PostgreSQL stopped for 30 s under load, then started again: commands get `503` with
 //! `Retry-After` while it is down (after the server's own retries), never a `500` and never a
-//! hang; `/health/ready` is `503` then `200`; afterwards every acknowledged event is in the store
+//! hang; reads are `503` too; `/health/ready` is `503` then `200`; afterwards every acknowledged event is in the store
 //! once and the read models equal a fold of the store, with no event applied twice.
 
 use std::collections::HashMap;
@@ -141,6 +141,12 @@ async fn postgres_down_for_30_s_answers_503_then_everything_resumes_exactly_once
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "unavailable");
     assert_ne!(body["checks"]["eventStore"], "ok", "{body}");
+    // Reads of the read store (on the same database) are answered 503 too, not 500.
+    let some_order = counts.lock().unwrap().orders.keys().next().cloned().unwrap();
+    let read = http.get(server.url(&format!("/api/queries/orders/{some_order}"))).send().await.unwrap();
+    assert_eq!(read.status(), 503);
+    assert!(read.headers().contains_key("retry-after"));
+    assert_eq!(read.json::<Value>().await.unwrap()["code"], "UNAVAILABLE");
     tokio::time::sleep(OUTAGE.saturating_sub(down.elapsed())).await;
     let during = counts.lock().unwrap().unavailable;
     postgres.start();

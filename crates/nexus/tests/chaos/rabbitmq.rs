@@ -5,8 +5,8 @@
 //! reaches the webhook at least once. The endpoint always answers 200, so nothing may end in the
 //! dead-letter queue: a delivery the broker could not make is not a failed webhook attempt.
 //!
-//! The namespace is fresh per run (a config file), and the webhook is deleted at the end, which
-//! deletes its queues.
+//! The namespace is fresh per run (a config file); at the end the webhook is deleted, which
+//! deletes its queues, and then the namespace's exchanges and dead-letter queues.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -215,6 +215,14 @@ async fn a_rabbitmq_outage_under_load_loses_no_accepted_event() {
         letters.len(),
     );
     let deleted = client.delete(server.url(&format!("/api/admin/webhooks/{hook_id}"))).send().await.unwrap();
+    // The namespace's exchanges and dead-letter queues go too: the broker is left as it was.
+    server.kill();
+    nexus_rabbitmq::RabbitEventQueue::connect(&amqp_url(), &namespace)
+        .await
+        .unwrap()
+        .destroy()
+        .await
+        .unwrap();
 
     assert!(sent.refused.is_empty(), "commands are accepted while the broker is away: {:?}", sent.refused);
     assert!(sent.accepted_during_cut > 0, "the load ran during the cut");
