@@ -1009,19 +1009,6 @@ impl ReadStore for PostgresReadStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn field_names_are_checked() {
-        assert_eq!(json_path("customer.name").unwrap(), ["customer", "name"]);
-        for bad in ["", "a..b", ".a", "a b", "a'b", "a-b"] {
-            assert!(matches!(json_path(bad), Err(StoreError::InvalidRequest(_))), "{bad}");
-        }
-    }
-}
-
 impl PostgresReadStore {
     /// Upserts `docs` over stored documents with an older version (and, with `same_too`, the
     /// same version) and moves the checkpoint forward, in one statement.
@@ -1077,5 +1064,18 @@ impl PostgresReadStore {
         let statement = if same_too { upsert!(">=") } else { upsert!(">") };
         self.query(statement, &[&resource, &ids, &versions, &texts, &projection, &bigint(position)]).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_are_checked() {
+        assert_eq!(json_path("customer.name").unwrap(), ["customer", "name"]);
+        for bad in ["", "a..b", ".a", "a b", "a'b", "a-b"] {
+            assert!(matches!(json_path(bad), Err(StoreError::InvalidRequest(_))), "{bad}");
+        }
     }
 }

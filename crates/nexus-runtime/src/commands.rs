@@ -234,18 +234,18 @@ impl CommandBus {
         let client_command_id = recorded_maybe;
         if client_command_id {
             // A copy of this command may have committed while we waited for the lock.
-            if let Some(record) = self.store.find_command(&command_id).await? {
+            if let Some(record) = self.store.find_command(command_id).await? {
                 return replay(self.store.as_ref(), record, &fingerprint).await;
             }
         }
         let result = self
-            .decide_and_append(&request, handler.as_ref(), slot, &aggregate_id, &command_id, &fingerprint)
+            .decide_and_append(request, handler.as_ref(), slot, &aggregate_id, command_id, &fingerprint)
             .await;
         match result {
             // A copy committed by another process makes this one look stale or invalid; the
             // recorded result is the right answer then.
             Err(CommandError::Rejected(_) | CommandError::Concurrency { .. }) if client_command_id => {
-                match self.store.find_command(&command_id).await? {
+                match self.store.find_command(command_id).await? {
                     Some(record) => replay(self.store.as_ref(), record, &fingerprint).await,
                     None => result,
                 }

@@ -17,8 +17,10 @@
 //!   applying it twice. Each attempt is bounded by the step's timeout; timeouts and an
 //!   unavailable store are retried with exponential backoff, business-rule rejections and invalid
 //!   commands are not; then the step fails and the completed steps are compensated in reverse
-//!   order. A compensation is retried whatever the failure (it has no fallback), then the saga
-//!   is `FAILED` for a person to resolve.
+//!   order. A compensation is retried whatever the failure (it has no fallback); one that still
+//!   fails is recorded (`SagaStepFailed` with `compensation`) and the earlier steps are still
+//!   compensated. Then the saga is `COMPENSATED`, or `FAILED` when a step stayed uncompensated,
+//!   for a person to resolve.
 //! - Recovery: the loop's checkpoint is a low-water mark, the position before the oldest
 //!   `SagaStarted` whose saga this process has not seen end. A restart reads the feed from there
 //!   and drives every saga it finds again; those that had ended find nothing to do.
@@ -68,9 +70,14 @@ pub const MAX_STEPS: usize = 100;
 pub const MAX_STEP_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Registers what serving sagas needs in `domain`: the saga event types (as the `Saga`
-/// aggregate, which takes no commands) and the `sagas` projection. Idempotent.
+/// aggregate, which takes no commands) with the upcasters of their older versions, and the
+/// `sagas` projection. Idempotent.
 pub fn with_sagas(domain: Domain) -> Domain {
-    let domain = if domain.event(SAGA_STARTED).is_none() { domain.aggregate::<Saga>() } else { domain };
+    let domain = if domain.event(SAGA_STARTED).is_none() {
+        model::UPCASTERS.into_iter().fold(domain.aggregate::<Saga>(), Domain::upcaster)
+    } else {
+        domain
+    };
     if domain.projection_named(SAGAS_RESOURCE).is_none() {
         domain.projection(SagasProjection)
     } else {
@@ -87,7 +94,8 @@ pub struct SagaSettings {
     pub retry_base: Duration,
     /// Attempts of a step's command before it fails (transient failures only are retried).
     pub step_attempts: u32,
-    /// Attempts of a compensating command before the saga is `FAILED`.
+    /// Attempts of a compensating command before its step is left uncompensated (and the saga
+    /// ends `FAILED`).
     pub compensation_attempts: u32,
     /// A pause before each command a saga runs and before recording its outcome. Zero in
     /// production; tests and demos use it to make the windows between steps observable.
@@ -523,6 +531,7 @@ impl Shared {
                     saga_type: definition.saga_type.clone(),
                     error: saga.view().error.clone().unwrap_or_default(),
                 }),
+                Action::Fail => saga_failed(&saga),
             };
             match self.append(&definition, version, &event).await {
                 Ok(stored) => {
@@ -582,6 +591,7 @@ impl Shared {
                     reason: failure.reason,
                     error: failure.error,
                     attempts: failure.attempts,
+                    compensation: false,
                 })
             }
         }
@@ -611,20 +621,18 @@ impl Shared {
                 command_id,
             }),
             Err(failure) => {
-                let cause = saga.view().error.clone().unwrap_or_default();
                 tracing::error!(
                     saga_id = definition.saga_id,
                     step = step.step_id,
                     error = failure.error,
-                    "compensation failed; the saga needs manual resolution"
+                    "compensation failed; the step stays uncompensated, the earlier steps are still compensated"
                 );
-                SagaEvent::SagaFailed(SagaFailed {
-                    saga_type: definition.saga_type.clone(),
+                SagaEvent::SagaStepFailed(SagaStepFailed {
                     step_id: step.step_id.clone(),
-                    error: format!(
-                        "compensation of step {} failed after {} attempts: {} (compensating because {cause})",
-                        step.step_id, failure.attempts, failure.error
-                    ),
+                    reason: failure.reason,
+                    error: failure.error,
+                    attempts: failure.attempts,
+                    compensation: true,
                 })
             }
         }
@@ -750,6 +758,28 @@ impl Shared {
             _ => Err(StoreError::Corrupt("the store answered a saga append without its event".into())),
         }
     }
+}
+
+/// The end of a saga whose compensations all ran but some kept failing: which steps stayed
+/// uncompensated, why, and why the saga was compensating at all.
+fn saga_failed(saga: &Saga) -> SagaEvent {
+    let failures = saga.compensation_failures();
+    let reasons: Vec<String> = failures
+        .iter()
+        .map(|f| {
+            format!("compensation of step {} failed after {} attempts: {}", f.step_id, f.attempts, f.error)
+        })
+        .collect();
+    let cause = saga.view().error.as_deref().unwrap_or_default();
+    SagaEvent::SagaFailed(SagaFailed {
+        saga_type: saga.definition().expect("folded from SagaStarted").saga_type.clone(),
+        step_id: failures.first().expect("next() fails a saga with failed compensations").step_id.clone(),
+        error: format!(
+            "left uncompensated: {}; {} (compensating because {cause})",
+            saga.view().uncompensated_steps.join(", "),
+            reasons.join("; ")
+        ),
+    })
 }
 
 /// Counts a saga's end and its duration.

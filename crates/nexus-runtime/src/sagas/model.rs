@@ -3,7 +3,7 @@
 
 use nexus_core::{
     Aggregate, CommandSpec, DomainError, DomainEvent, EventSpec, Projection, ProjectionError, ReadDocument,
-    SagaDefinition, SagaStatus,
+    SagaDefinition, SagaStatus, Upcaster,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -33,6 +33,9 @@ pub struct SagaStepCompleted {
     pub version: u64,
 }
 
+/// A step's command failed (the saga starts compensating), or, with `compensation`, a step's
+/// compensating command kept failing (the step stays uncompensated and the earlier steps are
+/// still compensated).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SagaStepFailed {
@@ -40,6 +43,10 @@ pub struct SagaStepFailed {
     pub reason: FailureReason,
     pub error: String,
     pub attempts: u32,
+    /// The step's compensating command failed, not its command. Absent (false) in schema v1
+    /// events, which only recorded a step's own failure.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compensation: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,13 +70,15 @@ pub struct SagaCompensated {
     pub error: String,
 }
 
-/// A compensation kept failing: the saga stops and waits for a person.
+/// Every compensation ran and at least one kept failing: the saga waits for a person to undo
+/// what stayed uncompensated.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SagaFailed {
     pub saga_type: String,
-    /// The step whose compensation failed.
+    /// The first step whose compensation failed (every one is a `SagaStepFailed` before this).
     pub step_id: String,
+    /// Which steps stayed uncompensated, and why.
     pub error: String,
 }
 
@@ -112,8 +121,8 @@ const EVENTS: &[EventSpec] = &[
     },
     EventSpec {
         name: "SagaStepFailed",
-        schema_version: 1,
-        schema: include_str!("../../schemas/events/SagaStepFailed.v1.json"),
+        schema_version: 2,
+        schema: include_str!("../../schemas/events/SagaStepFailed.v2.json"),
     },
     EventSpec {
         name: "SagaStepCompensated",
@@ -137,6 +146,16 @@ const EVENTS: &[EventSpec] = &[
     },
 ];
 
+/// The older schema versions of saga events. v2 of `SagaStepFailed` only adds the optional
+/// `compensation`, so a v1 event reads as v2 unchanged; its schema is still registered so that
+/// the registry's subject keeps version N = schema N for stores that hold v1 events.
+pub const UPCASTERS: [Upcaster; 1] = [Upcaster {
+    event_type: "SagaStepFailed",
+    from_version: 1,
+    from_schema: include_str!("../../schemas/events/SagaStepFailed.v1.json"),
+    upcast: std::convert::identity,
+}];
+
 /// The status read model of one saga: the body of `GET /api/sagas/{sagaId}/status` and the
 /// fields of its `sagas` document.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -153,6 +172,10 @@ pub struct SagaView {
     /// Step ids in compensation order (the reverse of completion).
     #[serde(default)]
     pub compensated_steps: Vec<String>,
+    /// Steps whose compensation kept failing, in the order they were attempted: a person must
+    /// undo them. Absent while empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uncompensated_steps: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_step: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,6 +192,7 @@ impl SagaView {
             total_steps: 0,
             completed_steps: Vec::new(),
             compensated_steps: Vec::new(),
+            uncompensated_steps: Vec::new(),
             failed_step: None,
             error: None,
         }
@@ -186,6 +210,9 @@ impl SagaView {
             SagaEvent::SagaStepCompleted(completed) => {
                 self.completed_steps.push(completed.step_id.clone());
                 self.current_step = self.completed_steps.len();
+            }
+            SagaEvent::SagaStepFailed(failed) if failed.compensation => {
+                self.uncompensated_steps.push(failed.step_id.clone());
             }
             SagaEvent::SagaStepFailed(failed) => {
                 self.status = SagaStatus::Compensating;
@@ -244,12 +271,15 @@ pub enum NoCommand {}
 pub struct Saga {
     definition: Option<SagaDefinition>,
     view: SagaView,
+    /// The step failure that started the compensation.
     failure: Option<SagaStepFailed>,
+    /// The compensations that kept failing, in the order they were attempted.
+    compensation_failures: Vec<SagaStepFailed>,
 }
 
 impl Default for Saga {
     fn default() -> Self {
-        Self { definition: None, view: SagaView::new(""), failure: None }
+        Self { definition: None, view: SagaView::new(""), failure: None, compensation_failures: Vec::new() }
     }
 }
 
@@ -274,6 +304,9 @@ impl Aggregate for Saga {
         self.view.apply(&event);
         match event {
             SagaEvent::SagaStarted(definition) => self.definition = Some(definition),
+            SagaEvent::SagaStepFailed(failed) if failed.compensation => {
+                self.compensation_failures.push(failed)
+            }
             SagaEvent::SagaStepFailed(failed) => self.failure = Some(failed),
             _ => {}
         }
@@ -289,8 +322,10 @@ pub enum Action {
     Complete,
     /// Run the compensating command of step `n`.
     Compensate(usize),
-    /// Every compensation ran: record it.
+    /// Every compensation ran and succeeded: record that the saga is compensated.
     FinishCompensation,
+    /// Every compensation ran and some kept failing: record that the saga failed.
+    Fail,
     /// The saga has ended (or never started).
     Done,
 }
@@ -308,16 +343,26 @@ impl Saga {
         self.failure.as_ref()
     }
 
+    /// The compensations that kept failing, in the order they were attempted.
+    pub fn compensation_failures(&self) -> &[SagaStepFailed] {
+        &self.compensation_failures
+    }
+
     /// The failed step, when it might have been applied after all: it failed by timeout or
-    /// unavailability (a late commit is possible), it can be compensated, and it was not yet.
-    /// The coordinator asks the store whether its command id is recorded.
+    /// unavailability (a late commit is possible), it can be compensated, and its compensation
+    /// was not tried yet. The coordinator asks the store whether its command id is recorded.
     pub fn failed_step_to_check(&self) -> Option<usize> {
         let failure = self.failure.as_ref().filter(|f| f.reason.is_transient())?;
         let index = self.step_index(&failure.step_id)?;
         let definition = self.definition.as_ref()?;
-        (definition.steps[index].compensating_command.is_some()
-            && !self.view.compensated_steps.contains(&failure.step_id))
-        .then_some(index)
+        (definition.steps[index].compensating_command.is_some() && !self.compensation_tried(&failure.step_id))
+            .then_some(index)
+    }
+
+    /// Whether the step's compensation has an outcome recorded: it succeeded, or kept failing.
+    /// Either way it is not run again, so a resumed saga goes on with the next earlier step.
+    fn compensation_tried(&self, step_id: &str) -> bool {
+        self.view.compensated_steps.iter().chain(&self.view.uncompensated_steps).any(|done| done == step_id)
     }
 
     /// The next action. `failed_step_applied`: the store holds the failed step's command (see
@@ -338,13 +383,11 @@ impl Saga {
             failed.into_iter().chain(self.view.completed_steps.iter().rev().map(String::as_str));
         for step_id in to_compensate {
             let Some(index) = self.step_index(step_id) else { continue };
-            if definition.steps[index].compensating_command.is_some()
-                && !self.view.compensated_steps.iter().any(|done| done == step_id)
-            {
+            if definition.steps[index].compensating_command.is_some() && !self.compensation_tried(step_id) {
                 return Action::Compensate(index);
             }
         }
-        Action::FinishCompensation
+        if self.compensation_failures.is_empty() { Action::FinishCompensation } else { Action::Fail }
     }
 
     fn step_index(&self, step_id: &str) -> Option<usize> {
@@ -420,6 +463,17 @@ mod tests {
             reason,
             error: "no".into(),
             attempts: 1,
+            compensation: false,
+        })
+    }
+
+    fn compensation_failed(step: &str) -> SagaEvent {
+        SagaEvent::SagaStepFailed(SagaStepFailed {
+            step_id: step.into(),
+            reason: FailureReason::Rejected,
+            error: format!("cannot undo {step}"),
+            attempts: 3,
+            compensation: true,
         })
     }
 
@@ -478,15 +532,105 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_compensation_is_recorded_and_the_earlier_steps_are_still_compensated() {
+        let history =
+            vec![completed("a"), completed("b"), completed("c"), failed("d", FailureReason::Rejected)];
+        let s = saga(&[history.clone(), vec![compensation_failed("c")]].concat());
+        assert_eq!(s.view().status, SagaStatus::Compensating);
+        assert_eq!(s.view().failed_step.as_deref(), Some("d"), "the step that failed stays the cause");
+        assert_eq!(s.view().error.as_deref(), Some("step d failed: no"));
+        assert_eq!(s.view().uncompensated_steps, ["c"]);
+        assert_eq!(s.failure().unwrap().step_id, "d");
+        assert_eq!(s.next(false), Action::Compensate(0), "c is not retried; b has no compensation");
+        let s = saga(&[history.clone(), vec![compensation_failed("c"), compensated("a")]].concat());
+        assert_eq!(s.next(false), Action::Fail);
+        assert_eq!(s.view().compensated_steps, ["a"]);
+        let failures: Vec<&str> = s.compensation_failures().iter().map(|f| f.step_id.as_str()).collect();
+        assert_eq!(failures, ["c"]);
+
+        // Every compensation failing: each is recorded, in the order attempted.
+        let s = saga(&[history.clone(), vec![compensation_failed("c"), compensation_failed("a")]].concat());
+        assert_eq!(s.next(false), Action::Fail);
+        assert_eq!(s.view().uncompensated_steps, ["c", "a"]);
+
+        let mut ended = saga(&[history, vec![compensation_failed("c"), compensated("a")]].concat());
+        ended.apply(SagaEvent::SagaFailed(SagaFailed {
+            saga_type: "Test".into(),
+            step_id: "c".into(),
+            error: "left uncompensated: c".into(),
+        }));
+        assert_eq!(ended.view().status, SagaStatus::Failed);
+        assert_eq!(ended.view().uncompensated_steps, ["c"]);
+        assert_eq!(ended.next(false), Action::Done);
+    }
+
+    /// The stream is the only state: a saga resumed after a crash between any two of its events
+    /// goes on with the next earlier step, never running a compensation whose outcome is recorded.
+    #[test]
+    fn a_resumed_saga_continues_compensating_from_its_last_recorded_outcome() {
+        let stream = [
+            completed("a"),
+            completed("b"),
+            completed("c"),
+            failed("d", FailureReason::Rejected),
+            compensation_failed("c"),
+            compensated("a"),
+        ];
+        let expected = [
+            Action::Run(1),
+            Action::Run(2),
+            Action::Run(3),
+            Action::Compensate(2),
+            Action::Compensate(0),
+            Action::Fail,
+        ];
+        for (recorded, next) in expected.iter().enumerate() {
+            assert_eq!(saga(&stream[..=recorded]).next(false), *next, "after {} events", recorded + 1);
+        }
+    }
+
+    #[test]
+    fn a_timed_out_step_applied_after_all_is_not_compensated_again_once_that_failed() {
+        let history = vec![completed("a"), failed("c", FailureReason::Timeout)];
+        let s = saga(&[history.clone(), vec![compensation_failed("c")]].concat());
+        assert_eq!(s.failed_step_to_check(), None, "its compensation has an outcome");
+        assert_eq!(s.next(true), Action::Compensate(0));
+        let s = saga(&[history, vec![compensation_failed("c"), compensated("a")]].concat());
+        assert_eq!(s.next(true), Action::Fail);
+        assert_eq!(s.view().uncompensated_steps, ["c"]);
+    }
+
+    #[test]
+    fn uncompensated_steps_are_omitted_while_empty_and_a_v1_step_failure_reads_as_a_step_failure() {
+        let view = saga(&[completed("a"), failed("b", FailureReason::Rejected)]).view().clone();
+        let body = serde_json::to_value(&view).unwrap();
+        assert!(body.get("uncompensatedSteps").is_none(), "{body}");
+        let view = saga(&[completed("c"), failed("d", FailureReason::Rejected), compensation_failed("c")])
+            .view()
+            .clone();
+        assert_eq!(serde_json::to_value(&view).unwrap()["uncompensatedSteps"], json!(["c"]));
+
+        let v1 = json!({"eventType": "SagaStepFailed", "payload": {"stepId": "b", "reason": "TIMEOUT", "error": "e", "attempts": 2}});
+        let SagaEvent::SagaStepFailed(read) = serde_json::from_value(v1.clone()).unwrap() else { panic!() };
+        assert!(!read.compensation);
+        assert_eq!(serde_json::to_value(SagaEvent::SagaStepFailed(read)).unwrap(), v1, "written as before");
+        let upcaster = &UPCASTERS[0];
+        assert_eq!((upcaster.upcast)(v1["payload"].clone()), v1["payload"]);
+    }
+
+    #[test]
     fn the_projection_and_the_aggregate_share_one_fold() {
         let events = [
             SagaEvent::SagaStarted(definition()),
             completed("a"),
-            failed("b", FailureReason::Rejected),
+            completed("c"),
+            failed("d", FailureReason::Rejected),
+            compensation_failed("c"),
             compensated("a"),
-            SagaEvent::SagaCompensated(SagaCompensated {
+            SagaEvent::SagaFailed(SagaFailed {
                 saga_type: "Test".into(),
-                error: "step b: no".into(),
+                step_id: "c".into(),
+                error: "left uncompensated: c".into(),
             }),
         ];
         let mut doc = ReadDocument::empty("s-1", "s-1");
@@ -508,11 +652,13 @@ mod tests {
             doc.version = stored.aggregate_version;
             aggregate.apply(event.clone());
         }
-        assert_eq!(doc.status, "COMPENSATED");
+        assert_eq!(doc.status, "FAILED");
         assert_eq!(&SagaView::from_document(&doc).unwrap(), aggregate.view());
-        assert_eq!(doc.fields["completedSteps"], json!(["a"]));
+        assert_eq!(doc.fields["completedSteps"], json!(["a", "c"]));
         assert_eq!(doc.fields["compensatedSteps"], json!(["a"]));
-        assert_eq!(doc.fields["error"], "step b: no");
+        assert_eq!(doc.fields["uncompensatedSteps"], json!(["c"]));
+        assert_eq!(doc.fields["failedStep"], "d");
+        assert_eq!(doc.fields["error"], "left uncompensated: c");
     }
 
     #[test]
@@ -521,8 +667,11 @@ mod tests {
         let mut files: Vec<String> =
             std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         files.sort();
-        let mut expected: Vec<String> =
-            EVENTS.iter().map(|s| format!("{}.v{}.json", s.name, s.schema_version)).collect();
+        let mut expected: Vec<String> = EVENTS
+            .iter()
+            .map(|s| format!("{}.v{}.json", s.name, s.schema_version))
+            .chain(UPCASTERS.iter().map(|u| format!("{}.v{}.json", u.event_type, u.from_version)))
+            .collect();
         expected.sort();
         assert_eq!(files, expected);
         for spec in EVENTS {
@@ -543,6 +692,7 @@ mod tests {
             SagaEvent::SagaStarted(definition()),
             completed("a"),
             failed("b", FailureReason::Timeout),
+            compensation_failed("b"),
             compensated("a"),
             SagaEvent::SagaCompleted(SagaCompleted { saga_type: "Test".into() }),
             SagaEvent::SagaCompensated(SagaCompensated { saga_type: "Test".into(), error: "e".into() }),

@@ -226,6 +226,16 @@ impl nexus_core::ReadStore for AnotherProcessBeforeTheSwap {
         self.inner.commit(projection, resource, docs, position).await
     }
 
+    async fn replace(
+        &self,
+        projection: &str,
+        resource: &str,
+        docs: Vec<nexus_core::ReadDocument>,
+        position: u64,
+    ) -> Result<(), nexus_core::StoreError> {
+        self.inner.replace(projection, resource, docs, position).await
+    }
+
     async fn get(
         &self,
         resource: &str,

@@ -1225,6 +1225,13 @@ fn components(state: &AppState) -> Components {
         .property("totalSteps", integer())
         .property("completedSteps", array(string()))
         .property("compensatedSteps", array(string()))
+        .property(
+            "uncompensatedSteps",
+            array(string()).description(Some(
+                "Steps whose compensation kept failing, in the order they were attempted; absent when \
+                 none. The earlier steps are still compensated, then the saga ends `FAILED`.",
+            )),
+        )
         .property("failedStep", string())
         .property("error", string())
         .required("sagaId")

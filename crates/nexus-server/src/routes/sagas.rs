@@ -48,7 +48,8 @@ pub(crate) async fn start(
 }
 
 /// `GET /api/sagas/{sagaId}/status`: from the `sagas` read model; folded from the saga's events
-/// when the read model has not seen the saga yet (right after its start).
+/// when the read model has not seen the saga yet (right after its start). `uncompensatedSteps`
+/// appears once a compensation kept failing, and is absent otherwise.
 pub(crate) async fn status(
     State(state): State<AppState>,
     Path(saga_id): Path<String>,
@@ -72,7 +73,8 @@ pub(crate) struct ListParams {
 }
 
 /// `GET /api/admin/sagas?status=FAILED&sagaType=&limit=&nextToken=`: the sagas an operator must
-/// look at (a `FAILED` saga stopped because a compensation kept failing), most recent first.
+/// look at (a `FAILED` saga has `uncompensatedSteps`, whose compensation kept failing), most
+/// recent first.
 pub(crate) async fn list(
     State(state): State<AppState>,
     QueryParams(params): QueryParams<ListParams>,

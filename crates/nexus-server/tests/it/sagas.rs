@@ -167,6 +167,7 @@ async fn a_failing_step_compensates_in_reverse_and_a_failing_compensation_is_lis
     let status = ended(&server, &id).await;
     assert_eq!(status["status"], "COMPENSATED", "{status}");
     assert!(status["error"].as_str().unwrap().contains("insufficient stock"), "{status}");
+    assert!(status.get("uncompensatedSteps").is_none(), "absent while every compensation succeeds: {status}");
     let compensated: Vec<Value> = server
         .events_of(&id)
         .await
@@ -208,6 +209,83 @@ async fn a_failing_step_compensates_in_reverse_and_a_failing_compensation_is_lis
         metrics.lines().any(|l| l.starts_with("nexus_sagas_failed_total{saga_type=\"Reserve\"}")),
         "no failed-saga counter in {metrics}"
     );
+    server.stop().await;
+}
+
+/// A compensation that keeps failing is recorded and the earlier steps are still compensated;
+/// the saga then ends `FAILED`, naming the step a person must undo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_compensation_leaves_its_step_uncompensated_and_the_earlier_steps_are_still_compensated() {
+    let server = server(false, 0).await;
+    for p in ["u-1", "u-2", "u-3"] {
+        server.accepted("AddStock", json!({"aggregateId": p, "quantity": 5})).await;
+    }
+    // Step 2's compensation releases an order that holds nothing: refused every time.
+    let step_2 = json!({
+        "stepId": "step-2",
+        "command": cmd("ReserveStock", "u-2", json!({"orderId": "o-1", "quantity": 1})),
+        "compensatingCommand": cmd("ReleaseStock", "u-2", json!({"orderId": "o-none"}))
+    });
+    let steps = json!([reserve("step-1", "u-1", 1), step_2, reserve("step-3", "u-3", 9)]);
+    let id = started(&server, json!({"sagaType": "Uncompensated", "steps": steps})).await;
+    let status = ended(&server, &id).await;
+    assert_eq!(status["status"], "FAILED", "{status}");
+    assert_eq!(status["uncompensatedSteps"], json!(["step-2"]), "{status}");
+    assert_eq!(status["compensatedSteps"], json!(["step-1"]), "{status}");
+    assert_eq!(status["completedSteps"], json!(["step-1", "step-2"]), "{status}");
+    assert_eq!(status["failedStep"], "step-3", "{status}");
+    let error = status["error"].as_str().unwrap();
+    for part in [
+        "left uncompensated: step-2",
+        "compensation of step step-2 failed after 3 attempts",
+        "has no stock reserved",
+        "step step-3 failed",
+        "insufficient stock",
+    ] {
+        assert!(error.contains(part), "{part} missing from {error}");
+    }
+
+    // The stream records the failed compensation before step 1's, which ran.
+    let events = server.events_of(&id).await;
+    let outcomes: Vec<(&str, &str, bool)> = events
+        .iter()
+        .skip(1)
+        .map(|e| {
+            let compensation = e["payload"]["compensation"].as_bool().unwrap_or(false);
+            (e["eventType"].as_str().unwrap(), e["payload"]["stepId"].as_str().unwrap_or(""), compensation)
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("SagaStepCompleted", "step-1", false),
+            ("SagaStepCompleted", "step-2", false),
+            ("SagaStepFailed", "step-3", false),
+            ("SagaStepFailed", "step-2", true),
+            ("SagaStepCompensated", "step-1", false),
+            ("SagaFailed", "step-2", false),
+        ]
+    );
+    let failed_compensation = &events[4];
+    assert_eq!(failed_compensation["payload"]["reason"], "REJECTED");
+    assert_eq!(failed_compensation["payload"]["attempts"], 3);
+    assert_eq!(failed_compensation["metadata"]["schemaVersion"], "2");
+    assert_eq!(types(&server, "u-1").await, ["StockAdded", "StockReserved", "StockReleased"]);
+    assert_eq!(types(&server, "u-2").await, ["StockAdded", "StockReserved"], "left for a person");
+    assert_eq!(types(&server, "u-3").await, ["StockAdded"]);
+
+    // The operator's list carries the same status once the read model caught up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = server.get("/api/admin/sagas?status=FAILED&sagaType=Uncompensated").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if reply.body["total"] == 1 {
+            assert_eq!(reply.body["items"][0]["uncompensatedSteps"], json!(["step-2"]), "{}", reply.body);
+            break;
+        }
+        assert!(Instant::now() < deadline, "FAILED saga not listed: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.stop().await;
 }
 
