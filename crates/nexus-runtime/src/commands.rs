@@ -47,6 +47,13 @@ pub enum CommandError {
     IdempotencyConflict { command_id: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store stayed unavailable through every try (see [`CommandBus::with_store_retries`]):
+    /// the command may or may not have committed; sent again with `command_id`, it is answered
+    /// from the record if it did, and appended once if it did not.
+    #[error(
+        "the event store stayed unavailable ({source}); send the command again with commandId '{command_id}'"
+    )]
+    Unavailable { command_id: String, source: StoreError },
     /// An event the aggregate decided does not match its registered schema (or has none).
     #[error("event refused by the schema registry: {0}")]
     EventRejected(EventRejection),
@@ -164,6 +171,9 @@ impl CommandBus {
                     metrics::counter!("nexus_command_store_retries_total").increment(1);
                     tries += 1;
                     tokio::time::sleep(delay).await;
+                }
+                Err(CommandError::Store(source @ StoreError::Unavailable(_))) => {
+                    break Err(CommandError::Unavailable { command_id, source });
                 }
                 result => break result,
             }

@@ -356,7 +356,7 @@ impl SagaCoordinator {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff = (backoff * 2).min(crate::failure::MAX_BACKOFF);
                 }
             }
             let low = active.keys().next().map_or(position, |start| start - 1);
@@ -452,7 +452,7 @@ async fn checkpoint(read: &dyn ReadStore, name: &str, shutdown: &mut watch::Rece
         if *shutdown.borrow() {
             return None;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        backoff = (backoff * 2).min(crate::failure::MAX_BACKOFF);
     }
 }
 
@@ -481,7 +481,7 @@ async fn drive(shared: Arc<Shared>, saga_id: String, start: u64) -> u64 {
             Err(error) => {
                 tracing::warn!(saga_id, %error, "cannot take the saga's lease; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2).min(crate::failure::MAX_BACKOFF);
             }
         }
     };
@@ -497,7 +497,7 @@ async fn drive(shared: Arc<Shared>, saga_id: String, start: u64) -> u64 {
             Err(DriveError::Retry(error)) => {
                 tracing::warn!(saga_id, %error, "saga interrupted; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2).min(crate::failure::MAX_BACKOFF);
             }
         }
     }
@@ -815,7 +815,9 @@ fn classify(error: CommandError) -> (FailureReason, String) {
     let reason = match &error {
         CommandError::Rejected(_) => FailureReason::Rejected,
         CommandError::Invalid(_) | CommandError::UnknownCommand(_) => FailureReason::Invalid,
-        CommandError::Store(StoreError::Unavailable(_)) => FailureReason::Unavailable,
+        CommandError::Store(StoreError::Unavailable(_)) | CommandError::Unavailable { .. } => {
+            FailureReason::Unavailable
+        }
         _ => FailureReason::Error,
     };
     let message = match error {

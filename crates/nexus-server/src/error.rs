@@ -51,6 +51,10 @@ pub enum ApiError {
     /// own words (driver text, host names) and nobody else.
     #[error("a backend is unavailable: {0}")]
     StoreUnavailable(StoreError),
+    /// A command's store stayed unavailable: the client is told the command id to send it again
+    /// with, which makes the retry safe whatever became of this one.
+    #[error("the event store is unavailable for command {command_id}: {source}")]
+    CommandUnavailable { command_id: String, source: StoreError },
     /// A bug or corrupt data: the client hears only that, the log gets the details.
     #[error("internal error: {0}")]
     Internal(String),
@@ -102,6 +106,11 @@ impl ApiError {
             Self::StoreUnavailable(_) => {
                 "a backend is unavailable or stayed busy; nothing acknowledged was lost, and the request may be sent again".into()
             }
+            Self::CommandUnavailable { command_id, .. } => format!(
+                "the event store is unavailable; nothing acknowledged was lost. Send the command again with \
+                 commandId '{command_id}' (or the Idempotency-Key header): it is then appended once, or \
+                 answered as before if it was appended after all"
+            ),
             _ => self.to_string(),
         }
     }
@@ -129,7 +138,7 @@ impl ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
             }
             Self::TimeRangeExceeded { .. } => (StatusCode::BAD_REQUEST, "TIME_RANGE_EXCEEDED"),
-            Self::Unavailable(_) | Self::StoreUnavailable(_) => {
+            Self::Unavailable(_) | Self::StoreUnavailable(_) | Self::CommandUnavailable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
             }
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
@@ -155,6 +164,10 @@ impl IntoResponse for ApiError {
                 body["minPosition"] = json!(wanted);
                 body["currentPosition"] = json!(current);
             }
+            Self::CommandUnavailable { command_id, .. } => {
+                body["commandId"] = json!(command_id);
+                tracing::error!(error = %self, "request failed");
+            }
             Self::Unavailable(_) | Self::StoreUnavailable(_) | Self::Internal(_) => {
                 tracing::error!(error = %self, "request failed");
             }
@@ -162,7 +175,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = (status, axum::Json::<Value>(body)).into_response();
         match &self {
-            Self::Unavailable(_) | Self::StoreUnavailable(_) => {
+            Self::Unavailable(_) | Self::StoreUnavailable(_) | Self::CommandUnavailable { .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::RateLimited { retry_after, .. } => {
@@ -213,6 +226,9 @@ impl From<CommandError> for ApiError {
             CommandError::Concurrency { expected, actual } => Self::Concurrency { expected, actual },
             CommandError::IdempotencyConflict { command_id } => Self::IdempotencyConflict(command_id),
             CommandError::Store(store) => store.into(),
+            CommandError::Unavailable { command_id, source } => {
+                Self::CommandUnavailable { command_id, source }
+            }
             CommandError::Internal(message) => Self::Internal(message),
             CommandError::EventRejected(nexus_core::EventRejection::Unavailable(store)) => store.into(),
             CommandError::EventRejected(rejection) => Self::Internal(match &rejection {

@@ -56,7 +56,7 @@ impl ProcessManagerRunner {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff = (backoff * 2).min(crate::failure::MAX_BACKOFF);
                 }
             }
         }

@@ -29,17 +29,23 @@ struct Counts {
     slowest: Duration,
     /// Acknowledged orders: id → (customer, position).
     orders: HashMap<String, (String, u64)>,
+    /// Commands answered 503, by the command id the answer gave: (customer, body sent).
+    unknown: Vec<(String, String)>,
 }
 
 /// What one command came back with.
 enum Outcome {
     Accepted { id: String, position: u64 },
-    Unavailable { retry_after: bool },
+    Unavailable { retry_after: bool, command_id: Option<String> },
     Other(String),
 }
 
-async fn place(http: &reqwest::Client, base: &str, customer: &str) -> Outcome {
-    let body = json!({"customerId": customer, "items": [{"productId": "p", "quantity": 1, "unitPrice": 2}]});
+async fn place(http: &reqwest::Client, base: &str, customer: &str, command_id: Option<&str>) -> Outcome {
+    let mut body =
+        json!({"customerId": customer, "items": [{"productId": "p", "quantity": 1, "unitPrice": 2}]});
+    if let Some(id) = command_id {
+        body["commandId"] = json!(id);
+    }
     let reply = match http.post(format!("{base}/api/commands/PlaceOrder")).json(&body).send().await {
         Ok(reply) => reply,
         Err(error) => return Outcome::Other(error.to_string()),
@@ -52,7 +58,9 @@ async fn place(http: &reqwest::Client, base: &str, customer: &str) -> Outcome {
             id: body["aggregateId"].as_str().unwrap().to_owned(),
             position: body["position"].as_u64().unwrap(),
         },
-        503 if body["code"] == "UNAVAILABLE" => Outcome::Unavailable { retry_after },
+        503 if body["code"] == "UNAVAILABLE" => {
+            Outcome::Unavailable { retry_after, command_id: body["commandId"].as_str().map(str::to_owned) }
+        }
         _ => Outcome::Other(format!("{status} {body}")),
     }
 }
@@ -101,7 +109,7 @@ async fn postgres_down_for_30_s_answers_503_then_everything_resumes_exactly_once
             let customer = format!("pg-{worker}");
             while !stop.load(Ordering::Relaxed) {
                 let sent = Instant::now();
-                let outcome = place(&http, &base, &customer).await;
+                let outcome = place(&http, &base, &customer, None).await;
                 let took = sent.elapsed();
                 let pause = {
                     let mut counts = counts.lock().unwrap();
@@ -113,9 +121,13 @@ async fn postgres_down_for_30_s_answers_503_then_everything_resumes_exactly_once
                             counts.orders.insert(id, (customer.clone(), position));
                             Duration::ZERO
                         }
-                        Outcome::Unavailable { retry_after } => {
+                        Outcome::Unavailable { retry_after, command_id } => {
                             counts.unavailable += 1;
                             counts.unavailable_without_retry_after += u64::from(!retry_after);
+                            match command_id {
+                                Some(id) => counts.unknown.push((customer.clone(), id)),
+                                None => counts.other.push("a 503 without the commandId to resend".into()),
+                            }
                             Duration::from_millis(200)
                         }
                         Outcome::Other(what) => {
@@ -168,7 +180,18 @@ async fn postgres_down_for_30_s_answers_503_then_everything_resumes_exactly_once
     for task in load {
         task.await.unwrap();
     }
-    let counts = Arc::try_unwrap(counts).ok().unwrap().into_inner().unwrap();
+    let mut counts = Arc::try_unwrap(counts).ok().unwrap().into_inner().unwrap();
+    // Each command answered 503 is sent again with the id the answer gave: whether or not it
+    // committed during the outage, it is now acknowledged, and stored once.
+    let unknown = std::mem::take(&mut counts.unknown);
+    for (customer, command_id) in &unknown {
+        match place(&http, &server.base, customer, Some(command_id)).await {
+            Outcome::Accepted { id, position } => {
+                counts.orders.insert(id, (customer.clone(), position));
+            }
+            _ => panic!("command {command_id} sent again after the outage was not accepted"),
+        }
+    }
     assert!(counts.accepted > accepted_at_return, "no command accepted after PostgreSQL returned");
     assert!(during > 0, "no command was answered 503 while PostgreSQL was down");
     assert_eq!(counts.unavailable_without_retry_after, 0, "every 503 carries Retry-After");
@@ -199,6 +222,7 @@ async fn postgres_down_for_30_s_answers_503_then_everything_resumes_exactly_once
     for id in counts.orders.keys() {
         assert_eq!(stored.get(id), Some(&1), "acknowledged order {id} is stored once");
     }
+    assert_eq!(stored.len(), counts.orders.len(), "every stored order was acknowledged (none twice)");
     let rows = client
         .query(
             "SELECT payload->>'customerId', count(*) FROM nexus.events WHERE event_type = 'OrderPlaced' \
@@ -220,7 +244,7 @@ async fn postgres_down_for_30_s_answers_503_then_everything_resumes_exactly_once
     assert_eq!(orders_total["total"], folded, "one order document per stored order: {orders_total}");
     eprintln!(
         "postgres outage: {} commands sent, {} accepted ({before} before the outage), {} answered 503 \
-         ({during} during it), {} stored orders, slowest answer {:?}, ready again {:?} after the \
+         ({during} during it) and accepted when sent again, {} stored orders, slowest answer {:?}, ready again {:?} after the \
          restart, read models caught up {caught_up:?} later, {:?} in all",
         counts.sent,
         counts.accepted,
