@@ -19,8 +19,8 @@ struct State {
     logs: Vec<Vec<StreamEvent>>,
     published: HashSet<String>,
     next_sequence: u64,
-    /// Per reader and partition: acknowledged up to, fetched up to.
-    positions: HashMap<(String, u32), (u64, u64)>,
+    /// Per reader and partition: acknowledged up to.
+    positions: HashMap<(String, u32), u64>,
 }
 
 pub struct MemoryEventStream {
@@ -37,17 +37,14 @@ impl MemoryEventStream {
         Self { partitions, state: Mutex::new(state), appended: Notify::new() }
     }
 
+    /// Everything `reader` has not acknowledged on `partition`, up to `max`: as on NATS, a batch
+    /// that was fetched and not acknowledged (its step failed) comes again, before anything newer.
     fn take(&self, reader: &str, partition: u32, max: usize) -> Vec<StreamEvent> {
-        let mut state = self.state.lock().expect("stream state poisoned");
-        let (_, fetched) = *state.positions.entry((reader.to_owned(), partition)).or_default();
+        let state = self.state.lock().expect("stream state poisoned");
+        let acked = state.positions.get(&(reader.to_owned(), partition)).copied().unwrap_or(0);
         let log = &state.logs[partition as usize];
-        let start = log.partition_point(|e| e.sequence <= fetched);
-        let batch: Vec<StreamEvent> = log[start..].iter().take(max).cloned().collect();
-        if let Some(last) = batch.last() {
-            state.positions.get_mut(&(reader.to_owned(), partition)).expect("just inserted").1 =
-                last.sequence;
-        }
-        batch
+        let start = log.partition_point(|e| e.sequence <= acked);
+        log[start..].iter().take(max).cloned().collect()
     }
 }
 
@@ -104,9 +101,8 @@ impl EventStream for MemoryEventStream {
 
     async fn ack(&self, reader: &str, partition: u32, sequence: u64) -> Result<(), StoreError> {
         let mut state = self.state.lock().expect("stream state poisoned");
-        let position = state.positions.entry((reader.to_owned(), partition)).or_default();
-        position.0 = position.0.max(sequence);
-        position.1 = position.1.max(sequence);
+        let acked = state.positions.entry((reader.to_owned(), partition)).or_default();
+        *acked = (*acked).max(sequence);
         Ok(())
     }
 
@@ -115,7 +111,7 @@ impl EventStream for MemoryEventStream {
             return Err(StoreError::InvalidRequest(format!("no partition {partition}")));
         }
         let state = self.state.lock().expect("stream state poisoned");
-        let acked = state.positions.get(&(reader.to_owned(), partition)).map_or(0, |p| p.0);
+        let acked = state.positions.get(&(reader.to_owned(), partition)).copied().unwrap_or(0);
         let log = &state.logs[partition as usize];
         Ok((log.len() - log.partition_point(|e| e.sequence <= acked)) as u64)
     }

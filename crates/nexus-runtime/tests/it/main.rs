@@ -3,6 +3,7 @@
 
 mod common;
 
+mod poison;
 mod rebuild;
 mod router;
 mod saga_leases;
