@@ -198,6 +198,8 @@ struct Detail {
     errors: Vec<&'static str>,
     /// Whether it reads or writes a backend, and so can answer 503.
     backend: bool,
+    /// Answers of its own beyond the success and the named errors.
+    answers: Vec<(&'static str, Response)>,
 }
 
 impl Detail {
@@ -210,7 +212,13 @@ impl Detail {
             ok,
             errors: Vec::new(),
             backend: true,
+            answers: Vec::new(),
         }
+    }
+
+    fn answer(mut self, status: &'static str, response: Response) -> Self {
+        self.answers.push((status, response));
+        self
     }
 
     fn params(mut self, params: impl IntoIterator<Item = Parameter>) -> Self {
@@ -447,6 +455,9 @@ fn responses(endpoint: &Endpoint, path: &str, detail: &Detail, rate_limited: boo
     }
     names.extend(detail.errors.iter().copied());
     let mut responses = ResponsesBuilder::new().response(detail.ok.0, detail.ok.1.clone());
+    for (status, response) in &detail.answers {
+        responses = responses.response(*status, response.clone());
+    }
     for name in names {
         responses = responses.response(error_status(name), Ref::from_response_name(name));
     }
@@ -834,8 +845,15 @@ fn admin_detail(method: &str, path: &str) -> Option<Detail> {
             Detail::new("listDeadLetters", ok("Deliveries that failed every attempt.", items_of(letter)))
         }
         ("POST", "/api/admin/dlq/{id}/retry") => {
-            let retried = dead_letter_state("RETRIED");
-            Detail::new("retryDeadLetter", ok("Republished to its consumer's queue.", retried))
+            let retried = dead_letter_state("RETRIED").property(
+                "alreadyApplied",
+                boolean().description(Some(
+                    "A projection's dead letter only: an earlier retry had applied it (nothing changed).",
+                )),
+            );
+            let done =
+                "Republished to its consumer's queue, or applied to its projection (`projection:{name}`).";
+            Detail::new("retryDeadLetter", ok(done, retried)).errors(&["BadRequest"])
         }
         ("POST", "/api/admin/dlq/{id}/skip") => {
             Detail::new("skipDeadLetter", ok("Archived.", dead_letter_state("ARCHIVED")))
@@ -850,10 +868,18 @@ fn operations_detail(method: &str, path: &str) -> Option<Detail> {
             Detail::new("live", ok("The process is up.", object().property("status", string()))).no_backend()
         }
         ("GET", "/health/ready") => {
-            let ready = object()
-                .property("status", string())
-                .property("checks", object().additional_properties(Some(string())));
-            Detail::new("ready", ok("Every configured backend answers.", ready))
+            let ready = || {
+                object().property("status", string().enum_values(Some(["ready", "unavailable"]))).property(
+                    "checks",
+                    object()
+                        .description(Some("Per backend: `ok`, or why it did not answer."))
+                        .additional_properties(Some(string())),
+                )
+            };
+            let not_ready = json_response("A backend did not answer; `checks` says which.", ready());
+            Detail::new("ready", ok("Every configured backend answers.", ready()))
+                .no_backend()
+                .answer("503", not_ready)
         }
         ("GET", "/metrics") => {
             let text = ContentBuilder::new().schema(Some(string())).build();
@@ -1143,6 +1169,12 @@ fn components(state: &AppState) -> Components {
         .property("currentVersion", integer().description(Some("`PROJECTION_TIMEOUT` only.")))
         .property("minPosition", integer().description(Some("`PROJECTION_TIMEOUT` only.")))
         .property("currentPosition", integer().description(Some("`PROJECTION_TIMEOUT` only.")))
+        .property(
+            "commandId",
+            string().description(Some(
+                "`UNAVAILABLE` of a command only: send the command again with this `commandId`.",
+            )),
+        )
         .required("code")
         .required("message");
     let registry_error = object()
