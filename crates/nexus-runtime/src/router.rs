@@ -13,6 +13,11 @@
 //! aggregate id and de-duplicated by event id. Without one, the core path *is* the change feed:
 //! the projections and sagas tail it themselves in position order, so the router only counts
 //! core events.
+//!
+//! A core event is also published to the queue path when a queue consumer wants it (a webhook
+//! subscribed to its type, or to `"*"`): the caller says which types through
+//! [`EventRouter::with_queue_interest`]. Only those are copied, so a deployment without such
+//! webhooks pays nothing for the core path's events on the queue path.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -86,6 +91,9 @@ impl RouterStatus {
     }
 }
 
+/// See [`EventRouter::with_queue_interest`].
+type QueueInterest = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 pub struct EventRouter {
     events: Arc<dyn EventStore>,
     read: Arc<dyn ReadStore>,
@@ -93,6 +101,9 @@ pub struct EventRouter {
     validator: Option<Arc<dyn EventValidator>>,
     stream: Option<Arc<dyn EventStream>>,
     core_events: BTreeSet<String>,
+    /// Whether some queue consumer currently wants a core event type (see
+    /// [`with_queue_interest`](Self::with_queue_interest)); `None`: none ever does.
+    queue_interest: Option<QueueInterest>,
     batch_size: usize,
     status: Arc<RouterStatus>,
     /// Paces commits of batches that published nothing.
@@ -114,6 +125,7 @@ impl EventRouter {
             validator: None,
             stream: None,
             core_events: core_events.into_iter().collect(),
+            queue_interest: None,
             batch_size,
             status: Arc::default(),
             pacer: crate::projections::CheckpointPacer::new(),
@@ -130,6 +142,15 @@ impl EventRouter {
     /// one, core events stay on the change feed the projections tail.
     pub fn with_stream(mut self, stream: Arc<dyn EventStream>) -> Self {
         self.stream = Some(stream);
+        self
+    }
+
+    /// Also publishes to the queue path each core event whose type `wants` accepts. It is asked
+    /// once per core event as the event is routed, so a consumer that starts wanting a type
+    /// (a webhook registered) receives the events routed from then on; it must be cheap and must
+    /// not block (an in-memory lookup).
+    pub fn with_queue_interest(mut self, wants: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.queue_interest = Some(Box::new(wants));
         self
     }
 
@@ -197,10 +218,18 @@ impl EventRouter {
                 continue;
             }
             match self.classify(&event.event_type) {
-                Path::Core => to_stream.push(event),
+                Path::Core => {
+                    // Pushed in position order with the queue path's own events, so each
+                    // aggregate's events reach a consumer's queue in version order.
+                    if self.queue_interest.as_ref().is_some_and(|wants| wants(&event.event_type)) {
+                        to_queue.push(event.clone());
+                    }
+                    to_stream.push(event)
+                }
                 _ => to_queue.push(event),
             }
         }
+        // A core event copied to the queue path counts on both paths.
         let (core, queued) = (to_stream.len() as u64, to_queue.len() as u64);
         // In position order, so each aggregate's events reach their partition in version order;
         // the stream drops event ids it already holds, so a replayed batch duplicates nothing.

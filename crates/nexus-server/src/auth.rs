@@ -5,16 +5,19 @@
 //! Bearer …`) or an API key (`X-API-Key: …`). WebSocket clients, which cannot set headers from a
 //! browser, may send either as `?access_token=` on `/api/subscriptions`. A credential carries a
 //! subject and scopes (`commands`, `queries`, `admin`); each scope grants only itself. The
-//! subject becomes the request's [`Client`], the key of its rate limits.
+//! subject becomes the request's [`Client`], the key of its rate limits, and its [`Subject`], the
+//! `userId` of every event the request appends (contract §3: the audit trail cannot be spoofed
+//! by the body). Without a credential the client is the client address (see
+//! [`client_addr`](crate::client_addr), which reads `X-Forwarded-For` from trusted proxies).
 //!
 //! Every credential a request carries must verify: a good API key next to a bad bearer token is
 //! refused, not the bad one ignored. A JWT's subject must not be blank. Credentials that do not
-//! verify are counted per peer address ([`AuthFailures`]); past `[auth] failures-per-minute` the
-//! peer's credentials are refused with 429 unchecked until its minute is over. A WebSocket opened
-//! with a JWT is closed when the token expires ([`CredentialExpiry`]).
+//! verify are counted per client address ([`AuthFailures`]); past `[auth] failures-per-minute`
+//! the address's credentials are refused with 429 unchecked until its minute is over. A WebSocket
+//! opened with a JWT is closed when the token expires ([`CredentialExpiry`]).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -26,7 +29,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
-use crate::config::AuthSettings;
+use crate::client_addr::client_addr;
+use crate::config::{AuthSettings, Cidr};
 use crate::error::ApiError;
 use crate::rate_limit::AuthFailures;
 
@@ -57,21 +61,36 @@ impl Scope {
 }
 
 /// Who is calling, for rate limits and connection limits: `sub:<subject>` when authenticated,
-/// else the peer's IP address.
+/// else the client's IP address. [`require`] puts it in the request's extensions.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Client(pub(crate) String);
 
 impl Client {
-    /// The authenticated subject from the request's extensions, else the peer address.
-    pub(crate) fn of(extensions: &axum::http::Extensions, peer: SocketAddr) -> Self {
-        extensions.get::<Client>().cloned().unwrap_or_else(|| Self::peer(peer))
+    /// The client from the request's extensions, else the client address of `peer` (through
+    /// the trusted proxies' `X-Forwarded-For`).
+    pub(crate) fn of(request: &Request, peer: SocketAddr, trusted: &[Cidr]) -> Self {
+        match request.extensions().get::<Client>() {
+            Some(client) => client.clone(),
+            None => Self::addr(client_addr(peer.ip(), request.headers(), trusted)),
+        }
     }
 
-    /// An unauthenticated client: its peer address.
+    /// An unauthenticated client: its peer address (where no request headers are at hand).
     pub(crate) fn peer(peer: SocketAddr) -> Self {
-        Client(peer.ip().to_string())
+        Self::addr(peer.ip())
+    }
+
+    /// An unauthenticated client: its address.
+    pub(crate) fn addr(addr: IpAddr) -> Self {
+        Client(addr.to_canonical().to_string())
     }
 }
+
+/// The subject of the credential that authenticated the request, in its extensions: the
+/// `metadata.userId` of every event the request appends, whatever its body says (contract §3).
+/// Absent when auth is off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Subject(pub(crate) String);
 
 /// An authenticated caller.
 struct Principal {
@@ -117,7 +136,7 @@ pub(crate) struct Authenticator {
     audience: Option<String>,
     /// By the key's SHA-256 (hex): subject and scopes.
     api_keys: HashMap<String, (String, Vec<String>)>,
-    /// Credentials that did not verify, per peer address.
+    /// Credentials that did not verify, per client address.
     failures: AuthFailures,
 }
 
@@ -262,30 +281,36 @@ fn access_token(request: &Request) -> Option<String> {
     query.remove("access_token")
 }
 
-/// The middleware on every endpoint but the public ones when auth is on: 401 without a valid
-/// credential, 403 without the endpoint's scope, 429 with a credential from a peer that has sent
-/// too many bad ones; otherwise the caller becomes the request's [`Client`] (and a JWT's expiry
-/// its [`CredentialExpiry`]).
+/// The middleware on every endpoint but the public ones. The client address (the peer, or from
+/// a trusted proxy the client it forwards for) becomes the request's [`Client`]. When auth is
+/// on: 401 without a valid credential, 403 without the endpoint's scope, 429 with a credential
+/// from an address that has sent too many bad ones; otherwise the caller becomes the request's
+/// [`Client`] and [`Subject`] (and a JWT's expiry its [`CredentialExpiry`]).
 pub(crate) async fn require(
     State((state, scope)): State<(AppState, Scope)>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    // None when the server is served without connection info, as in some embeddings: then
+    // nothing is throttled by address.
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|peer| client_addr(peer.0.ip(), request.headers(), &state.config.server.trusted_proxies));
+    if let Some(client) = client {
+        request.extensions_mut().insert(Client::addr(client));
+    }
     let Some(authenticator) = &state.authenticator else {
         return next.run(request).await;
     };
     let token = access_token(&request);
-    // The peer a credential that does not verify is counted against (none when the server is
-    // served without connection info, as in some embeddings: then nothing is throttled).
-    let peer = match Authenticator::presents_credential(request.headers(), token.as_deref()) {
-        true => request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()),
-        false => None,
-    };
-    if let Some(peer) = peer
-        && let Err(retry_after) = authenticator.failures.check(peer)
+    // The address a credential that does not verify is counted against.
+    let counted = client.filter(|_| Authenticator::presents_credential(request.headers(), token.as_deref()));
+    if let Some(client) = counted
+        && let Err(retry_after) = authenticator.failures.check(client)
     {
         metrics::counter!("nexus_throttled_requests_total", "class" => "AuthFailures").increment(1);
-        tracing::debug!(%peer, path = request.uri().path(), "credential not checked: too many failures");
+        tracing::debug!(%client, path = request.uri().path(), "credential not checked: too many failures");
         let limit = authenticator.failures.limit();
         return ApiError::RateLimited { limit, retry_after }.into_response();
     }
@@ -294,15 +319,21 @@ pub(crate) async fn require(
         Err(error) => {
             metrics::counter!("nexus_auth_failures_total", "reason" => "unauthenticated").increment(1);
             // The reason only: never the credential itself.
-            tracing::info!(reason = %error, path = request.uri().path(), "credential refused");
-            if let Some(peer) = peer
-                && authenticator.failures.record(peer)
+            let shown = client.map(|client| client.to_string());
+            tracing::info!(
+                reason = %error,
+                client = shown.as_deref().unwrap_or("unknown"),
+                path = request.uri().path(),
+                "credential refused"
+            );
+            if let Some(client) = counted
+                && authenticator.failures.record(client)
             {
                 tracing::warn!(
-                    %peer,
+                    %client,
                     limit = authenticator.failures.limit(),
-                    "too many credentials that do not verify from this peer: its credentials are \
-                     refused with 429 for the rest of the minute"
+                    "too many credentials that do not verify from this client address: its \
+                     credentials are refused with 429 for the rest of the minute"
                 );
             }
             return error.into_response();
@@ -325,6 +356,7 @@ pub(crate) async fn require(
         .into_response();
     }
     request.extensions_mut().insert(Client(format!("sub:{}", principal.subject)));
+    request.extensions_mut().insert(Subject(principal.subject));
     if let Some(exp) = principal.expires {
         request.extensions_mut().insert(CredentialExpiry(exp));
     }

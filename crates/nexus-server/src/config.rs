@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::client_addr::Cidr;
+
 /// Which part of the system a process runs (contract §1: `nexus serve --role`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -72,8 +74,37 @@ pub struct Config {
     /// [`ProcessManager::runs_by_default`]: nexus_core::ProcessManager::runs_by_default
     pub process_managers: std::collections::BTreeMap<String, bool>,
     pub queue: QueueSettings,
+    pub webhooks: WebhookSettings,
     pub stream: StreamSettings,
     pub auth: AuthSettings,
+    pub tls: TlsSettings,
+    pub server: ServerSettings,
+}
+
+/// `[server]`: how the server sees its clients.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    /// Reverse proxies whose `X-Forwarded-For` is believed (`[server] trusted-proxies`, default
+    /// none): from them, the client is the right-most address there that is not one of them (for
+    /// rate limits, the bad-credential throttle and logs).
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// TLS: the listener's certificate and key, and the extra trust roots of outgoing HTTPS.
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    /// `--tls-cert`/`NEXUS_TLS_CERT` and `--tls-key`/`NEXUS_TLS_KEY` (or `[tls] cert` and `key`):
+    /// the listener serves HTTPS (and WSS) only. Both or neither.
+    pub listener: Option<TlsFiles>,
+    /// `SSL_CERT_FILE`: a PEM bundle that webhook deliveries trust besides the platform's roots.
+    pub extra_roots: Option<PathBuf>,
+}
+
+/// The listener's certificate chain and private key, PEM files read at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Whether requests must carry a credential (contract §10).
@@ -175,6 +206,16 @@ pub struct QueueSettings {
     /// Prefix of every exchange and queue name on RabbitMQ (`[queue] namespace`). Default: the
     /// service's identity (see [`Config::identity`]), so two deployments never share one.
     pub namespace: Option<String>,
+}
+
+/// `[webhooks]`: where webhooks may deliver.
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// Accept targets that resolve to loopback, private, link-local or other non-public
+    /// addresses even when the server listens beyond loopback (`[webhooks]
+    /// allow-private-targets`, default false). On a loopback-only server they are always
+    /// accepted.
+    pub allow_private_targets: bool,
 }
 
 /// The saga coordinator (seed §8, Error Handling §4) and the process managers it runs.
@@ -317,9 +358,29 @@ struct File {
     #[serde(default)]
     queue: FileQueue,
     #[serde(default)]
+    webhooks: FileWebhooks,
+    #[serde(default)]
     stream: FileStream,
     #[serde(default)]
     auth: FileAuth,
+    #[serde(default)]
+    tls: FileTls,
+    #[serde(default)]
+    server: FileServer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileServer {
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -357,6 +418,12 @@ struct FileQueue {
     webhook_timeout_ms: Option<u64>,
     url: Option<String>,
     namespace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileWebhooks {
+    allow_private_targets: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -439,6 +506,11 @@ pub struct Overrides {
     pub stream_url: Option<String>,
     /// `NEXUS_JWT_SECRET`: the HS256 secret, kept out of the config file.
     pub jwt_secret: Option<String>,
+    /// `NEXUS_TLS_CERT`/`NEXUS_TLS_KEY`: serve HTTPS with this certificate chain and key.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// `SSL_CERT_FILE`: extra trust roots for webhook deliveries.
+    pub ssl_cert_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -464,6 +536,26 @@ impl Config {
                     path.display()
                 ))
             })?),
+        };
+        let trusted_proxies = parsed
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|text| {
+                text.parse::<Cidr>().map_err(|why| {
+                    ConfigError::Invalid(format!(
+                        "[server] trusted-proxies: '{text}' is not a network in CIDR notation \
+                         (10.0.0.0/8, 2001:db8::/32) or an address: {why}"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tls = TlsSettings {
+            listener: tls_files(
+                overrides.tls_cert.or(parsed.tls.cert).filter(|p| !p.as_os_str().is_empty()),
+                overrides.tls_key.or(parsed.tls.key).filter(|p| !p.as_os_str().is_empty()),
+            )?,
+            extra_roots: overrides.ssl_cert_file.filter(|p| !p.as_os_str().is_empty()),
         };
         let config = Self {
             listen: overrides
@@ -534,6 +626,9 @@ impl Config {
                 url: overrides.queue_url.or(parsed.queue.url).filter(|url| !url.is_empty()),
                 namespace: parsed.queue.namespace,
             },
+            webhooks: WebhookSettings {
+                allow_private_targets: parsed.webhooks.allow_private_targets.unwrap_or(false),
+            },
             stream: StreamSettings {
                 url: overrides.stream_url.or(parsed.stream.url).filter(|url| !url.is_empty()),
                 name: parsed.stream.name,
@@ -551,6 +646,8 @@ impl Config {
                 api_keys: parsed.auth.api_keys,
                 failures_per_minute: parsed.auth.failures_per_minute.unwrap_or(20),
             },
+            tls,
+            server: ServerSettings { trusted_proxies },
         };
         config.validate()?;
         Ok(config)
@@ -744,6 +841,25 @@ impl Config {
     }
 }
 
+/// The listener's certificate and key: both, or neither (plain HTTP). The files are read when
+/// the server starts, which names the one it cannot use.
+fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(cert), None) => Err(ConfigError::Invalid(format!(
+            "a TLS certificate ({}) is given without its key: set --tls-key / NEXUS_TLS_KEY \
+             (or [tls] key) too, or neither to serve plain HTTP",
+            cert.display()
+        ))),
+        (None, Some(key)) => Err(ConfigError::Invalid(format!(
+            "a TLS key ({}) is given without its certificate: set --tls-cert / NEXUS_TLS_CERT \
+             (or [tls] cert) too, or neither to serve plain HTTP",
+            key.display()
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -774,6 +890,33 @@ mod tests {
         assert_eq!((config.sagas.step_timeout_ms, config.sagas.retry_base_ms), (50, 1));
         std::fs::write(&path, "[sagas]\nstep-attempts = 0\n").unwrap();
         assert!(matches!(Config::load(Some(&path), Overrides::default()), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn tls_needs_a_certificate_and_its_key() {
+        assert_eq!(Config::embedded("/tmp/unused").tls.listener, None);
+        let both = Overrides {
+            tls_cert: Some("/etc/nexus/cert.pem".into()),
+            tls_key: Some("/etc/nexus/key.pem".into()),
+            ..Overrides::default()
+        };
+        let files = Config::load(None, both).unwrap().tls.listener.unwrap();
+        assert_eq!(files, TlsFiles { cert: "/etc/nexus/cert.pem".into(), key: "/etc/nexus/key.pem".into() });
+        let cert_only = Overrides { tls_cert: Some("/etc/nexus/cert.pem".into()), ..Overrides::default() };
+        let Err(ConfigError::Invalid(message)) = Config::load(None, cert_only) else {
+            panic!("a certificate without a key was accepted");
+        };
+        assert!(message.contains("--tls-key") && message.contains("/etc/nexus/cert.pem"), "{message}");
+        // The file gives one, a flag the other: they pair up; the flag wins over the file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nexus.toml");
+        std::fs::write(&path, "[tls]\ncert = \"/file/cert.pem\"\nkey = \"/file/key.pem\"\n").unwrap();
+        let key_flag = Overrides { tls_key: Some("/flag/key.pem".into()), ..Overrides::default() };
+        let files = Config::load(Some(&path), key_flag).unwrap().tls.listener.unwrap();
+        assert_eq!(files, TlsFiles { cert: "/file/cert.pem".into(), key: "/flag/key.pem".into() });
+        std::fs::write(&path, "[tls]\nkey = \"/file/key.pem\"\n").unwrap();
+        let key_only = Config::load(Some(&path), Overrides::default());
+        assert!(matches!(key_only, Err(ConfigError::Invalid(m)) if m.contains("--tls-cert")));
     }
 
     #[test]
@@ -822,6 +965,22 @@ mod tests {
         );
         std::fs::write(&path, "[auth]\njwt-rs256-public-key-file = \"/nonexistent.pem\"\n").unwrap();
         assert!(matches!(Config::load(Some(&path), Overrides::default()), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks_and_a_bad_one_is_refused_by_name() {
+        assert!(Config::embedded("/tmp/unused").server.trusted_proxies.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nexus.toml");
+        std::fs::write(&path, "[server]\ntrusted-proxies = [\"10.0.0.0/8\", \"::1\"]\n").unwrap();
+        let config = Config::load(Some(&path), Overrides::default()).unwrap();
+        let shown: Vec<String> = config.server.trusted_proxies.iter().map(Cidr::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "::1/128"]);
+        std::fs::write(&path, "[server]\ntrusted-proxies = [\"10.0.0.0/8\", \"10.0.0.0/40\"]\n").unwrap();
+        let Err(ConfigError::Invalid(message)) = Config::load(Some(&path), Overrides::default()) else {
+            panic!("a /40 IPv4 network was accepted");
+        };
+        assert!(message.contains("trusted-proxies") && message.contains("'10.0.0.0/40'"), "{message}");
     }
 }
 

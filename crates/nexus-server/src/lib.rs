@@ -9,6 +9,7 @@
 //! maps failures to statuses and contract codes.
 
 mod auth;
+mod client_addr;
 pub mod config;
 mod error;
 mod extract;
@@ -18,6 +19,7 @@ mod rate_limit;
 mod routes;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 mod webhooks;
 mod ws;
 
@@ -60,6 +62,8 @@ pub enum ServeError {
     Policy(#[from] PolicyViolations),
     #[error("schema registry: {0}")]
     Schema(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error(
         "{0} is configured, but this build leaves it out: build the server crate with its `{1}` \
          feature (the stock `nexus` binary has it)"
@@ -148,6 +152,11 @@ pub async fn run(
     }
     // Born governed: a configuration that breaks an architecture rule never serves a request.
     check_policies(&service_graph(&config, &domain))?;
+    // A certificate or key that cannot serve fails the start before the stores open.
+    let tls = match &config.tls.listener {
+        Some(files) => Some(Arc::new(tls::server_config(&files.cert, &files.key)?)),
+        None => None,
+    };
     let Backends { events, snapshots, read, schemas, leases, store_id } =
         open_backends(&config, domain.service_name()).await?;
     // What names this service on engines other services share (stream, exchanges, queues).
@@ -249,7 +258,9 @@ pub async fn run(
         }
         saga_tasks.push(tokio::spawn(sagas.clone().run(stopped.clone())));
     }
-    let webhooks = webhooks::Webhooks::new(read.clone(), queue.clone());
+    let queue_path =
+        domain.events().map(|spec| spec.name).filter(|name| !config.routing.is_core(&domain, name));
+    let webhooks = webhooks::Webhooks::new(read.clone(), queue.clone(), queue_path.map(str::to_owned));
     let mut queue_tasks = Vec::new();
     if config.role.runs(Role::Router) {
         let router = nexus_runtime::EventRouter::new(
@@ -259,16 +270,26 @@ pub async fn run(
             config.routing.core_events(&domain),
             config.projection_batch_size,
         )
-        .with_validator(registry.clone());
+        .with_validator(registry.clone())
+        .with_queue_interest({
+            let webhooks = webhooks.clone();
+            move |event_type: &str| webhooks.wants_core(event_type)
+        });
+        // The core events registered webhooks want are copied to the queue path from the
+        // router's first batch on.
+        webhooks.load().await?;
         let router = match &stream {
             Some(stream) => router.with_stream(stream.clone()),
             None => router,
         };
         queue_tasks.push(tokio::spawn(router.run(stopped.clone())));
         let delivering = webhooks::Delivering {
-            http: webhooks::http_client(std::time::Duration::from_millis(config.queue.webhook_timeout_ms))
-                .map_err(|e| ServeError::Io(std::io::Error::other(e)))?,
+            http: webhooks::http_client(
+                std::time::Duration::from_millis(config.queue.webhook_timeout_ms),
+                config.tls.extra_roots.as_deref(),
+            )?,
             retry_base,
+            private_targets: webhooks::private_targets_allowed(&config),
         };
         queue_tasks.push(tokio::spawn(webhooks.clone().supervise(delivering, stopped.clone())));
         queue_tasks.push(tokio::spawn(dead_letter_processor(
@@ -329,10 +350,10 @@ pub async fn run(
         }
     });
     let app = router(state);
-    tracing::info!(addr = %listener.local_addr()?, role = ?config.role, auth = config.auth_enabled(), store = %describe(&config.store, &config.data_dir), "nexus serving");
+    tracing::info!(addr = %listener.local_addr()?, role = ?config.role, tls = tls.is_some(), auth = config.auth_enabled(), store = %describe(&config.store, &config.data_dir), "nexus serving");
     // Header-read and idle timeouts, a cap on open connections, TCP_NODELAY, the peer's address
     // for per-client limits, WebSocket upgrades, graceful shutdown: see `listener`.
-    listener::serve(listener, app, listener::Settings::from_limits(&config.limits), shutdown).await;
+    listener::serve(listener, app, listener::Settings::from_limits(&config.limits), tls, shutdown).await;
     tracing::info!("shutting down: stopping projections");
     let _ = stop.send(true);
     for task in saga_tasks {

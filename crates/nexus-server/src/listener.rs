@@ -52,13 +52,21 @@
 //! The same timer marks the connection as waiting (for eviction and for shutdown) while hyper
 //! waits on it.
 //!
+//! TLS (`--tls-cert`/`--tls-key`): each accepted socket goes through a rustls handshake (ALPN
+//! `http/1.1`) in its connection's task before hyper sees it, and then the same limits apply to
+//! the decrypted stream. The handshake is part of reaching the first request head: both must
+//! complete within the header-read timeout of the accept, and while it runs the connection
+//! counts as waiting (the cap may evict it, shutdown closes it). A client that does not speak
+//! TLS (plain HTTP to an HTTPS port) fails the handshake and is closed; nothing is written back
+//! in plain text.
+//!
 //! Graceful shutdown: the accept loop stops, connections waiting for a head are closed at once,
 //! and the others finish their request in flight and close (hyper's graceful shutdown); the
 //! returned future resolves when every connection task has ended.
 //!
 //! Metrics: `nexus_connections_open` (gauge) and `nexus_connections_closed_total{reason}` for
 //! the connections the server closed itself (`header_timeout`, `idle_timeout`, `evicted`,
-//! `refused`).
+//! `refused`, and `tls_handshake` for a failed TLS handshake).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -83,6 +91,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::config::Limits;
 
@@ -114,13 +124,16 @@ const RESERVED_DESCRIPTORS: usize = 256;
 const EVICTION_WAIT: Duration = Duration::from_millis(250);
 const EVICTION_TRIES: usize = 3;
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains (see the module doc).
+/// Serves `app` on `listener` until `shutdown` resolves, then drains (see the module doc); over
+/// TLS with `tls`, else plain HTTP.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     settings: Settings,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let tls = tls.map(TlsAcceptor::from);
     let max_connections = effective_max_connections(settings.max_connections, open_files_limit());
     let connections = Arc::new(Connections::new(max_connections));
     let settings = Settings { max_connections, ..settings };
@@ -151,9 +164,10 @@ pub(crate) async fn serve(
             tracing::warn!(%error, "cannot set TCP_NODELAY");
         }
         let conn = Arc::new(Conn::new(connections.next_key()));
-        let io = TokioIo::new(Tracked::new(stream, conn.clone(), permit));
         tokio::spawn(serve_connection(
-            io,
+            stream,
+            Slot::new(permit),
+            tls.clone(),
             peer,
             app.clone(),
             conn,
@@ -169,11 +183,13 @@ pub(crate) async fn serve(
     all_closed.closed().await;
 }
 
-/// One connection, from accept to close (or to its upgrade to a WebSocket, which then lives in
-/// its handler's task with the connection's slot).
+/// One connection, from accept (and its TLS handshake) to close (or to its upgrade to a
+/// WebSocket, which then lives in its handler's task with the connection's slot).
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection(
-    io: TokioIo<Tracked>,
+    stream: TcpStream,
+    slot: Slot,
+    tls: Option<TlsAcceptor>,
     peer: SocketAddr,
     app: Router,
     conn: Arc<Conn>,
@@ -182,6 +198,19 @@ async fn serve_connection(
     mut stopping: watch::Receiver<bool>,
     _open: watch::Receiver<()>,
 ) {
+    let stream = match tls {
+        None => Io::Plain(stream),
+        Some(acceptor) => {
+            match handshake(&acceptor, stream, peer, &conn, &connections, settings, &mut stopping).await {
+                Some(stream) => Io::Tls(Box::new(stream)),
+                None => {
+                    count_close(&conn);
+                    return;
+                }
+            }
+        }
+    };
+    let io = TokioIo::new(Tracked::new(stream, conn.clone(), slot));
     let mut http = http1::Builder::new();
     http.timer(HeadTimer { conn: conn.clone(), connections, settings })
         .header_read_timeout(settings.header_read_timeout);
@@ -221,6 +250,48 @@ async fn serve_connection(
             }
         }
     }
+    count_close(&conn);
+}
+
+/// The TLS handshake of a new connection (see the module doc): `None` when it failed, timed out,
+/// or the connection was evicted or shut down meanwhile.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: &Arc<Conn>,
+    connections: &Connections,
+    settings: Settings,
+    stopping: &mut watch::Receiver<bool>,
+) -> Option<TlsStream<TcpStream>> {
+    let key = connections.wait_started(conn, true);
+    let deadline = conn.accepted_at + settings.header_read_timeout;
+    let outcome = tokio::select! {
+        biased;
+        accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => match accepted {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "TLS handshake failed; connection closed");
+                conn.close_reason.store(Reason::TlsHandshake as u8, Ordering::Relaxed);
+                None
+            }
+            Err(_) => {
+                conn.close_reason.store(Reason::HeaderTimeout as u8, Ordering::Relaxed);
+                None
+            }
+        },
+        () = conn.evict.notified() => {
+            conn.close_reason.store(Reason::Evicted as u8, Ordering::Relaxed);
+            None
+        }
+        _ = stopping.wait_for(|stop| *stop) => None,
+    };
+    connections.wait_ended(key, conn);
+    outcome
+}
+
+/// Counts a connection the server closed itself, by its reason.
+fn count_close(conn: &Conn) {
     if let Some(reason) = Reason::from_u8(conn.close_reason.load(Ordering::Relaxed)) {
         metrics::counter!("nexus_connections_closed_total", "reason" => reason.label()).increment(1);
     }
@@ -233,6 +304,7 @@ enum Reason {
     HeaderTimeout = 1,
     IdleTimeout = 2,
     Evicted = 3,
+    TlsHandshake = 4,
 }
 
 impl Reason {
@@ -241,6 +313,7 @@ impl Reason {
             1 => Some(Self::HeaderTimeout),
             2 => Some(Self::IdleTimeout),
             3 => Some(Self::Evicted),
+            4 => Some(Self::TlsHandshake),
             _ => None,
         }
     }
@@ -250,6 +323,7 @@ impl Reason {
             Self::HeaderTimeout => "header_timeout",
             Self::IdleTimeout => "idle_timeout",
             Self::Evicted => "evicted",
+            Self::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -259,6 +333,8 @@ struct Conn {
     /// Its place among the waiting connections while it waits for its first head: accept order
     /// (its task may first run after later ones).
     accepted: u64,
+    /// When the server took it on: its TLS handshake and first head count from here.
+    accepted_at: Instant,
     /// Bytes received so far (the timer tells a new request from an idle connection by it).
     bytes_read: AtomicU64,
     /// hyper waits for a request head: no request in flight, the connection may be closed.
@@ -273,6 +349,7 @@ impl Conn {
     fn new(accepted: u64) -> Self {
         Self {
             accepted,
+            accepted_at: Instant::now(),
             bytes_read: AtomicU64::new(0),
             waiting: AtomicBool::new(false),
             evict: Notify::new(),
@@ -384,8 +461,9 @@ impl HeadWait {
     fn deadline(&self) -> (Instant, Reason) {
         let Settings { header_read_timeout, idle_timeout, .. } = self.settings;
         match (self.bytes_at_start, self.first_byte) {
-            // A new connection: its first head within the header timeout of its start.
-            (0, _) => (self.started + header_read_timeout, Reason::HeaderTimeout),
+            // A new connection: its first head within the header timeout of its accept (which
+            // its TLS handshake, if any, took part of).
+            (0, _) => (self.conn.accepted_at + header_read_timeout, Reason::HeaderTimeout),
             // Kept alive, nothing of a next request yet.
             (_, None) => (self.started + idle_timeout, Reason::IdleTimeout),
             // A next request has begun: its head within the header timeout of its first byte.
@@ -431,24 +509,84 @@ impl Drop for HeadWait {
     }
 }
 
-/// The accepted socket, counting what it reads and holding the connection's slot, which it
-/// keeps through a WebSocket upgrade until the socket closes.
-struct Tracked {
-    stream: TcpStream,
-    conn: Arc<Conn>,
-    _slot: OwnedSemaphorePermit,
+/// A connection's place under the cap, from its accept until its socket closes (kept through
+/// a WebSocket upgrade); counted in `nexus_connections_open`.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
 }
 
-impl Tracked {
-    fn new(stream: TcpStream, conn: Arc<Conn>, slot: OwnedSemaphorePermit) -> Self {
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
         metrics::gauge!("nexus_connections_open").increment(1.0);
-        Self { stream, conn, _slot: slot }
+        Self { _permit: permit }
     }
 }
 
-impl Drop for Tracked {
+impl Drop for Slot {
     fn drop(&mut self) {
         metrics::gauge!("nexus_connections_open").decrement(1.0);
+    }
+}
+
+/// The bytes of a connection as hyper reads and writes them: the socket, or TLS over it.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Delegates one `AsyncRead`/`AsyncWrite` call to the stream inside an [`Io`].
+macro_rules! with_io {
+    ($io:expr, $stream:ident => $call:expr) => {
+        match $io {
+            Io::Plain($stream) => $call,
+            Io::Tls($stream) => $call,
+        }
+    };
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        with_io!(self.get_mut(), stream => Pin::new(stream).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        with_io!(self.get_mut(), stream => Pin::new(stream).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        with_io!(self.get_mut(), stream => Pin::new(stream).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        with_io!(self, stream => stream.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        with_io!(self.get_mut(), stream => Pin::new(stream).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        with_io!(self.get_mut(), stream => Pin::new(stream).poll_shutdown(cx))
+    }
+}
+
+/// The connection's stream (decrypted, with TLS), counting what it reads and holding the
+/// connection's slot, which it keeps through a WebSocket upgrade until the socket closes.
+struct Tracked {
+    stream: Io,
+    conn: Arc<Conn>,
+    _slot: Slot,
+}
+
+impl Tracked {
+    fn new(stream: Io, conn: Arc<Conn>, slot: Slot) -> Self {
+        Self { stream, conn, _slot: slot }
     }
 }
 

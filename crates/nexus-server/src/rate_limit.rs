@@ -1,11 +1,13 @@
 //! Per-client rate limits (contract §5): GCRA buckets per client and endpoint class.
 //!
-//! The client is the credential's subject when auth is on, else the peer address
-//! ([`Client`]). A limit of 0 turns a class off (and the policy check then refuses a temporal
-//! endpoint without its limit).
+//! The client is the credential's subject when auth is on, else the client address: the peer's,
+//! or behind a trusted proxy the one it forwards for ([`Client`], [`client_addr`]). A limit of 0
+//! turns a class off (and the policy check then refuses a temporal endpoint without its limit).
 //!
-//! Failed credentials are throttled apart, per peer address ([`AuthFailures`]): a guesser has no
-//! subject, and must not be able to try keys or tokens as fast as the server answers.
+//! Failed credentials are throttled apart, per client address ([`AuthFailures`]): a guesser has
+//! no subject, and must not be able to try keys or tokens as fast as the server answers.
+//!
+//! [`client_addr`]: crate::client_addr::client_addr
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -103,7 +105,7 @@ pub(crate) async fn enforce(
     let Some((limit, limiter)) = limits.limiters.get(&class) else {
         return next.run(request).await;
     };
-    match limiter.check_key(&Client::of(request.extensions(), peer).0) {
+    match limiter.check_key(&Client::of(&request, peer, &state.config.server.trusted_proxies).0) {
         Ok(snapshot) => {
             let mut response = next.run(request).await;
             let headers = response.headers_mut();
@@ -125,11 +127,12 @@ pub(crate) async fn enforce(
     }
 }
 
-/// Failed credentials per peer address (`[auth] failures-per-minute`): once a peer has sent
+/// Failed credentials per client address (`[auth] failures-per-minute`): once one has sent
 /// `limit` credentials that do not verify within a window (counted from its first failure), every
 /// request of its that carries a credential is refused with 429 until the window is over, without
 /// being checked, so that a good guess cannot be told from a bad one. Valid credentials are never
-/// counted. IPv6 peers count per /64, the block one host usually holds. A limit of 0 turns it off.
+/// counted. IPv6 addresses count per /64, the block one host usually holds. A limit of 0 turns it
+/// off.
 ///
 /// Not `governor`: its GCRA cannot tell whether a peer is over its budget without spending a
 /// cell, and the check here must cost nothing to a peer whose credentials verify.

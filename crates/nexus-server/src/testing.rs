@@ -31,8 +31,9 @@ use crate::{Config, ServeError};
 /// How long any single wait of a test may take before the test fails instead of hanging.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
-/// A `nexus_server::run` on 127.0.0.1:0 with a domain and the embedded backends. Dropping it
-/// stops the server.
+/// A `nexus_server::run` on 127.0.0.1:0 with a domain and the embedded backends; HTTPS when the
+/// configuration names a certificate and key (`config.tls.listener`). Dropping it stops the
+/// server.
 pub struct TestServer {
     pub base: String,
     pub http: reqwest::Client,
@@ -69,11 +70,22 @@ impl TestServer {
         };
         let mut config = Config::embedded(dir.path());
         configure(&mut config);
+        let builder = reqwest::Client::builder().no_proxy().timeout(DEADLINE);
+        // With `config.tls.listener` set the server speaks HTTPS only, and the client trusts what
+        // the server's webhook deliveries trust: the platform's roots and `config.tls.extra_roots`
+        // (a test's own CA).
+        let (scheme, builder) = match &config.tls.listener {
+            None => ("http", builder),
+            Some(_) => {
+                let extra = config.tls.extra_roots.as_deref();
+                ("https", crate::tls::https_client(builder, extra).expect("the test's trust roots"))
+            }
+        };
+        let http = builder.build().expect("HTTP client");
         let task = tokio::spawn(crate::run(config, domain, listener, shutdown));
-        let http = reqwest::Client::builder().no_proxy().timeout(DEADLINE).build().expect("HTTP client");
         // The listener is already bound, so requests sent before `run` has opened its stores wait
         // in the accept backlog: no readiness polling needed.
-        Self { base: format!("http://{addr}"), http, dir: Some(dir), stop: Some(stop), task: Some(task) }
+        Self { base: format!("{scheme}://{addr}"), http, dir: Some(dir), stop: Some(stop), task: Some(task) }
     }
 
     /// Triggers the shutdown signal, asserts that `run` returns `Ok` within a few seconds and

@@ -677,9 +677,12 @@ async fn lag_sampler(
         },
         None => ws_url.clone(),
     };
-    let Ok((mut socket, _)) = tokio_tungstenite::connect_async(&with_token).await else {
-        eprintln!("lag sampler: cannot connect to {ws_url}");
-        return;
+    let mut socket = match connect_ws(&with_token).await {
+        Ok(socket) => socket,
+        Err(error) => {
+            eprintln!("lag sampler: cannot connect to {ws_url}: {error:#}");
+            return;
+        }
     };
     let mut rng = Rng(0xDEAD_BEEF);
     let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);
@@ -709,6 +712,31 @@ async fn lag_sampler(
         let unsubscribe = json!({"type": "unsubscribe", "aggregateIds": [id]}).to_string();
         let _ = socket.send(Message::text(unsubscribe)).await;
     }
+}
+
+/// A byte stream the lag sampler's WebSocket runs on: TCP, or TLS over it.
+trait WsIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> WsIo for T {}
+
+/// The lag sampler's WebSocket to `url`: `ws://`, or `wss://` (an `https://` server) trusting
+/// what the HTTP client trusts, the platform's roots and `SSL_CERT_FILE`.
+async fn connect_ws(url: &str) -> anyhow::Result<tokio_tungstenite::WebSocketStream<Box<dyn WsIo>>> {
+    let parsed = reqwest::Url::parse(url)?;
+    let host = parsed.host_str().context("the URL has no host")?.trim_matches(['[', ']']).to_owned();
+    let port = parsed.port_or_known_default().context("the URL has no port")?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    let io: Box<dyn WsIo> = match parsed.scheme() {
+        "wss" => {
+            let config = nexus_server::tls::client_config(crate::cli::ssl_cert_file().as_deref())?;
+            let name = rustls::pki_types::ServerName::try_from(host)?;
+            Box::new(tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?)
+        }
+        _ => Box::new(tcp),
+    };
+    let (socket, _) = tokio_tungstenite::client_async(url, io).await?;
+    Ok(socket)
 }
 
 async fn wait_for<S>(socket: &mut S, wanted: impl Fn(&Value) -> bool) -> bool

@@ -37,7 +37,8 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// An HTTP client that sends the credential with every request.
+    /// An HTTP client that sends the credential with every request, and trusts for `https://`
+    /// servers the platform's roots plus the PEM bundle in `SSL_CERT_FILE`.
     pub fn client(&self) -> anyhow::Result<reqwest::ClientBuilder> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = &self.token {
@@ -52,7 +53,8 @@ impl Credentials {
             value.set_sensitive(true);
             headers.insert("x-api-key", value);
         }
-        Ok(reqwest::Client::builder().default_headers(headers))
+        let builder = reqwest::Client::builder().default_headers(headers);
+        Ok(nexus_server::tls::https_client(builder, ssl_cert_file().as_deref())?)
     }
 
     /// The credential as the `access_token` query parameter of a WebSocket upgrade.
@@ -198,6 +200,18 @@ struct ServeArgs {
     /// NATS URL for the ordered core path (nats://…); projections tail the store when unset.
     #[arg(long, env = "NEXUS_STREAM_URL")]
     stream_url: Option<String>,
+    /// Serve HTTPS (and WSS) only, with this certificate chain (PEM, the server's certificate
+    /// first); needs --tls-key.
+    #[arg(long, env = "NEXUS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "NEXUS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// `SSL_CERT_FILE`: a PEM bundle trusted for outgoing HTTPS besides the platform's roots.
+pub(crate) fn ssl_cert_file() -> Option<PathBuf> {
+    std::env::var_os(nexus_server::tls::CERT_FILE_ENV).filter(|path| !path.is_empty()).map(PathBuf::from)
 }
 
 /// Threads for blocking work: both SQLite reader pools full (8 each) and as many commits.
@@ -228,13 +242,15 @@ pub fn main(domain: Domain) -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args, domain)),
-        Command::Bench(args) => runtime.block_on(bench::run(args, &cli.credentials, domain)),
-        Command::Graph(args) => graph(args, &domain),
-        Command::Schema(args) => runtime.block_on(schema(args, &cli.credentials)),
-        Command::Projections(ProjectionsCommand::Rebuild { name, url }) => {
-            runtime.block_on(rebuild(&name, &url, &cli.credentials))
+        Command::Bench(args) => {
+            runtime.block_on(bench::run(args, &cli.credentials, domain)).map_err(explain_tls)
         }
-        Command::Dlq(args) => runtime.block_on(dlq(args, &cli.credentials)),
+        Command::Graph(args) => graph(args, &domain),
+        Command::Schema(args) => runtime.block_on(schema(args, &cli.credentials)).map_err(explain_tls),
+        Command::Projections(ProjectionsCommand::Rebuild { name, url }) => {
+            runtime.block_on(rebuild(&name, &url, &cli.credentials)).map_err(explain_tls)
+        }
+        Command::Dlq(args) => runtime.block_on(dlq(args, &cli.credentials)).map_err(explain_tls),
         Command::Policy(PolicyCommand::Test { dir }) => policy_test(&dir),
         Command::Policy(PolicyCommand::Check { input, policies }) => {
             policy_check(&input, policies.as_deref())
@@ -383,6 +399,32 @@ async fn rebuild(name: &str, url: &str, credentials: &Credentials) -> anyhow::Re
     }
 }
 
+/// A client subcommand's error, said first as the TLS failure it comes from, if it does: "cannot
+/// reach" alone would send the user looking for a server that is running.
+fn explain_tls(error: anyhow::Error) -> anyhow::Error {
+    // rustls' error travels inside `io::Error`s (one per layer of the connector), which hide it
+    // from `source()`: look through them.
+    let tls = error.chain().find_map(|cause| {
+        let mut cause: &(dyn std::error::Error + 'static) = cause;
+        loop {
+            if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            cause = cause.downcast_ref::<std::io::Error>()?.get_ref()?;
+        }
+    });
+    let explained = match tls {
+        Some(rustls::Error::InvalidCertificate(why)) => format!(
+            "the server's TLS certificate is not trusted ({why:?}): if a private CA signed it, set \
+             SSL_CERT_FILE to that CA's certificate (PEM); check that --url names the host the \
+             certificate is for"
+        ),
+        Some(other) => format!("the TLS handshake with the server failed: {other}"),
+        None => return error,
+    };
+    error.context(explained)
+}
+
 /// What to do about a refused credential.
 fn auth_hint(status: reqwest::StatusCode) -> &'static str {
     match status.as_u16() {
@@ -507,6 +549,9 @@ async fn serve(args: ServeArgs, domain: Domain) -> anyhow::Result<()> {
         queue_url: args.queue_url,
         stream_url: args.stream_url,
         jwt_secret: std::env::var("NEXUS_JWT_SECRET").ok(),
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        ssl_cert_file: ssl_cert_file(),
     };
     let config = Config::load(args.config.as_deref(), overrides)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {

@@ -1,6 +1,7 @@
 //! The event router over real stores: the embedded event store, read store (its checkpoint),
-//! queue and the schema registry. Non-core events reach the queue, core ones do not, refused ones
-//! are dead-lettered with a `SCHEMA:` reason, and a restarted router resumes from its checkpoint.
+//! queue and the schema registry. Non-core events reach the queue, core ones only while a consumer
+//! wants their type, refused ones are dead-lettered with a `SCHEMA:` reason, and a restarted
+//! router resumes from its checkpoint.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,3 +165,93 @@ async fn core_events_reach_the_stream_in_order_and_a_replay_duplicates_nothing()
     }
     assert_eq!(got.len(), 15);
 }
+
+/// A core event reaches the queue path too while a queue consumer wants its type, in position
+/// order with the queue path's own events; an unwanted one does not, and a type wanted from some
+/// moment on is copied from the next routed event on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wanted_core_events_are_copied_to_the_queue_in_order() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let setup = Setup::new().await;
+    setup.queue.subscribe("hooks").await.unwrap();
+    let wanted = Arc::new(AtomicBool::new(false));
+    let route = |wanted: Arc<AtomicBool>| {
+        let router = EventRouter::new(
+            setup.events.clone(),
+            setup.read.clone(),
+            setup.queue.clone(),
+            ["Core".to_owned()],
+            2,
+        )
+        .with_validator(setup.registry.clone())
+        .with_queue_interest(move |event_type| event_type == "Core" && wanted.load(Ordering::SeqCst));
+        let status = router.status();
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(router.run(stopped));
+        let events = setup.events.clone();
+        async move {
+            let head = events.head().await.unwrap();
+            let started = std::time::Instant::now();
+            while status.checkpoint() < head {
+                assert!(started.elapsed() < Duration::from_secs(10), "router stuck");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            stop.send(true).unwrap();
+            task.await.unwrap();
+            status.routed()
+        }
+    };
+    let names = |got: &[nexus_core::ports::Delivery]| {
+        got.iter().map(|d| d.event.payload["name"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+
+    append(&setup.events, "a", "Core", json!({"name": "a1"})).await;
+    append(&setup.events, "b", "Loose", json!({"name": "b1"})).await;
+    assert_eq!(route(wanted.clone()).await, (1, 1, 0), "nobody wants core events yet");
+    let got = setup.queue.receive("hooks", 10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(names(&got), ["b1"]);
+    for delivery in &got {
+        setup.queue.ack(delivery).await.unwrap();
+    }
+
+    wanted.store(true, Ordering::SeqCst);
+    append(&setup.events, "a", "Core", json!({"name": "a2"})).await;
+    append(&setup.events, "b", "Loose", json!({"name": "b2"})).await;
+    append(&setup.events, "a", "Core", json!({"name": "a3"})).await;
+    append(&setup.events, "c", "Other", json!({"name": "c1"})).await; // refused: no schema
+    // A core event copied to the queue path counts on both paths.
+    assert_eq!(route(wanted.clone()).await, (2, 3, 1), "(core, queue, dead-lettered)");
+    let got = setup.queue.receive("hooks", 10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(names(&got), ["a2", "b2", "a3"], "in position order");
+    assert!(got.iter().all(|d| d.attempt == 1));
+}
+
+/// The DLQ processor decides by the kind each dead letter's reason starts with, and by nothing
+/// else: transient ones go back to their consumer, schema, permanent and foreign ones are
+/// archived, the rest wait for an operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dlq_processor_acts_on_the_kind_of_failure() {
+    let setup = Setup::new().await;
+    append(&setup.events, "a", "Loose", json!({"name": "a"})).await;
+    let event = setup.events.read_all(0, 1).await.unwrap().remove(0);
+    setup.queue.subscribe("hooks").await.unwrap();
+    for reason in [
+        "TRANSIENT: no answer from the endpoint (unavailable, timeout)",
+        "PERMANENT: cannot build the request",
+        "SCHEMA: Loose v1 validation failed",
+        "FOREIGN: published by store x",
+        "REJECTED: HTTP 503 from the endpoint, which says unavailable",
+        "PROJECTION: projection:ledger failed on event a",
+    ] {
+        setup.queue.dead_letter("hooks", &event, reason).await.unwrap();
+    }
+    let pass = process_dead_letters(setup.queue.as_ref(), 100).await.unwrap();
+    assert_eq!(pass, DlqPass { retried: 1, skipped: 3, manual: 2 });
+    let waiting: Vec<String> =
+        setup.queue.dead_letters(10).await.unwrap().into_iter().map(|l| l.failure_reason).collect();
+    assert_eq!(waiting.len(), 2, "{waiting:?}");
+    assert!(waiting.iter().all(|r| r.starts_with("REJECTED:") || r.starts_with("PROJECTION:")));
+    let retried = setup.queue.receive("hooks", 10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(retried.len(), 1, "the transient one is back on its consumer's queue");
+}
+

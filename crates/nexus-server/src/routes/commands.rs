@@ -1,27 +1,35 @@
 //! `POST /api/commands/{commandType}`: the write side's only door.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use nexus_core::{CommandResult, FieldError};
 use nexus_runtime::CommandRequest;
 use serde_json::{Map, Value};
 
 use crate::AppState;
+use crate::auth::Subject;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 
 /// Accepts a command. The body is the payload plus the envelope keys (`aggregateId`, `commandId`,
 /// `expectedVersion`, `metadata`), or the seed's full `Command` envelope when it has a `payload`
 /// object. Answers 202 only once the events are durable.
+///
+/// When a credential authenticated the request, its subject is the `userId` of the events,
+/// whatever `metadata.userId` says (contract §3); the body's is still checked, as any field is.
 pub(crate) async fn handle(
     State(state): State<AppState>,
     Path(command_type): Path<String>,
+    subject: Option<Extension<Subject>>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<CommandResult>), ApiError> {
     let max_metadata_bytes = state.config.limits.max_metadata_value_bytes;
-    let request = parse_request(command_type, body, &headers, max_metadata_bytes)?;
+    let mut request = parse_request(command_type, body, &headers, max_metadata_bytes)?;
+    if let Some(Extension(Subject(subject))) = subject {
+        request.user_id = Some(subject);
+    }
     let result = state.bus.handle(request).await?;
     Ok((StatusCode::ACCEPTED, Json(result)))
 }

@@ -249,10 +249,12 @@ fn parse_import(body: Value, errors: &mut Vec<FieldError>) -> Option<RawAppend> 
 
 /// `POST /api/events/{aggregateId}` (admin): appends events as given, for imports and
 /// migrations. Each must validate against its registered schema version; they are stored at that
-/// version and upcast when read, like any other.
+/// version and upcast when read, like any other. When a credential authenticated the request,
+/// every event's `userId` is its subject, whatever the body says (contract §3).
 pub(crate) async fn append(
     State(state): State<AppState>,
     PathParam(aggregate_id): PathParam<String>,
+    subject: Option<axum::Extension<crate::auth::Subject>>,
     JsonBody(body): JsonBody,
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
     use nexus_core::EventMetadata;
@@ -327,7 +329,11 @@ pub(crate) async fn append(
             metadata: EventMetadata {
                 correlation_id: raw.metadata.correlation_id.unwrap_or_else(|| "import".into()),
                 causation_id: raw.metadata.causation_id.unwrap_or_else(|| "import".into()),
-                user_id: raw.metadata.user_id.unwrap_or_else(|| "import".into()),
+                // The importing credential's subject when auth is on (contract §3).
+                user_id: match &subject {
+                    Some(axum::Extension(crate::auth::Subject(subject))) => subject.clone(),
+                    None => raw.metadata.user_id.unwrap_or_else(|| "import".into()),
+                },
                 schema_version: raw.metadata.schema_version,
             },
         });

@@ -7,11 +7,16 @@ use axum::http::StatusCode;
 use nexus_core::FieldError;
 use serde_json::{Value, json};
 
-use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::{AppState, webhooks};
 
 /// `POST /api/admin/webhooks {"url", "eventTypes", "secret"?}` → `201 {"id"}`.
+///
+/// `eventTypes` names event types of the domain, core or queue path alike, or `"*"` for all of
+/// them (an empty list, as before `"*"` existed: every event type on the queue path). While the server listens beyond loopback, a `url` whose host resolves to a non-public
+/// address is refused unless `[webhooks] allow-private-targets` (see
+/// [`webhooks::private_targets_allowed`]).
 pub(crate) async fn create(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
@@ -24,14 +29,16 @@ pub(crate) async fn create(
         }
     }
     let url = match object.get("url").and_then(Value::as_str) {
-        Some(url) if url.starts_with("http://") || url.starts_with("https://") => url.to_owned(),
-        Some(_) => {
-            errors.push(FieldError::new("url", "must be an http:// or https:// URL"));
-            String::new()
-        }
+        Some(url) => match webhooks::parse_target(url) {
+            Ok(parsed) => Some((url.to_owned(), parsed)),
+            Err(error) => {
+                errors.push(FieldError::new("url", error.to_string()));
+                None
+            }
+        },
         None => {
             errors.push(FieldError::new("url", "required string"));
-            String::new()
+            None
         }
     };
     let mut event_types = Vec::new();
@@ -42,21 +49,17 @@ pub(crate) async fn create(
                 let field = format!("eventTypes[{index}]");
                 match item.as_str() {
                     None => errors.push(FieldError::new(field, "must be a string")),
-                    Some(name) if state.domain.event(name).is_none() => {
-                        errors.push(FieldError::new(field, format!("unknown event type '{name}'")))
-                    }
-                    // Core events travel the ordered core path, which webhooks do not read.
-                    Some(name) if state.config.routing.is_core(&state.domain, name) => {
+                    Some(name) if name != webhooks::ALL_EVENT_TYPES && state.domain.event(name).is_none() => {
                         errors.push(FieldError::new(
                             field,
                             format!(
-                                "'{name}' is a core event: it travels the ordered core path, and webhooks \
-                                 consume the queue path (the domain's queue_path or [routing] core-events \
-                                 decide)"
+                                "unknown event type '{name}' (an event type of the domain, or \"{}\" for all)",
+                                webhooks::ALL_EVENT_TYPES
                             ),
                         ))
                     }
-                    Some(name) => event_types.push(name.to_owned()),
+                    Some(name) if !event_types.iter().any(|t| t == name) => event_types.push(name.to_owned()),
+                    Some(_) => {} // named twice
                 }
             }
         }
@@ -69,6 +72,17 @@ pub(crate) async fn create(
             errors.push(FieldError::new("secret", "must be a non-empty string"));
             None
         }
+    };
+    // Resolving the host is the last check, and only for an otherwise valid request.
+    let url = match url {
+        Some((url, parsed)) if errors.is_empty() && !webhooks::private_targets_allowed(&state.config) => {
+            match webhooks::check_public(&parsed).await {
+                Ok(()) => url,
+                Err(error) => return Err(ApiError::fields(vec![FieldError::new("url", error.to_string())])),
+            }
+        }
+        Some((url, _)) => url,
+        None => String::new(),
     };
     if !errors.is_empty() {
         return Err(ApiError::fields(errors));

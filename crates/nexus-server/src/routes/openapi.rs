@@ -804,8 +804,20 @@ fn admin_detail(method: &str, path: &str) -> Option<Detail> {
         }
         ("POST", "/api/admin/webhooks") => {
             let webhook = object()
-                .property("url", string().description(Some("An http:// or https:// URL.")))
-                .property("eventTypes", array(string()))
+                .property(
+                    "url",
+                    string().description(Some(
+                        "An http:// or https:// URL without credentials. While the server listens \
+                         beyond loopback, a host resolving to a loopback, private or link-local address \
+                         is refused unless [webhooks] allow-private-targets.",
+                    )),
+                )
+                .property(
+                    "eventTypes",
+                    array(string()).description(Some(
+                        "Event types of the domain, core or queue path alike; \"*\" for all of them.",
+                    )),
+                )
                 .property("secret", string())
                 .required("url")
                 .required("eventTypes")
@@ -815,7 +827,8 @@ fn admin_detail(method: &str, path: &str) -> Option<Detail> {
                 .describe(
                     "Each delivery POSTs the event in CloudEvents 1.0 binary mode, signed with \
                      HMAC-SHA256 of the body in `X-Nexus-Signature` when a secret is set; retried with \
-                     exponential backoff, then dead-lettered.",
+                     exponential backoff, then dead-lettered. One aggregate's events are delivered in \
+                     order: while one is being retried, the aggregate's later events wait.",
                 )
                 .body("Where to deliver which events.", webhook)
         }

@@ -4,9 +4,9 @@
 //! coordinator drives the saga); the status and the admin list read the `sagas` read model and
 //! belong to the query role, like every other read.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use nexus_core::ports::{Filter, ListQuery, SortOrder};
 use nexus_core::{FieldError, SagaDefinition, SagaMetadata, SagaStatus, SagaStep, StepCommand};
 use nexus_runtime::SagaView;
@@ -15,12 +15,16 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
+use crate::auth::Subject;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams};
 
-/// `POST /api/sagas` → `202 {"sagaId"}`; the saga runs in the background.
+/// `POST /api/sagas` → `202 {"sagaId"}`; the saga runs in the background. When a credential
+/// authenticated the request, its subject is the `userId` of the saga's events and of those its
+/// step commands append, whatever `metadata.userId` says (contract §3).
 pub(crate) async fn start(
     State(state): State<AppState>,
+    subject: Option<Extension<Subject>>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -41,6 +45,9 @@ pub(crate) async fn start(
     .collect();
     if !too_long.is_empty() {
         return Err(ApiError::fields(too_long));
+    }
+    if let Some(Extension(Subject(subject))) = subject {
+        definition.metadata.user_id = Some(subject);
     }
     let saga_id = definition.saga_id.clone();
     state.sagas.start(definition).await?;

@@ -14,3 +14,4 @@ mod roles;
 mod router_crash;
 mod saga_crash;
 mod shared_engines;
+mod tls;
