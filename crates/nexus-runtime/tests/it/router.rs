@@ -254,4 +254,3 @@ async fn the_dlq_processor_acts_on_the_kind_of_failure() {
     let retried = setup.queue.receive("hooks", 10, Duration::from_secs(1)).await.unwrap();
     assert_eq!(retried.len(), 1, "the transient one is back on its consumer's queue");
 }
-

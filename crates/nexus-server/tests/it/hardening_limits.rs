@@ -2,7 +2,6 @@
 //! used to cause did to the dead-letter queue), duplicate JSON keys, metadata lengths, and how
 //! far back an event time-range query reaches.
 
-
 use crate::support::{Reply, TestServer};
 use chrono::{SecondsFormat, Utc};
 use nexus_server::testing::TestServer as Server;

@@ -288,12 +288,7 @@ fn wait_for_port(port: u16, within: Duration) {
 fn private_engines_start_crash_and_restart_on_their_data() {
     let postgres = PrivatePostgres::start_new();
     let psql = |sql: &str| {
-        let output = postgres
-            .as_postgres("psql")
-            .args(["-h", "127.0.0.1", "-p", &postgres.port().to_string(), "-U", "postgres"])
-            .args(["-d", "postgres", "-tAc", sql])
-            .output()
-            .unwrap();
+        let output = postgres.as_postgres("psql").args([&postgres.url(), "-tAc", sql]).output().unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     };

@@ -222,11 +222,26 @@ pub(crate) async fn check_fold(base: &str, tally: &Tally, within: Duration) -> F
             if status == "200" {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{model} did not reach acknowledged position {} within {within:?} (last answer {status})",
-                tally.max_position
-            );
+            if Instant::now() >= deadline {
+                let projections = match http.get(format!("{base}/api/admin/projections")).send().await {
+                    Ok(reply) => reply.text().await.unwrap_or_default(),
+                    Err(e) => e.to_string(),
+                };
+                let documents = list_all(&http, base, "orders").await;
+                let behind = tally
+                    .acknowledged
+                    .iter()
+                    .filter(|(id, version)| {
+                        documents.get(*id).and_then(|d| d["version"].as_u64()) < Some(**version)
+                    })
+                    .count();
+                panic!(
+                    "{model} did not reach acknowledged position {} within {within:?} (last answer {status}); \
+                     {behind} of {} acknowledged orders missing from `orders` or behind; projections: {projections}",
+                    tally.max_position,
+                    tally.acknowledged.len()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -56,7 +56,7 @@ async fn nats_killed_and_restarted_mid_load_loses_and_duplicates_nothing() {
     assert!(tally.off_contract.is_empty(), "error answers off the contract: {:?}", tally.off_contract);
 
     let catching_up = Instant::now();
-    let folded = check_fold(&server.base, &tally, Duration::from_secs(60)).await;
+    let folded = check_fold(&server.base, &tally, Duration::from_secs(30)).await;
     eprintln!(
         "nats kill: {folded:?}; caught up in {:?}; took {:?}",
         catching_up.elapsed(),
