@@ -18,6 +18,9 @@ scripts/check-links.sh
 echo "== cargo test (all crates and examples/ticketing, all backends configured in the environment)"
 cargo test --workspace --locked
 
+echo "== deployment topology: 2 command, 1 query, 1 router process behind nginx (deploy/nginx/nexus.conf)"
+scripts/test-proxy-topology.sh
+
 echo "== architecture policies: unit tests, then the service graph this build serves"
 cargo run --locked -q -p nexus -- policy test policies
 cargo run --locked -q -p nexus -- graph --out build-artifacts/service-graph.json
