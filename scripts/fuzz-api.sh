@@ -70,7 +70,7 @@ status=0
 root=$PWD
 (cd "$tmp" && SCHEMATHESIS_HOOKS="$root/scripts/fuzz_api_checks.py" timeout --signal=INT --kill-after=30 "$TIME_LIMIT" \
   python3 -m schemathesis.cli --no-color --config-file "$tmp/schemathesis.toml" run "$base/api/openapi.json" \
-  --checks not_a_server_error,nexus_error_shape \
+  --checks not_a_server_error,nexus_error_shape,response_schema_conformance,status_code_conformance,content_type_conformance \
   --phases examples,coverage,fuzzing \
   --max-examples "$MAX_EXAMPLES" \
   --seed "$SEED" \

@@ -31,6 +31,9 @@ use crate::failure::{Parking, StepError};
 use crate::notify::Notifier;
 use crate::projections::{DocumentSnapshots, ProjectionRunner, ProjectionStatus, retry_in};
 
+/// How much longer than its own wait a fetch from the stream may take before it counts as lost.
+const FETCH_BOUND: Duration = Duration::from_secs(10);
+
 pub struct StreamProjectionRunner {
     projection: Arc<dyn Projection>,
     stream: Arc<dyn EventStream>,
@@ -244,7 +247,19 @@ impl StreamProjectionRunner {
         checkpoint: u64,
     ) -> Result<Option<u64>, StepError> {
         let name = self.projection.name();
-        let batch = self.stream.fetch(name, partition, self.batch_size, Duration::from_secs(1)).await?;
+        // Bounded whatever the stream does: a request lost with a crashed server must not stall
+        // the partition without an error.
+        let wait = Duration::from_secs(1);
+        let batch = tokio::time::timeout(
+            wait + FETCH_BOUND,
+            self.stream.fetch(name, partition, self.batch_size, wait),
+        )
+        .await
+        .map_err(|_| {
+            nexus_core::StoreError::Unavailable(
+                format!("the stream did not answer a fetch within {:?}", wait + FETCH_BOUND).into(),
+            )
+        })??;
         let Some(last) = batch.last().map(|e| e.sequence) else { return Ok(Some(checkpoint)) };
         let fresh: Vec<&DomainEvent> =
             batch.iter().filter(|e| self.projection.handles(&e.event.event_type)).map(|e| &e.event).collect();

@@ -774,7 +774,11 @@ fn registry_detail(method: &str, path: &str) -> Option<Detail> {
 fn admin_detail(method: &str, path: &str) -> Option<Detail> {
     Some(match (method, path) {
         ("GET", "/api/admin/projections") => {
-            let rebuild = object().property("position", integer()).property("target", integer());
+            // `null` while no rebuild runs.
+            let rebuild = ObjectBuilder::new()
+                .schema_type(SchemaType::Array(vec![Type::Object, Type::Null]))
+                .property("position", integer())
+                .property("target", integer());
             let partition = object().property("partition", integer()).property("backlog", integer());
             let projection = object()
                 .property("name", string())
