@@ -93,15 +93,15 @@ impl Receiver {
     }
 }
 
-/// Registers a signed webhook for `UserRegistered` at `url`, then registers a user; returns the
-/// user's id.
-async fn hook_and_register(server: &Nexus, url: &str) -> String {
+/// Registers a signed webhook for `OrderPlaced` (a core event) at `url`, then places an order;
+/// returns the order's id.
+async fn hook_and_place(server: &Nexus, url: &str) -> String {
     let client = reqwest::Client::new();
-    let hook = json!({"url": url, "eventTypes": ["UserRegistered"], "secret": "s3cret"});
+    let hook = json!({"url": url, "eventTypes": ["OrderPlaced"], "secret": "s3cret"});
     let created = client.post(server.url("/api/admin/webhooks")).json(&hook).send().await.unwrap();
     assert_eq!(created.status().as_u16(), 201, "{}", created.text().await.unwrap());
-    let user = json!({"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"});
-    let accepted = client.post(server.url("/api/commands/RegisterUser")).json(&user).send().await.unwrap();
+    let order = json!({"customerId": "ada", "items": [{"productId": "p-1", "quantity": 2, "unitPrice": 5}]});
+    let accepted = client.post(server.url("/api/commands/PlaceOrder")).json(&order).send().await.unwrap();
     assert_eq!(accepted.status().as_u16(), 202);
     let body: Value = accepted.json().await.unwrap();
     body["aggregateId"].as_str().unwrap().to_owned()
@@ -123,7 +123,7 @@ async fn webhooks_reach_https_endpoints_that_ssl_cert_file_trusts() {
             .env_remove("SSL_CERT_FILE");
     })
     .await;
-    hook_and_register(&untrusting, &url).await;
+    hook_and_place(&untrusting, &url).await;
     let client = reqwest::Client::new();
     let started = Instant::now();
     let letter = loop {
@@ -149,7 +149,7 @@ async fn webhooks_reach_https_endpoints_that_ssl_cert_file_trusts() {
             .env("SSL_CERT_FILE", &pki.ca);
     })
     .await;
-    let user = hook_and_register(&trusting, &url).await;
+    let order = hook_and_place(&trusting, &url).await;
     let started = Instant::now();
     while receiver.received().is_empty() {
         assert!(started.elapsed() < DEADLINE, "no delivery reached the HTTPS endpoint");
@@ -159,12 +159,12 @@ async fn webhooks_reach_https_endpoints_that_ssl_cert_file_trusts() {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let event: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(header("ce-specversion"), "1.0");
-    assert_eq!(header("ce-type"), "UserRegistered");
+    assert_eq!(header("ce-type"), "OrderPlaced");
     assert_eq!(header("ce-source"), "nexus");
     assert_eq!(header("ce-id"), event["eventId"].as_str().unwrap());
-    assert_eq!(header("ce-subject"), user);
+    assert_eq!(header("ce-subject"), order);
     assert_eq!(header("ce-time"), event["timestamp"].as_str().unwrap());
-    assert_eq!(event["payload"]["email"], "ada@example.com");
+    assert_eq!(event["payload"]["customerId"], "ada");
     let expected: String = {
         use hmac::{Hmac, KeyInit, Mac};
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
