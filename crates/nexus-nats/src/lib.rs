@@ -24,6 +24,11 @@
 //! `nexus_foreign_events_total{path="stream"}`, and acknowledged (the core path has no dead-letter
 //! queue; the event stays in its own store).
 //!
+//! TLS (`tls://host:port`, or a `nats://` server that requires it) is rustls with *ring*;
+//! [`connect_for_store_with_roots`](NatsEventStream::connect_for_store_with_roots) takes the trust
+//! roots from the caller (the server passes the platform's and `SSL_CERT_FILE`'s), so this crate
+//! reads no environment itself.
+//!
 //! Architecture invariant: no domain knowledge; errors collapse into `StoreError::Unavailable`
 //! or `Corrupt`.
 
@@ -37,10 +42,79 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use nexus_core::ports::{EventStream, StreamEvent, partition_of};
 use nexus_core::{DomainEvent, StoreError};
+use rustls::pki_types::CertificateDer;
 use tokio::sync::Mutex;
 
 fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Unavailable(Box::new(error))
+}
+
+/// A connection that failed, naming the server (the NATS client's own error does not).
+#[derive(Debug)]
+struct ConnectError {
+    server: String,
+    source: async_nats::ConnectError,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot connect to NATS at {}: {}", self.server, self.source)?;
+        // The certificate's fault, in words an operator can act on.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&self.source);
+        while let Some(mut error) = cause {
+            // An `io::Error`'s `source` skips the error it wraps.
+            if let Some(inner) = error.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+                error = inner;
+            }
+            if let Some(rustls::Error::InvalidCertificate(why)) = error.downcast_ref::<rustls::Error>() {
+                return f.write_str(match why {
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. } => {
+                        " (the server's certificate does not name the host of the URL)"
+                    }
+                    rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature => {
+                        " (the server's certificate is not signed by a trusted root)"
+                    }
+                    _ => " (the server's certificate is refused)",
+                });
+            }
+            cause = error.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// `url` without a `user:password@` (errors are logged).
+fn without_credentials(url: &str) -> String {
+    url.split(',')
+        .map(|server| match (server.find("://"), server.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}{}", &server[..scheme + 3], &server[at + 1..])
+            }
+            (None, Some(at)) => server[at + 1..].to_owned(),
+            _ => server.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The client's TLS: `roots` only, rustls with *ring* (the binary's one provider, passed here
+/// rather than installed process-wide).
+fn tls_config(roots: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, StoreError> {
+    let mut store = rustls::RootCertStore::empty();
+    store.add_parsable_certificates(roots.iter().cloned());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(unavailable)?
+        .with_root_certificates(store)
+        .with_no_client_auth())
 }
 
 /// How long an unacknowledged fetch stays with its reader before JetStream redelivers it: how
@@ -48,6 +122,9 @@ fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> StoreEr
 /// kept from it by progress acknowledgements (`AckKind::Progress`) every third of it, however
 /// long their batch takes to apply.
 const ACK_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a pull request for what is there now may go unanswered.
+const FETCH_EXPIRES: Duration = Duration::from_secs(2);
 
 /// Fetched, unacknowledged messages by reader and partition, by stream sequence.
 type PendingMessages = Arc<Mutex<HashMap<(String, u32), BTreeMap<u64, Message>>>>;
@@ -73,7 +150,7 @@ impl NatsEventStream {
     /// Connects and creates the stream `name` (letters, digits, `-`, `_`) if it does not exist,
     /// owned by no store: nothing is checked (tools and tests).
     pub async fn connect(url: &str, name: &str, partitions: u32) -> Result<Self, StoreError> {
-        Self::open(url, name, partitions, ACK_WAIT, None).await
+        Self::open(url, name, partitions, ACK_WAIT, None, None).await
     }
 
     /// As [`connect`](Self::connect), for the events of store `store_id`: refuses a stream that
@@ -85,7 +162,20 @@ impl NatsEventStream {
         partitions: u32,
         store_id: &str,
     ) -> Result<Self, StoreError> {
-        Self::open(url, name, partitions, ACK_WAIT, Some(store_id.to_owned())).await
+        Self::open(url, name, partitions, ACK_WAIT, Some(store_id.to_owned()), None).await
+    }
+
+    /// As [`connect_for_store`](Self::connect_for_store), trusting exactly `roots` to sign the
+    /// server's certificate when the connection is TLS (without, the NATS client's default: the
+    /// platform's roots).
+    pub async fn connect_for_store_with_roots(
+        url: &str,
+        name: &str,
+        partitions: u32,
+        store_id: &str,
+        roots: &[CertificateDer<'static>],
+    ) -> Result<Self, StoreError> {
+        Self::open(url, name, partitions, ACK_WAIT, Some(store_id.to_owned()), Some(roots)).await
     }
 
     /// As [`connect`](Self::connect), with another redelivery timeout for unacknowledged fetches.
@@ -95,7 +185,7 @@ impl NatsEventStream {
         partitions: u32,
         ack_wait: Duration,
     ) -> Result<Self, StoreError> {
-        Self::open(url, name, partitions, ack_wait, None).await
+        Self::open(url, name, partitions, ack_wait, None, None).await
     }
 
     async fn open(
@@ -104,8 +194,16 @@ impl NatsEventStream {
         partitions: u32,
         ack_wait: Duration,
         store_id: Option<String>,
+        roots: Option<&[CertificateDer<'static>]>,
     ) -> Result<Self, StoreError> {
-        let client = async_nats::connect(url).await.map_err(unavailable)?;
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(roots) = roots {
+            options = options.tls_client_config(tls_config(roots)?);
+        }
+        let client = options
+            .connect(url)
+            .await
+            .map_err(|source| unavailable(ConnectError { server: without_credentials(url), source }))?;
         let jetstream = jetstream::new(client);
         let owner = store_id.as_ref().map(|id| format!("nexus store {id}"));
         let mut stream = jetstream
@@ -273,7 +371,15 @@ impl EventStream for NatsEventStream {
         let consumer = self.consumer(reader, partition).await?;
         let mut messages = Vec::new();
         // What is there now; when nothing, wait for the first one, then take what followed it.
-        let mut ready = consumer.fetch().max_messages(max).messages().await.map_err(unavailable)?;
+        // Every pull request expires: one the server never answers (it died with the request
+        // in flight) would otherwise leave this reader waiting for ever.
+        let mut ready = consumer
+            .fetch()
+            .max_messages(max)
+            .expires(FETCH_EXPIRES)
+            .messages()
+            .await
+            .map_err(unavailable)?;
         while let Some(message) = ready.next().await {
             messages.push(message.map_err(StoreError::Unavailable)?);
         }
@@ -289,8 +395,13 @@ impl EventStream for NatsEventStream {
                 messages.push(message.map_err(StoreError::Unavailable)?);
             }
             if !messages.is_empty() && max > 1 {
-                let mut rest =
-                    consumer.fetch().max_messages(max - 1).messages().await.map_err(unavailable)?;
+                let mut rest = consumer
+                    .fetch()
+                    .max_messages(max - 1)
+                    .expires(FETCH_EXPIRES)
+                    .messages()
+                    .await
+                    .map_err(unavailable)?;
                 while let Some(message) = rest.next().await {
                     messages.push(message.map_err(StoreError::Unavailable)?);
                 }

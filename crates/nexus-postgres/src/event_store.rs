@@ -18,8 +18,9 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_postgres::types::{Json, ToSql};
-use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
+use tokio_postgres::{AsyncMessage, Client, Row, Statement};
 
+use crate::tls::MakeTls;
 use crate::{APPEND_LOCK_CLASS, bigint, corrupt, pool_unavailable, unavailable, unsigned};
 
 /// Most appends one transaction takes; bounds a commit's latency under a flood.
@@ -52,6 +53,7 @@ pub struct PostgresEventStore {
 impl PostgresEventStore {
     pub(crate) async fn start(
         config: tokio_postgres::Config,
+        tls: MakeTls,
         pool: Pool,
         schema: String,
     ) -> Result<Self, StoreError> {
@@ -74,8 +76,13 @@ impl PostgresEventStore {
                  -c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c jit=off"
             ))
             .application_name(truncate(&format!("nexus-appender/{schema}")));
-        let mut appender =
-            Appender { config: appender_config, schema: schema.clone(), session: None, feed: feed.clone() };
+        let mut appender = Appender {
+            config: appender_config,
+            tls: tls.clone(),
+            schema: schema.clone(),
+            session: None,
+            feed: feed.clone(),
+        };
         // Connect now, so a server that is not there fails `connect` rather than the first append.
         appender.session().await.map_err(unavailable)?;
         let (jobs, queue) = mpsc::channel(QUEUE);
@@ -84,7 +91,7 @@ impl PostgresEventStore {
         let mut listener_config = config;
         listener_config.application_name(truncate(&format!("nexus-listener/{schema}")));
         let (stop, stopped) = watch::channel(());
-        tokio::spawn(listen(listener_config, schema, feed.clone(), stopped));
+        tokio::spawn(listen(listener_config, tls, schema, feed.clone(), stopped));
 
         Ok(Self { jobs, pool, feed, _stop: stop })
     }
@@ -193,6 +200,7 @@ impl HeadFeed {
 /// Keeps a `LISTEN` session open, reconnecting with backoff, until the store is dropped.
 async fn listen(
     config: tokio_postgres::Config,
+    tls: MakeTls,
     schema: String,
     feed: Arc<HeadFeed>,
     mut stop: watch::Receiver<()>,
@@ -201,7 +209,7 @@ async fn listen(
     loop {
         let listened = tokio::select! {
             _ = stop.changed() => return,
-            result = listen_once(&config, &schema, &feed) => match result {
+            result = listen_once(&config, &tls, &schema, &feed) => match result {
                 Ok(()) => {
                     tracing::warn!(schema, "change-feed listener disconnected; reconnecting");
                     true
@@ -227,10 +235,11 @@ async fn listen(
 /// got as far as listening.
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: &MakeTls,
     schema: &str,
     feed: &HeadFeed,
 ) -> Result<(), (bool, tokio_postgres::Error)> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| (false, e))?;
+    let (client, mut connection) = config.connect(tls.clone()).await.map_err(|e| (false, e))?;
     // The head is read after LISTEN, so nothing committed while we were away is missed.
     let setup = async {
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
@@ -314,6 +323,7 @@ struct Session {
 
 struct Appender {
     config: tokio_postgres::Config,
+    tls: MakeTls,
     schema: String,
     session: Option<Session>,
     feed: Arc<HeadFeed>,
@@ -335,7 +345,7 @@ impl Appender {
             self.session = None;
         }
         if self.session.is_none() {
-            let (client, connection) = self.config.connect(NoTls).await?;
+            let (client, connection) = self.config.connect(self.tls.clone()).await?;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::warn!(error = %crate::DatabaseError(error), "appender connection ended");

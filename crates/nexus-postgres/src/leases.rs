@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use nexus_core::{Lease, Leases, StoreError};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
+use crate::tls::MakeTls;
 use crate::unavailable;
 
 /// The first key of a lease's advisory lock.
@@ -25,6 +26,7 @@ pub(crate) const LEASE_LOCK_CLASS: i32 = 0x4E58_4C53; // "NXLS"
 
 pub struct PostgresLeases {
     config: Config,
+    tls: MakeTls,
     schema: String,
     session: tokio::sync::Mutex<Option<Arc<Client>>>,
     // A std mutex: held for a set insert or remove, never across an await.
@@ -63,8 +65,8 @@ impl Drop for Release {
 
 impl PostgresLeases {
     /// Connects lazily, on the first lease.
-    pub(crate) fn new(config: Config, schema: String) -> Self {
-        Self { config, schema, session: tokio::sync::Mutex::new(None), held: Arc::default() }
+    pub(crate) fn new(config: Config, tls: MakeTls, schema: String) -> Self {
+        Self { config, tls, schema, session: tokio::sync::Mutex::new(None), held: Arc::default() }
     }
 
     async fn client(&self) -> Result<Arc<Client>, StoreError> {
@@ -72,7 +74,7 @@ impl PostgresLeases {
         if let Some(client) = session.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
-        let (client, connection) = self.config.connect(NoTls).await.map_err(unavailable)?;
+        let (client, connection) = self.config.connect(self.tls.clone()).await.map_err(unavailable)?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::warn!(%error, "the lease connection closed; its leases are released");

@@ -56,7 +56,10 @@
 //! background), by this process's own commits, and, while someone waits, by reading the head at
 //! most every 250 ms, so a lost notification only delays a waiter.
 //!
-//! What it does not do: no TLS (the database is on a trusted network or a local socket).
+//! TLS to the server follows libpq's `sslmode` and `sslrootcert` URL parameters (see the `tls`
+//! module); every connection (pool, appender, listener, leases) uses the same connector. Trust
+//! roots come from the caller ([`PostgresBackend::connect_with_roots`]): this crate reads no
+//! environment.
 
 mod event_store;
 mod leases;
@@ -64,6 +67,7 @@ mod migrations;
 mod read_store;
 mod registry_store;
 mod snapshot_store;
+mod tls;
 
 use std::fmt;
 use std::sync::Arc;
@@ -71,7 +75,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use nexus_core::StoreError;
-use tokio_postgres::NoTls;
+use rustls::pki_types::CertificateDer;
 
 pub use event_store::PostgresEventStore;
 pub use leases::PostgresLeases;
@@ -108,9 +112,26 @@ impl PostgresBackend {
     ///
     /// Errors: `InvalidRequest` for a malformed URL or schema name, `Unavailable` when the server
     /// cannot be reached or refuses the migrations.
+    ///
+    /// TLS as libpq's `sslmode` and `sslrootcert` in the URL say; `verify-ca` and `verify-full`
+    /// need an `sslrootcert` file here, as no other root is trusted (see
+    /// [`connect_with_roots`](Self::connect_with_roots)).
     pub async fn connect(url: &str, schema: &str) -> Result<Self, StoreError> {
+        Self::connect_with_roots(url, schema, &[]).await
+    }
+
+    /// As [`connect`](Self::connect), trusting `roots` to sign the server's certificate when the
+    /// URL asks for it to be checked (`sslmode=verify-ca` or `verify-full`) and names no
+    /// `sslrootcert` file (or names `system`).
+    pub async fn connect_with_roots(
+        url: &str,
+        schema: &str,
+        roots: &[CertificateDer<'static>],
+    ) -> Result<Self, StoreError> {
         let schema = valid_schema(schema)?;
-        let config = session_config(url, &schema)?;
+        let (url, tls_params) = tls::split_url(url)?;
+        let mut config = session_config(&url, &schema)?;
+        let tls = tls::connector(&tls_params, &mut config, roots)?;
         let mut pool_config = config.clone();
         // Custom plans for the pool's queries: a generic plan cached while a table was small
         // (a sequential scan and a sort for the change feed) would stay as the table grows.
@@ -120,7 +141,7 @@ impl PostgresBackend {
         pool_config.options(format!("{options} -c plan_cache_mode=force_custom_plan -c jit=off"));
         let manager = Manager::from_config(
             pool_config,
-            NoTls,
+            tls.clone(),
             // Fast: a closed connection is noticed without a round trip; a broken one fails its
             // query with `Unavailable` and is dropped.
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
@@ -140,8 +161,8 @@ impl PostgresBackend {
                 .map_err(unavailable)?
                 .get(0)
         };
-        let leases = Arc::new(PostgresLeases::new(config.clone(), schema.clone()));
-        let events = PostgresEventStore::start(config, pool.clone(), schema.clone()).await?;
+        let leases = Arc::new(PostgresLeases::new(config.clone(), tls.clone(), schema.clone()));
+        let events = PostgresEventStore::start(config, tls, pool.clone(), schema.clone()).await?;
         Ok(Self {
             events: Arc::new(events),
             reads: Arc::new(PostgresReadStore::new(pool.clone())),
@@ -201,7 +222,8 @@ fn valid_schema(schema: &str) -> Result<String, StoreError> {
 }
 
 /// The connection settings every session of this backend uses: `search_path` set to the schema
-/// at connection start-up (no extra round trip), no TLS, bounded connect time.
+/// at connection start-up (no extra round trip), bounded connect time. TLS is the connector's
+/// (`tls::connector`), which also sets the mode negotiated.
 fn session_config(url: &str, schema: &str) -> Result<tokio_postgres::Config, StoreError> {
     let mut config: tokio_postgres::Config =
         url.parse().map_err(|e| StoreError::InvalidRequest(format!("invalid PostgreSQL URL: {e}")))?;

@@ -32,6 +32,11 @@
 //! subscriber's channel and consumer when that subscriber next receives. What a lost channel held
 //! unacknowledged the broker gives back to its queue, so it is delivered again: at-least-once.
 //!
+//! TLS (`amqps://`) is rustls with *ring*: the server's certificate must be signed by one of the
+//! platform's roots or of the roots the caller passes
+//! ([`connect_for_store_with_roots`](RabbitEventQueue::connect_for_store_with_roots): the server
+//! passes the platform's and `SSL_CERT_FILE`'s), and name the host of the URL.
+//!
 //! Architecture invariant: nothing here knows the domain or HTTP; errors collapse into
 //! `StoreError::Unavailable` (a broker problem) or `Corrupt` (a message that is not an event).
 
@@ -47,10 +52,12 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use nexus_core::ports::{DeadLetter, Delivery, EventQueue, MAX_DELIVERIES};
 use nexus_core::{DomainEvent, StoreError, format_timestamp};
+use rustls::pki_types::CertificateDer;
 use tokio::sync::Mutex;
 
 /// Deliveries a consumer may hold unacknowledged (the broker's prefetch).
@@ -71,6 +78,71 @@ const EPOCH_SHIFT: u32 = 40;
 
 fn unavailable(error: lapin::Error) -> StoreError {
     StoreError::Unavailable(Box::new(error))
+}
+
+/// A connection that failed, naming the broker (lapin's own error does not).
+#[derive(Debug)]
+struct ConnectError {
+    server: String,
+    source: lapin::Error,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot connect to RabbitMQ at {}: {}", self.server, self.source)?;
+        // The certificate's fault, in words an operator can act on.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&self.source);
+        while let Some(mut error) = cause {
+            // An `io::Error`'s `source` skips the error it wraps.
+            if let Some(inner) = error.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+                error = inner;
+            }
+            if let Some(rustls::Error::InvalidCertificate(why)) = error.downcast_ref::<rustls::Error>() {
+                return f.write_str(match why {
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. } => {
+                        " (the broker's certificate does not name the host of the URL)"
+                    }
+                    rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature => {
+                        " (the broker's certificate is not signed by a trusted root)"
+                    }
+                    _ => " (the broker's certificate is refused)",
+                });
+            }
+            cause = error.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// `url` without its `user:password@` (errors are logged).
+fn without_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}{}", &url[..scheme + 3], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Certificates as one PEM bundle.
+fn pem(certs: &[CertificateDer<'static>]) -> String {
+    use base64::Engine;
+    let mut out = String::new();
+    for cert in certs {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let text = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        for line in text.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
 }
 
 fn now_iso() -> String {
@@ -118,9 +190,17 @@ struct Link {
 }
 
 impl Link {
-    async fn connect(url: &str) -> Result<Self, StoreError> {
+    async fn connect(url: &str, tls: &OwnedTLSConfig) -> Result<Self, StoreError> {
+        let runtime = lapin::runtime::default_runtime().map_err(unavailable)?;
         let connection =
-            Connection::connect(url, ConnectionProperties::default()).await.map_err(unavailable)?;
+            Connection::connect_with_config(url, ConnectionProperties::default(), tls.clone(), runtime)
+                .await
+                .map_err(|source| {
+                    StoreError::Unavailable(Box::new(ConnectError {
+                        server: without_credentials(url),
+                        source,
+                    }))
+                })?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
         Ok(Self { connection, publisher })
@@ -144,6 +224,8 @@ struct Subscriber {
 /// RabbitMQ queue path.
 pub struct RabbitEventQueue {
     url: String,
+    /// The extra trust roots of `amqps://` connections.
+    tls: OwnedTLSConfig,
     namespace: String,
     /// The current connection; a std lock, held only to clone or swap the `Arc`.
     link: RwLock<Arc<Link>>,
@@ -167,19 +249,38 @@ impl RabbitEventQueue {
     /// Connects to `url` and declares the namespace's exchanges and dead-letter queues, owned by
     /// no store: nothing is checked (tools and tests).
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
-        Self::open(url, namespace, None).await
+        Self::open(url, namespace, None, &[]).await
     }
 
     /// As [`connect`](Self::connect), for the events of store `store_id`: refuses a namespace
     /// another store declared, stamps every message and refuses deliveries of another store.
     pub async fn connect_for_store(url: &str, namespace: &str, store_id: &str) -> Result<Self, StoreError> {
-        Self::open(url, namespace, Some(store_id.to_owned())).await
+        Self::open(url, namespace, Some(store_id.to_owned()), &[]).await
     }
 
-    async fn open(url: &str, namespace: &str, store_id: Option<String>) -> Result<Self, StoreError> {
-        let link = Self::within_timeout(Link::connect(url)).await?;
+    /// As [`connect_for_store`](Self::connect_for_store), trusting `roots` besides the
+    /// platform's to sign the broker's certificate (`amqps://`).
+    pub async fn connect_for_store_with_roots(
+        url: &str,
+        namespace: &str,
+        store_id: &str,
+        roots: &[CertificateDer<'static>],
+    ) -> Result<Self, StoreError> {
+        Self::open(url, namespace, Some(store_id.to_owned()), roots).await
+    }
+
+    async fn open(
+        url: &str,
+        namespace: &str,
+        store_id: Option<String>,
+        roots: &[CertificateDer<'static>],
+    ) -> Result<Self, StoreError> {
+        // lapin takes extra roots as PEM text.
+        let tls = OwnedTLSConfig { identity: None, cert_chain: (!roots.is_empty()).then(|| pem(roots)) };
+        let link = Self::within_timeout(Link::connect(url, &tls)).await?;
         let queue = Self {
             url: url.to_owned(),
+            tls,
             namespace: namespace.to_owned(),
             link: RwLock::new(Arc::new(link)),
             reconnecting: Mutex::new(()),
@@ -262,7 +363,7 @@ impl RabbitEventQueue {
             return Ok(current);
         }
         let fresh = Self::within_timeout(async {
-            let link = Link::connect(&self.url).await?;
+            let link = Link::connect(&self.url, &self.tls).await?;
             self.declare(&link.publisher).await?;
             Ok(link)
         })

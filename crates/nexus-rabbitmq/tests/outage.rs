@@ -99,9 +99,18 @@ async fn a_lost_connection_is_unavailable_then_recovered_with_nothing_lost() {
     for outcome in futures_util::future::join_all(publishes).await {
         outcome.expect("a publish after the broker came back succeeds");
     }
-    let after = receive(&queue, 5).await;
+    // An AMQP ack is not confirmed: the one sent just before the cut may have been lost with the
+    // connection, and then evt-1 comes again too (at least once). Nothing else may.
     let expected: BTreeSet<String> = (2..=6).map(|n| format!("evt-{n}")).collect();
-    assert_eq!(ids(&after), expected, "the delivery held by the lost channel comes again");
+    let started = Instant::now();
+    let mut after = Vec::new();
+    while !ids(&after).is_superset(&expected) {
+        assert!(started.elapsed() < Duration::from_secs(10), "only {:?} came again", ids(&after));
+        after.extend(queue.receive(CONSUMER, 10, Duration::from_secs(1)).await.unwrap());
+    }
+    let extra: Vec<String> = ids(&after).difference(&expected).cloned().collect();
+    assert!(extra.is_empty() || extra == ["evt-1"], "unexpected deliveries: {extra:?}");
+    assert_eq!(after.len(), expected.len() + extra.len(), "each delivered once: {:?}", ids(&after));
     // The held delivery's tag may be the number the new channel gave another message: its ack
     // must not settle that one (which then could not be acked below: a double ack closes the
     // channel).

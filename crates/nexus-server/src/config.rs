@@ -96,7 +96,8 @@ pub struct TlsSettings {
     /// `--tls-cert`/`NEXUS_TLS_CERT` and `--tls-key`/`NEXUS_TLS_KEY` (or `[tls] cert` and `key`):
     /// the listener serves HTTPS (and WSS) only. Both or neither.
     pub listener: Option<TlsFiles>,
-    /// `SSL_CERT_FILE`: a PEM bundle that webhook deliveries trust besides the platform's roots.
+    /// `SSL_CERT_FILE`: a PEM bundle trusted besides the platform's roots by every outgoing TLS
+    /// connection (webhook deliveries, PostgreSQL, NATS, RabbitMQ).
     pub extra_roots: Option<PathBuf>,
 }
 
@@ -743,17 +744,17 @@ impl Config {
             }
         }
         if let Some(url) = &self.queue.url
-            && !url.starts_with("amqp://")
+            && !(url.starts_with("amqp://") || url.starts_with("amqps://"))
         {
             return Err(ConfigError::Invalid(format!(
-                "queue URL must start with amqp:// (got '{url}'); leave it unset for the embedded queue"
+                "queue URL must start with amqp:// or amqps:// (got '{url}'); leave it unset for the embedded queue"
             )));
         }
         if let Some(url) = &self.stream.url
-            && !url.starts_with("nats://")
+            && !(url.starts_with("nats://") || url.starts_with("tls://"))
         {
             return Err(ConfigError::Invalid(format!(
-                "stream URL must start with nats:// (got '{url}'); leave it unset for the embedded core path"
+                "stream URL must start with nats:// or tls:// (got '{url}'); leave it unset for the embedded core path"
             )));
         }
         if let Some(name) = &self.stream.name

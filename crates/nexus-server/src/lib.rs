@@ -50,7 +50,7 @@ pub use webhooks::signature as webhook_signature;
 pub enum ServeError {
     #[error("cannot create data directory {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
-    #[error("cannot open the store: {0}")]
+    #[error("cannot open a backend (event store, read store, stream or queue): {0}")]
     Store(#[from] StoreError),
     #[error("auth: {0}")]
     Auth(String),
@@ -485,7 +485,9 @@ async fn open_backends(config: &Config, service: &str) -> Result<Backends, Serve
         #[cfg(feature = "postgres")]
         StoreBackend::Postgres { url, schema } => {
             let schema = schema.as_deref().unwrap_or(service);
-            let backend = nexus_postgres::PostgresBackend::connect(url, schema).await?;
+            // Trusted for `sslmode=verify-ca`/`verify-full` unless the URL names `sslrootcert`.
+            let roots = tls::trust_roots(config.tls.extra_roots.as_deref())?;
+            let backend = nexus_postgres::PostgresBackend::connect_with_roots(url, schema, &roots).await?;
             Ok(Backends {
                 store_id: backend.store_id().to_owned(),
                 events: backend.event_store(),
@@ -514,9 +516,12 @@ async fn open_stream(
     #[cfg(feature = "nats")]
     {
         let name = config.stream_name(identity);
-        let stream =
-            nexus_nats::NatsEventStream::connect_for_store(url, &name, config.stream.partitions, store_id)
-                .await?;
+        let roots = tls::trust_roots(config.tls.extra_roots.as_deref())?;
+        let partitions = config.stream.partitions;
+        let stream = nexus_nats::NatsEventStream::connect_for_store_with_roots(
+            url, &name, partitions, store_id, &roots,
+        )
+        .await?;
         tracing::info!(stream = %name, "core path on NATS JetStream");
         Ok(Some(Arc::new(stream)))
     }
@@ -538,8 +543,11 @@ async fn open_queue(
         #[cfg(feature = "rabbitmq")]
         {
             let namespace = config.queue_namespace(identity);
-            let queue =
-                nexus_rabbitmq::RabbitEventQueue::connect_for_store(url, &namespace, store_id).await?;
+            let roots = tls::trust_roots(config.tls.extra_roots.as_deref())?;
+            let queue = nexus_rabbitmq::RabbitEventQueue::connect_for_store_with_roots(
+                url, &namespace, store_id, &roots,
+            )
+            .await?;
             tracing::info!(namespace = %namespace, "queue path on RabbitMQ");
             return Ok(Arc::new(queue));
         }

@@ -1,11 +1,14 @@
 //! TLS, both ways: the certificate and key that make the listener HTTPS (`--tls-cert` and
-//! `--tls-key`, see [`crate::listener`]), and the trust roots of outgoing HTTPS (webhook
-//! deliveries, the command line's client subcommands): the platform's store, plus the PEM bundle
-//! in `SSL_CERT_FILE` when it is set.
+//! `--tls-key`, see [`crate::listener`]), and the trust roots of outgoing connections (webhook
+//! deliveries, the command line's client subcommands, and the backends: PostgreSQL, NATS and
+//! RabbitMQ over TLS): the platform's store, plus the PEM bundle in `SSL_CERT_FILE` when it is
+//! set. The backends' crates read no environment: [`trust_roots`] is handed to them.
 //!
 //! rustls with *ring*, handed to each configuration explicitly: the binary has one crypto provider
-//! (the NATS client builds ring too) and never installs a process-wide default, so no client or
-//! server anywhere depends on the order things start in.
+//! (the NATS client builds ring too) and this crate never installs a process-wide default, so no
+//! client or server anywhere depends on the order things start in. (lapin's TLS connector
+//! installs ring as the default when it first connects over `amqps://`; ring being the only
+//! provider built, that changes nothing.)
 //!
 //! `SSL_CERT_FILE` adds to the platform's roots instead of replacing them (OpenSSL, and the
 //! `rustls-native-certs` crate, replace them): a webhook to a public endpoint keeps working when
@@ -78,8 +81,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
     Ok(config)
 }
 
-/// The trust roots of outgoing HTTPS: the platform's, plus every certificate of `extra` (the
-/// `SSL_CERT_FILE` bundle), which must be readable and hold at least one certificate.
+/// The trust roots of outgoing HTTPS and of the backends' TLS: the platform's, plus every
+/// certificate of `extra` (the `SSL_CERT_FILE` bundle), which must be readable and hold at least
+/// one certificate.
 pub fn trust_roots(extra: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let mut roots = platform_roots();
     if let Some(path) = extra {
