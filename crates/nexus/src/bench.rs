@@ -77,6 +77,11 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// First measure this machine's HTTP ceiling against the same server (`--mix live=100`, as
+    /// many clients, as long, closed loop), then the run asked for, and report its throughput as
+    /// a ratio of that ceiling: two figures measured in one run, on the same cores.
+    #[arg(long)]
+    compare_live: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -223,6 +228,43 @@ pub async fn run(
         .and_then(|r| r.error_for_status())
         .with_context(|| format!("server at {base} is not ready"))?;
 
+    let ceiling = match args.compare_live {
+        true => {
+            let live = BenchArgs {
+                mix: "live=100".to_owned(),
+                rate: None,
+                lag_samples: 0,
+                sample_every: None,
+                ..args.clone()
+            };
+            let (stats, elapsed, _) =
+                measure(&live, &parse_mix(&live.mix)?, &base, &client, credentials, watched_none()).await?;
+            let ok: usize = stats.latencies.values().map(Vec::len).sum();
+            Some(ok as f64 / elapsed.as_secs_f64())
+        }
+        false => None,
+    };
+    let (mut stats, elapsed, samples) = measure(&args, &mix, &base, &client, credentials, watched).await?;
+    report(&args, &mut stats, elapsed, samples, ceiling);
+    Ok(())
+}
+
+/// Nothing of the server's process or files to sample (the ceiling's run).
+fn watched_none() -> Watched {
+    Watched { pid: None, data_dir: None }
+}
+
+/// One run of `args`' load against `base`: what every client and the lag sampler recorded, how
+/// long it took, and the soak samples.
+async fn measure(
+    args: &BenchArgs,
+    mix: &[(Op, u32)],
+    base: &str,
+    client: &reqwest::Client,
+    credentials: &crate::cli::Credentials,
+    watched: Watched,
+) -> anyhow::Result<(Stats, Duration, Vec<Value>)> {
+    let (base, client) = (base.to_owned(), client.clone());
     let remaining = Arc::new(AtomicU64::new(args.count.unwrap_or(u64::MAX)));
     let done = Arc::new(AtomicU64::new(0));
     let deadline = match args.count {
@@ -254,7 +296,7 @@ pub async fn run(
         workers.push(tokio::spawn(worker(
             client.clone(),
             base.clone(),
-            mix.clone(),
+            mix.to_vec(),
             seed as u64 + 1,
             recorder.clone(),
             remaining.clone(),
@@ -299,8 +341,7 @@ pub async fn run(
         sampler.await?;
     }
     stats.merge(drain(&recorders));
-    report(&args, &mut stats, elapsed, samples);
-    Ok(())
+    Ok((stats, elapsed, samples))
 }
 
 /// What a soak sample reads besides latencies: the server's process and data directory, where
@@ -781,7 +822,7 @@ fn summarize(latencies: &mut BTreeMap<Op, Vec<u32>>, seconds: f64) -> serde_json
     operations
 }
 
-fn report(args: &BenchArgs, stats: &mut Stats, elapsed: Duration, samples: Vec<Value>) {
+fn report(args: &BenchArgs, stats: &mut Stats, elapsed: Duration, samples: Vec<Value>, ceiling: Option<f64>) {
     let seconds = elapsed.as_secs_f64();
     let total_ok: usize = stats.latencies.values().map(Vec::len).sum();
     let operations = summarize(&mut stats.latencies, seconds);
@@ -803,6 +844,9 @@ fn report(args: &BenchArgs, stats: &mut Stats, elapsed: Duration, samples: Vec<V
         "operations": operations,
         "errorsByCode": stats.errors,
         "lag": percentiles(&mut stats.lags),
+        // With --compare-live: the HTTP ceiling measured just before, and this run's share of it.
+        "liveOpsPerSecond": ceiling.map(f64::round),
+        "ratioToLive": ceiling.map(|live| round2(total_ok as f64 / seconds / live)),
         "samples": (!samples.is_empty()).then_some(&samples),
     });
     if args.json {
@@ -814,6 +858,13 @@ fn report(args: &BenchArgs, stats: &mut Stats, elapsed: Duration, samples: Vec<V
         total_ok as f64 / seconds,
         commands as f64 / seconds
     );
+    if let Some(live) = ceiling {
+        println!(
+            "HTTP ceiling in the same run (GET /health/live, {} clients): {live:.0} ops/s; this run: {:.3} of it",
+            args.concurrency,
+            total_ok as f64 / seconds / live
+        );
+    }
     if let Some(rate) = args.rate {
         println!(
             "open loop: target {rate} ops/s, achieved {:.0} ops/s; latency counted from when each request was due",
