@@ -28,9 +28,9 @@ pub use model::{
     is_valid_aggregate_id, read_tagged,
 };
 pub use ports::{
-    AppendOutcome, AppendRequest, CommandRecord, DeadLetter, Delivery, EventQueue, EventRejection, FailureKind,
-    EventStore, EventStream, EventValidator, Filter, Lease, Leases, ListQuery, NewEvent, Page, ReadStore,
-    RegisteredSchema, SchemaStore, SearchQuery, SearchResults, Snapshot, SnapshotStore, SortOrder,
+    AppendOutcome, AppendRequest, CommandRecord, DeadLetter, Delivery, EventQueue, EventRejection,
+    EventStore, EventStream, EventValidator, FailureKind, Filter, Lease, Leases, ListQuery, NewEvent, Page,
+    ReadStore, RegisteredSchema, SchemaStore, SearchQuery, SearchResults, Snapshot, SnapshotStore, SortOrder,
     StoreError, StreamEvent, partition_of,
 };
 pub use projection::{Keying, Projection, ProjectionError, ReadDocument};
