@@ -2,43 +2,21 @@
 //! local broker). Each case gets a fresh namespace, deleted at the end. An unreachable broker fails
 //! the tests: they never pass silently.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{Cleanup, url};
 use nexus_conformance::{Subject, event_queue_suite};
 use nexus_core::ports::EventQueue;
 use nexus_rabbitmq::RabbitEventQueue;
-
-fn url() -> String {
-    std::env::var("NEXUS_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-/// Deletes the namespace's exchanges and dead-letter queues when the case ends (on its own
-/// runtime: a drop cannot await).
-struct Cleanup {
-    namespace: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let namespace = self.namespace.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                if let Ok(queue) = RabbitEventQueue::connect(&url(), &namespace).await {
-                    let _ = queue.destroy().await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 async fn event_queue() -> Subject<dyn EventQueue> {
     let namespace = format!("nexus-test-{}", uuid::Uuid::new_v4().simple());
     let queue = RabbitEventQueue::connect(&url(), &namespace)
         .await
         .unwrap_or_else(|e| panic!("RabbitMQ at {} is unreachable: {e}", url()));
-    Subject { store: Arc::new(queue), guard: Box::new(Cleanup { namespace }) }
+    Subject { store: Arc::new(queue), guard: Box::new(Cleanup { namespace, consumer: None }) }
 }
 
 event_queue_suite!(event_queue);

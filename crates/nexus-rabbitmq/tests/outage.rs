@@ -4,6 +4,8 @@
 //! nothing lost: what its lost channel held unacknowledged is delivered again, and an ack of a
 //! delivery from that channel never settles another message.
 
+mod common;
+
 // The chaos suite's proxy (tokio only), shared rather than copied.
 #[path = "../../nexus/tests/chaos/proxy.rs"]
 mod proxy;
@@ -11,37 +13,12 @@ mod proxy;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use common::{Cleanup, url};
 use nexus_conformance::event_queue::event;
 use nexus_core::StoreError;
 use nexus_core::ports::{Delivery, EventQueue};
 use nexus_rabbitmq::RabbitEventQueue;
 use proxy::Proxy;
-
-fn url() -> String {
-    std::env::var("NEXUS_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-/// Deletes the consumer's queue and the namespace when the test ends, pass or fail (directly,
-/// not through the proxy; on its own runtime: a drop cannot await).
-struct Cleanup {
-    namespace: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let namespace = self.namespace.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                if let Ok(queue) = RabbitEventQueue::connect(&url(), &namespace).await {
-                    let _ = queue.unsubscribe(CONSUMER).await;
-                    let _ = queue.destroy().await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 const CONSUMER: &str = "hook";
 
@@ -67,7 +44,7 @@ fn is_unavailable<T: std::fmt::Debug>(outcome: Result<T, StoreError>) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_is_unavailable_then_recovered_with_nothing_lost() {
     let namespace = format!("nexus-test-{}", uuid::Uuid::new_v4().simple());
-    let _cleanup = Cleanup { namespace: namespace.clone() };
+    let _cleanup = Cleanup { namespace: namespace.clone(), consumer: Some(CONSUMER) };
     let (proxy, proxied) = Proxy::in_front_of(&url(), 5672).await;
     let queue = RabbitEventQueue::connect_for_store(&proxied, &namespace, "store-a")
         .await

@@ -4,9 +4,12 @@
 //! caller passes (what the server builds from the platform and `SSL_CERT_FILE`), an event goes
 //! through; with the CA not trusted, the connection is refused.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{Cleanup, url};
 use nexus_conformance::event_queue::event;
 use nexus_core::StoreError;
 use nexus_core::ports::EventQueue;
@@ -14,10 +17,6 @@ use nexus_rabbitmq::RabbitEventQueue;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
-
-fn url() -> String {
-    std::env::var("NEXUS_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 const CONSUMER: &str = "hook";
 
@@ -103,32 +102,10 @@ fn broker() -> (String, String) {
     (credentials.to_owned(), address)
 }
 
-/// Deletes the consumer's queue and the namespace when the test ends, pass or fail (directly,
-/// not through the proxy; on its own runtime: a drop cannot await).
-struct Cleanup {
-    namespace: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let namespace = self.namespace.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                if let Ok(queue) = RabbitEventQueue::connect(&url(), &namespace).await {
-                    let _ = queue.unsubscribe(CONSUMER).await;
-                    let _ = queue.destroy().await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_goes_through_amqps() {
     let namespace = format!("nexus-test-{}", uuid::Uuid::new_v4().simple());
-    let _cleanup = Cleanup { namespace: namespace.clone() };
+    let _cleanup = Cleanup { namespace: namespace.clone(), consumer: Some(CONSUMER) };
     let pki = Pki::new("Nexus test CA");
     let (credentials, address) = broker();
     let proxy = TlsProxy::start(&pki, address).await;
