@@ -815,9 +815,8 @@ fn classify(error: CommandError) -> (FailureReason, String) {
     let reason = match &error {
         CommandError::Rejected(_) => FailureReason::Rejected,
         CommandError::Invalid(_) | CommandError::UnknownCommand(_) => FailureReason::Invalid,
-        CommandError::Store(StoreError::Unavailable(_)) | CommandError::Unavailable { .. } => {
-            FailureReason::Unavailable
-        }
+        // The bus has tried the store again itself by then.
+        CommandError::Unavailable { .. } => FailureReason::Unavailable,
         _ => FailureReason::Error,
     };
     let message = match error {
