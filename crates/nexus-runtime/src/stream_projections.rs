@@ -93,7 +93,7 @@ impl StreamProjectionRunner {
     /// Saves a snapshot of a document every `every` versions, as the change-feed runner does, so
     /// temporal queries start from the nearest one instead of the first event.
     pub fn with_snapshots(mut self, store: Arc<dyn nexus_core::SnapshotStore>, every: u64) -> Self {
-        self.snapshots = Some(DocumentSnapshots::new(store, every));
+        self.snapshots = DocumentSnapshots::for_projection(self.projection.as_ref(), store, every);
         self
     }
 

@@ -12,6 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
 use crate::pool::ReaderPool;
+use crate::recent::{self, RecentEvents};
 use crate::{Checkpointer, LogReset, corrupt, migrate, unavailable};
 
 const MIGRATIONS: &[&str] = &[
@@ -93,6 +94,8 @@ pub struct SqliteEventStore {
     writer: Option<std::thread::JoinHandle<()>>,
     readers: Arc<ReaderPool>,
     head: watch::Receiver<u64>,
+    /// The change feed's tail, kept by the writer: what consumers that keep up read.
+    recent: Arc<RecentEvents>,
     store_id: String,
     /// Declared after the writer and the readers: on drop it empties the log once they are gone.
     _checkpointer: Checkpointer,
@@ -128,10 +131,12 @@ impl SqliteEventStore {
         let (head_tx, head_rx) = watch::channel(head);
         let checkpointer = Checkpointer::start(&path, "events")?;
         let (jobs, queue) = mpsc::channel();
+        let recent = Arc::new(RecentEvents::new(recent::CAPACITY));
+        let kept = recent.clone();
         let writer = std::thread::Builder::new()
             .name("nexus-sqlite-writer".into())
             .spawn(move || {
-                write_loop(conn, queue, head_tx);
+                write_loop(conn, queue, head_tx, &kept);
                 // Released only once the last commit is done.
                 drop(lock);
             })
@@ -141,6 +146,7 @@ impl SqliteEventStore {
             writer: Some(writer),
             readers: ReaderPool::new(path),
             head: head_rx,
+            recent,
             store_id,
             _checkpointer: checkpointer,
         })
@@ -204,7 +210,12 @@ fn open_writer(path: &PathBuf) -> rusqlite::Result<Connection> {
 }
 
 /// The single writer: takes every queued append into one transaction, commits once, answers all.
-fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Job>, head: watch::Sender<u64>) {
+fn write_loop(
+    mut conn: Connection,
+    queue: mpsc::Receiver<Job>,
+    head: watch::Sender<u64>,
+    recent: &RecentEvents,
+) {
     let log = LogReset::new(&conn, "events");
     while let Ok(first) = queue.recv() {
         // Before the batch is gathered: appends that queue during a reset join this commit.
@@ -219,6 +230,12 @@ fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Job>, head: watch::Sen
         let outcome = crate::retry_busy(|| commit_batch(&mut conn, &batch));
         match outcome {
             Ok((results, last_position)) => {
+                // Before anyone can know of these events: the head moves and the callers hear
+                // only after.
+                recent.extend(results.iter().flat_map(|result| match result {
+                    Ok(AppendOutcome::Committed(events)) => events.as_slice(),
+                    _ => &[],
+                }));
                 if let Some(position) = last_position {
                     head.send_replace(position);
                 }
@@ -563,6 +580,9 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
+        if let Some(events) = self.recent.after(after, limit, *self.head.borrow()) {
+            return Ok(events);
+        }
         // Positions are assigned by the single writer in commit order, so reading past `after`
         // can never skip a position that commits later.
         self.readers

@@ -140,7 +140,7 @@ fn parse_definition(body: Value) -> Result<SagaDefinition, Vec<FieldError>> {
         return Err(vec![FieldError::new("body", "must be a JSON object")]);
     };
     let saga_id = optional_string(&mut body, "sagaId", "sagaId", &mut errors)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let saga_type = required_string(&mut body, "sagaType", "sagaType", &mut errors);
     let steps = match body.remove("steps") {
         Some(Value::Array(steps)) => {
