@@ -15,6 +15,7 @@ mod domain;
 mod model;
 pub mod ports;
 mod projection;
+pub mod recent;
 mod saga;
 #[cfg(feature = "testing")]
 pub mod testing;

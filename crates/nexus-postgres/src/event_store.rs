@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
+use nexus_core::ports::NewEvent;
+use nexus_core::recent::{self, RecentEvents};
 use nexus_core::{
     AppendOutcome, AppendRequest, CommandRecord, CommandResult, DomainEvent, EventMetadata, EventStore,
     StoreError,
@@ -46,6 +48,8 @@ pub struct PostgresEventStore {
     jobs: mpsc::Sender<Job>,
     pool: Pool,
     feed: Arc<HeadFeed>,
+    /// The change feed's tail, kept by this process's appender: what consumers that keep up read.
+    recent: Arc<RecentEvents>,
     /// Dropped with the store: tells the listener task to stop.
     _stop: watch::Sender<()>,
 }
@@ -76,12 +80,14 @@ impl PostgresEventStore {
                  -c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c jit=off"
             ))
             .application_name(truncate(&format!("nexus-appender/{schema}")));
+        let recent = Arc::new(RecentEvents::new(recent::CAPACITY));
         let mut appender = Appender {
             config: appender_config,
             tls: tls.clone(),
             schema: schema.clone(),
             session: None,
             feed: feed.clone(),
+            recent: recent.clone(),
         };
         // Connect now, so a server that is not there fails `connect` rather than the first append.
         appender.session().await.map_err(unavailable)?;
@@ -93,7 +99,7 @@ impl PostgresEventStore {
         let (stop, stopped) = watch::channel(());
         tokio::spawn(listen(listener_config, tls, schema, feed.clone(), stopped));
 
-        Ok(Self { jobs, pool, feed, _stop: stop })
+        Ok(Self { jobs, pool, feed, recent, _stop: stop })
     }
 
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
@@ -286,7 +292,9 @@ struct Job {
     command_id: Option<String>,
     fingerprint: Option<String>,
     result: Option<String>,
-    reply: oneshot::Sender<Result<Answer, StoreError>>,
+    /// The events themselves, which the appender returns with their positions once committed.
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<Reply, StoreError>>,
 }
 
 impl Job {
@@ -307,10 +315,41 @@ impl Job {
     }
 }
 
-/// What the appender answers; the caller turns it into an [`AppendOutcome`].
+/// What the database answered for one append.
 enum Answer {
     Committed { first_position: u64 },
     Duplicate { fingerprint: String, result: Value },
+}
+
+/// What the appender answers the caller.
+enum Reply {
+    Committed(Vec<DomainEvent>),
+    Duplicate { fingerprint: String, result: Value },
+}
+
+impl Job {
+    /// The reply to this job given its answer: a committed append's events, positioned.
+    fn reply_of(&self, answer: Answer) -> Reply {
+        match answer {
+            Answer::Committed { first_position } => Reply::Committed(
+                self.events
+                    .iter()
+                    .enumerate()
+                    .map(|(index, event)| DomainEvent {
+                        event_id: event.event_id.clone(),
+                        event_type: event.event_type.clone(),
+                        aggregate_id: self.aggregate_id.clone(),
+                        aggregate_version: self.expected as u64 + index as u64 + 1,
+                        position: first_position + index as u64,
+                        timestamp: event.timestamp.clone(),
+                        payload: event.payload.clone(),
+                        metadata: event.metadata.clone(),
+                    })
+                    .collect(),
+            ),
+            Answer::Duplicate { fingerprint, result } => Reply::Duplicate { fingerprint, result },
+        }
+    }
 }
 
 /// A connection of the appender and its prepared statements.
@@ -327,6 +366,7 @@ struct Appender {
     schema: String,
     session: Option<Session>,
     feed: Arc<HeadFeed>,
+    recent: Arc<RecentEvents>,
 }
 
 /// How a pipelined batch ended.
@@ -395,7 +435,7 @@ impl Appender {
     /// Commits `batch` in one transaction: first all appends pipelined in one round trip without
     /// savepoints (refusals are answers, not errors); if one raised an error, again with a
     /// savepoint per append so the others still commit.
-    async fn commit(&mut self, batch: &[Job]) -> Vec<Result<Answer, StoreError>> {
+    async fn commit(&mut self, batch: &[Job]) -> Vec<Result<Reply, StoreError>> {
         let known_head = bigint(*self.feed.head.borrow());
         let schema = self.schema.clone();
         let outcome = match self.session().await {
@@ -414,8 +454,18 @@ impl Appender {
         };
         match outcome {
             Ok((answers, head)) => {
+                let replies: Vec<_> = batch
+                    .iter()
+                    .zip(answers)
+                    .map(|(job, answer)| answer.map(|answer| job.reply_of(answer)))
+                    .collect();
+                // Before the head moves and the callers hear: see `nexus_core::recent`.
+                self.recent.extend(replies.iter().flat_map(|reply| match reply {
+                    Ok(Reply::Committed(events)) => events.as_slice(),
+                    _ => &[],
+                }));
                 self.feed.advance(head);
-                answers
+                replies
             }
             Err(error) => {
                 if error.as_db_error().is_none() {
@@ -585,7 +635,8 @@ impl EventStore for PostgresEventStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         let expected = i64::try_from(request.expected_version)
             .map_err(|_| StoreError::InvalidRequest("expected version out of range".into()))?;
-        let events = &request.events;
+        let mut request = request;
+        let events = std::mem::take(&mut request.events);
         let (reply, answer) = oneshot::channel();
         let job = Job {
             aggregate_id: request.aggregate_id.clone(),
@@ -599,30 +650,14 @@ impl EventStore for PostgresEventStore {
             command_id: request.command.as_ref().map(|c| c.command_id.clone()),
             fingerprint: request.command.as_ref().map(|c| c.fingerprint.clone()),
             result: request.command.as_ref().map(|c| encode("command result", &c.result)).transpose()?,
+            events,
             reply,
         };
         let stopped = || StoreError::Unavailable("the event store appender has stopped".into());
         self.jobs.send(job).await.map_err(|_| stopped())?;
         match answer.await.map_err(|_| stopped())?? {
-            Answer::Committed { first_position } => {
-                let committed = request
-                    .events
-                    .into_iter()
-                    .enumerate()
-                    .map(|(index, event)| DomainEvent {
-                        event_id: event.event_id,
-                        event_type: event.event_type,
-                        aggregate_id: request.aggregate_id.clone(),
-                        aggregate_version: request.expected_version + index as u64 + 1,
-                        position: first_position + index as u64,
-                        timestamp: event.timestamp,
-                        payload: event.payload,
-                        metadata: event.metadata,
-                    })
-                    .collect();
-                Ok(AppendOutcome::Committed(committed))
-            }
-            Answer::Duplicate { fingerprint, result } => {
+            Reply::Committed(events) => Ok(AppendOutcome::Committed(events)),
+            Reply::Duplicate { fingerprint, result } => {
                 let command = request.command.expect("only an append with a command id is a duplicate");
                 let result: CommandResult =
                     serde_json::from_value(result).map_err(|e| corrupt("command result", e))?;
@@ -653,6 +688,9 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
+        if let Some(events) = self.recent.after(after, limit, *self.feed.head.borrow()) {
+            return Ok(events);
+        }
         // Positions are drawn under the append lock, which is released only after the commit is
         // visible: no position at or below one a reader saw can commit later.
         self.read_events(

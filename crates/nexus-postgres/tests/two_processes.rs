@@ -58,6 +58,27 @@ async fn writer(store: Arc<dyn EventStore>, process: usize, task: usize) -> (usi
     (written, conflicts)
 }
 
+/// Reads the change feed from the start until `expected_total` events.
+async fn tail(store: Arc<dyn EventStore>, expected_total: usize) -> Vec<nexus_core::DomainEvent> {
+    let mut seen = Vec::new();
+    let mut after = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.len() < expected_total {
+        assert!(Instant::now() < deadline, "tailer saw {} of {expected_total}", seen.len());
+        let batch = store.read_all(after, 50).await.unwrap();
+        match batch.last() {
+            Some(last) => {
+                after = last.position;
+                seen.extend(batch);
+            }
+            None => {
+                store.wait_past(after, Duration::from_secs(1)).await.unwrap();
+            }
+        }
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_on_the_same_aggregates_lose_nothing_and_the_feed_skips_nothing() {
     let (first, guard) = common::backend().await;
@@ -66,28 +87,11 @@ async fn two_processes_on_the_same_aggregates_lose_nothing_and_the_feed_skips_no
     let expected_total: usize =
         (0..2 * TASKS_PER_PROCESS).map(|_| (0..APPENDS_PER_TASK).map(|n| 1 + n % 2).sum::<usize>()).sum();
 
-    let tailer = {
-        let store: Arc<dyn EventStore> = tailing.event_store();
-        tokio::spawn(async move {
-            let mut seen = Vec::new();
-            let mut after = 0;
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while seen.len() < expected_total {
-                assert!(Instant::now() < deadline, "tailer saw {} of {expected_total}", seen.len());
-                let batch = store.read_all(after, 50).await.unwrap();
-                match batch.last() {
-                    Some(last) => {
-                        after = last.position;
-                        seen.extend(batch);
-                    }
-                    None => {
-                        store.wait_past(after, Duration::from_secs(1)).await.unwrap();
-                    }
-                }
-            }
-            seen
-        })
-    };
+    // One tailer in a process that only reads (every read from the database), one in a process
+    // that appends too (reads of its own commits answered from its memory, the others' from the
+    // database): both must see the same feed.
+    let tailer = tokio::spawn(tail(tailing.event_store(), expected_total));
+    let tailer_in_writer = tokio::spawn(tail(first.event_store(), expected_total));
 
     let mut writers = Vec::new();
     for (process, backend) in [&first, &second].into_iter().enumerate() {
@@ -118,6 +122,7 @@ async fn two_processes_on_the_same_aggregates_lose_nothing_and_the_feed_skips_no
 
     // The feed, seen from the third process: every position once, in order, none skipped.
     let seen = tailer.await.unwrap();
+    assert_eq!(tailer_in_writer.await.unwrap(), seen, "the appending process sees the same feed");
     let positions: Vec<u64> = seen.iter().map(|e| e.position).collect();
     assert_eq!(positions, (1..=expected_total as u64).collect::<Vec<_>>());
     let ids: HashSet<&str> = seen.iter().map(|e| e.event_id.as_str()).collect();

@@ -267,6 +267,11 @@ pub struct ProjectionRunner {
     pacer: CheckpointPacer,
     /// The events this projection's code failed on, retried and then parked.
     parking: Arc<Parking>,
+    /// Least time from the start of a step that found events to the next step, unless that one
+    /// read a full batch (see [`with_commit_interval`](Self::with_commit_interval)).
+    commit_interval: Duration,
+    /// Whether the last step read a full batch: then the next one starts at once.
+    last_batch_full: std::sync::atomic::AtomicBool,
 }
 
 /// Paces commits that would only move a checkpoint past events the consumer does not handle:
@@ -422,7 +427,19 @@ impl ProjectionRunner {
             prefetched: Mutex::new(None),
             pacer: CheckpointPacer::new(),
             parking,
+            commit_interval: Duration::ZERO,
+            last_batch_full: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Starts a step at most once per `interval` while the projection keeps up (its last batch
+    /// was not full): under steady load, the events of `interval` share one commit instead of
+    /// each commit taking the few that arrived since the last. A projection that is behind (full
+    /// batches) steps without waiting, and so does one whose last step found nothing new, so a
+    /// lone command's lag does not grow. Zero (the default) never waits.
+    pub fn with_commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
+        self
     }
 
     /// Parks an event the projection's code keeps failing on in `queue` (as consumer
@@ -474,13 +491,27 @@ impl ProjectionRunner {
         let name = self.projection.name();
         let mut backoff = Duration::from_millis(100);
         let mut checkpoint = None;
+        // When the last step that found events started; `None` after one that found none.
+        let mut busy_since: Option<tokio::time::Instant> = None;
         while !*shutdown.borrow() {
             let step = match checkpoint {
                 None => self.read.checkpoint(name).await.map(Some).map_err(StepError::from),
                 Some(_) if self.status.take_rebuild_request() => self.rebuild(&shutdown).await,
                 Some(position) => {
+                    if let Some(started) = busy_since
+                        && !self.commit_interval.is_zero()
+                        && !self.last_batch_full.load(Ordering::Relaxed)
+                    {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(started + self.commit_interval) => {}
+                            _ = shutdown.changed() => continue,
+                        }
+                    }
+                    let started = tokio::time::Instant::now();
                     let _applying = self.status.applying.read().await;
-                    self.step(name, position).await
+                    let step = self.step(name, position).await;
+                    busy_since = matches!(step, Ok(Some(_))).then_some(started);
+                    step
                 }
             };
             match step {
@@ -727,6 +758,7 @@ impl ProjectionRunner {
     /// checkpoint with it, then notifies and snapshots; `None` when there is nothing new.
     pub(crate) async fn step(&self, name: &str, checkpoint: u64) -> Result<Option<u64>, StepError> {
         let batch = self.next_batch(checkpoint, self.batch_size).await?;
+        self.last_batch_full.store(batch.len() == self.batch_size, Ordering::Relaxed);
         let Some(last) = batch.last() else { return Ok(None) };
         let last_position = last.position;
         let relevant: Vec<_> = batch

@@ -62,6 +62,8 @@ pub struct Config {
     pub limits: Limits,
     /// Events a projection reads and commits per transaction.
     pub projection_batch_size: usize,
+    /// Least time between two commits of a projection that keeps up (milliseconds).
+    pub projection_commit_interval_ms: u64,
     /// Aggregates whose state the command path keeps in memory.
     pub aggregate_cache_capacity: usize,
     pub snapshots: Snapshots,
@@ -343,6 +345,7 @@ struct File {
     store_url: Option<String>,
     store_schema: Option<String>,
     projection_batch_size: Option<usize>,
+    projection_commit_interval_ms: Option<u64>,
     aggregate_cache_capacity: Option<usize>,
     #[serde(default)]
     limits: FileLimits,
@@ -593,6 +596,7 @@ impl Config {
                 store_retry_base_ms: parsed.limits.store_retry_base_ms.unwrap_or(100),
             },
             projection_batch_size: parsed.projection_batch_size.unwrap_or(1000),
+            projection_commit_interval_ms: parsed.projection_commit_interval_ms.unwrap_or(0),
             aggregate_cache_capacity: parsed.aggregate_cache_capacity.unwrap_or(100_000),
             snapshots: Snapshots {
                 every_events: parsed.snapshots.every_events.unwrap_or(1000),
@@ -811,6 +815,10 @@ impl Config {
                 "limits.store-retry-base-ms must be from 1 to 10000",
             ),
             (self.projection_batch_size >= 1, "projection-batch-size must be at least 1"),
+            (
+                self.projection_commit_interval_ms <= 10_000,
+                "projection-commit-interval-ms must be from 0 to 10000",
+            ),
             (self.aggregate_cache_capacity >= 1, "aggregate-cache-capacity must be at least 1"),
             (self.rate_limits.window_secs >= 1, "rate-limits.window-secs must be at least 1"),
             (self.snapshots.every_events >= 1, "snapshots.every-events must be at least 1"),

@@ -5,6 +5,7 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use nexus_core::recent::{self, RecentEvents};
 use nexus_core::{
     AppendOutcome, AppendRequest, CommandRecord, DomainEvent, EventStore, Snapshot, SnapshotStore, StoreError,
 };
@@ -12,7 +13,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
 use crate::pool::ReaderPool;
-use crate::recent::{self, RecentEvents};
 use crate::{Checkpointer, LogReset, corrupt, migrate, unavailable};
 
 const MIGRATIONS: &[&str] = &[

@@ -15,7 +15,6 @@ mod pool;
 mod queue;
 mod rank;
 mod read_store;
-mod recent;
 mod schema_store;
 
 pub use event_store::SqliteEventStore;

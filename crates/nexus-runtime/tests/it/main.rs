@@ -3,6 +3,8 @@
 
 mod common;
 
+mod commit_interval;
+
 mod poison;
 mod rebuild;
 mod router;

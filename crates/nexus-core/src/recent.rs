@@ -1,39 +1,43 @@
-//! The change feed's tail in memory: the events of the last commits, as the writer committed them.
+//! The change feed's tail in memory, for event-store adapters: the events of the last commits,
+//! as the appender committed them.
 //!
 //! Every consumer of the change feed (each projection, the router, the saga coordinator) reads
-//! the same new events right after they commit. Read from SQLite, each of them paid a trip to the
-//! blocking pool, a statement and the JSON parsing of every payload: six readers of each event
-//! in the reference service, 7.7 % of the server's CPU at 64 clients. The writer now keeps the
-//! events it committed here, and [`read_all`](nexus_core::EventStore::read_all) answers from
-//! memory whenever the range asked for is held; older ranges (a rebuild, a consumer far behind)
-//! still come from the database.
+//! the same new events right after they commit. Read from the database, each of them paid a
+//! query and the JSON parsing of every payload: six readers of each event in the reference
+//! service, 7.7 % of the embedded server's CPU at 64 clients, and on PostgreSQL six queries per
+//! event on the database's cores. A store's appender keeps the events it committed here, and its
+//! [`read_all`](crate::EventStore::read_all) answers from memory whenever the range asked for is
+//! held; older ranges (a rebuild, a consumer far behind) still come from the database.
 //!
 //! Invariants:
 //! - the events held are contiguous: positions `front..=back` with no gap. An event that does not
-//!   follow the last one held empties the buffer first;
-//! - the writer adds a commit's events after the commit and before it answers the appenders or
-//!   moves the head, so whoever learned of an append (its caller, a head watcher) finds it here.
+//!   follow the last one held (another process appended in between) empties the buffer first;
+//! - the appender adds a commit's events after the commit and before it answers the appenders or
+//!   moves the head it announces, so whoever learned of an append (its caller, a head watcher)
+//!   finds it here;
+//! - a read that reaches the newest event held, while the announced head is past it, is not
+//!   answered here: another process appended, and only the database knows what.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use nexus_core::DomainEvent;
+use crate::DomainEvent;
 
-/// Events held: at 5,000 commands a second, the last 0.8 s, about 6 MB in the reference domain.
-pub(crate) const CAPACITY: usize = 4096;
+/// Events an adapter holds: at 5,000 commands a second, the last 0.8 s, about 6 MB in the reference domain.
+pub const CAPACITY: usize = 4096;
 
-pub(crate) struct RecentEvents {
+pub struct RecentEvents {
     events: Mutex<VecDeque<DomainEvent>>,
     capacity: usize,
 }
 
 impl RecentEvents {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize) -> Self {
         Self { events: Mutex::new(VecDeque::with_capacity(capacity)), capacity: capacity.max(1) }
     }
 
     /// Adds events just committed, in position order.
-    pub(crate) fn extend<'a>(&self, committed: impl IntoIterator<Item = &'a DomainEvent>) {
+    pub fn extend<'a>(&self, committed: impl IntoIterator<Item = &'a DomainEvent>) {
         let mut events = self.events.lock().expect("recent events poisoned");
         for event in committed {
             if events.back().is_some_and(|last| last.position + 1 != event.position) {
@@ -49,7 +53,7 @@ impl RecentEvents {
     /// The events after `after`, at most `limit`, if the buffer can tell: `Some(empty)` when it
     /// holds position `after` as its newest and `head` (the newest committed position announced)
     /// is not past it; `None` when the range starts before what it holds or it cannot say.
-    pub(crate) fn after(&self, after: u64, limit: usize, head: u64) -> Option<Vec<DomainEvent>> {
+    pub fn after(&self, after: u64, limit: usize, head: u64) -> Option<Vec<DomainEvent>> {
         let events = self.events.lock().expect("recent events poisoned");
         let first = events.front()?.position;
         let last = events.back()?.position;
