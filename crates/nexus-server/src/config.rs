@@ -62,8 +62,9 @@ pub struct Config {
     pub limits: Limits,
     /// Events a projection reads and commits per transaction.
     pub projection_batch_size: usize,
-    /// Least time between two commits of a projection that keeps up (milliseconds).
-    pub projection_commit_interval_ms: u64,
+    /// Least time between two commits of a projection that keeps up (milliseconds); unset: the
+    /// store's default, see [`Config::projection_commit_interval`].
+    pub projection_commit_interval_ms: Option<u64>,
     /// Aggregates whose state the command path keeps in memory.
     pub aggregate_cache_capacity: usize,
     pub snapshots: Snapshots,
@@ -238,6 +239,20 @@ pub struct Sagas {
 }
 
 impl Config {
+    /// How long a projection that keeps up waits between steps: `projection-commit-interval-ms`,
+    /// else 25 ms on PostgreSQL and none on the embedded store. On PostgreSQL every read-model
+    /// commit waits for a WAL flush beside the appender's, whose flushes the commands wait for:
+    /// with 8 clients, 25 ms gave 989 and 1,012 commands/s against 739 and 678 without (lag p50
+    /// 21–23 ms against 16). On SQLite the read store does not sync its commits, and waiting only
+    /// added lag.
+    pub fn projection_commit_interval(&self) -> std::time::Duration {
+        let default = match self.store {
+            StoreBackend::Postgres { .. } => 25,
+            StoreBackend::Embedded => 0,
+        };
+        std::time::Duration::from_millis(self.projection_commit_interval_ms.unwrap_or(default))
+    }
+
     /// The service's identity on engines several services share: the domain's service name and
     /// the first 8 hex digits of its store's id (`nexus-3f2a9c1b`). Two deployments cannot share
     /// it by accident (each store draws its id when it is created); the default NATS stream name
@@ -596,7 +611,7 @@ impl Config {
                 store_retry_base_ms: parsed.limits.store_retry_base_ms.unwrap_or(100),
             },
             projection_batch_size: parsed.projection_batch_size.unwrap_or(1000),
-            projection_commit_interval_ms: parsed.projection_commit_interval_ms.unwrap_or(0),
+            projection_commit_interval_ms: parsed.projection_commit_interval_ms,
             aggregate_cache_capacity: parsed.aggregate_cache_capacity.unwrap_or(100_000),
             snapshots: Snapshots {
                 every_events: parsed.snapshots.every_events.unwrap_or(1000),
@@ -816,7 +831,7 @@ impl Config {
             ),
             (self.projection_batch_size >= 1, "projection-batch-size must be at least 1"),
             (
-                self.projection_commit_interval_ms <= 10_000,
+                self.projection_commit_interval_ms.is_none_or(|ms| ms <= 10_000),
                 "projection-commit-interval-ms must be from 0 to 10000",
             ),
             (self.aggregate_cache_capacity >= 1, "aggregate-cache-capacity must be at least 1"),

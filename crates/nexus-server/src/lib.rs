@@ -229,7 +229,7 @@ pub async fn run(
             notifier.clone(),
             config.projection_batch_size,
         )
-        .with_commit_interval(std::time::Duration::from_millis(config.projection_commit_interval_ms))
+        .with_commit_interval(config.projection_commit_interval())
         .with_snapshots(snapshots.clone(), config.snapshots.every_events)
         .with_dead_letters(queue.clone(), retry_base);
         projections.push((projection.name(), runner.status()));
