@@ -316,7 +316,7 @@ async fn measure(
             deadline,
         ))
     });
-    let bar = progress_bar(&args);
+    let bar = progress_bar(args);
     let progress = tokio::spawn(show_progress(bar.clone(), args.count, args.duration, done.clone(), started));
     let (stop_soak, stopped) = tokio::sync::oneshot::channel();
     let soak = args.sample_every.map(|every| {
