@@ -504,7 +504,7 @@ impl ProjectionRunner {
                     {
                         tokio::select! {
                             _ = tokio::time::sleep_until(started + self.commit_interval) => {}
-                            _ = shutdown.changed() => continue,
+                            _ = shutdown.changed() => {}
                         }
                     }
                     let started = tokio::time::Instant::now();
