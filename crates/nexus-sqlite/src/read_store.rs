@@ -271,8 +271,9 @@ pub struct SqliteReadStore {
     writer: Arc<Mutex<Connection>>,
     /// Run by whoever holds the writer, before its transaction.
     log: Arc<LogReset>,
-    /// Fields `index_fields` indexed: a filter on one reads its candidates from the index.
-    indexed_fields: RwLock<HashSet<String>>,
+    /// Fields `index_fields` indexed, per model: a filter on one reads its candidates from the
+    /// model's index.
+    indexed_fields: RwLock<HashMap<String, HashSet<String>>>,
     readers: Arc<ReaderPool>,
     /// What searches read of each match, in memory (see [`DocValues`]).
     doc_values: Arc<DocValues>,
@@ -300,6 +301,7 @@ impl SqliteReadStore {
         register_search_keys(&conn).map_err(unavailable)?;
         migrate(&mut conn, MIGRATIONS).map_err(unavailable)?;
         split_shared_index(&mut conn).map_err(unavailable)?;
+        drop_indexes_of_every_model(&conn).map_err(unavailable)?;
         let checkpointer = Checkpointer::start(&path, "read")?;
         let search_parts = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let log = Arc::new(LogReset::new(&conn, "read"));
@@ -443,6 +445,18 @@ fn write_rows(
                  words = ?8 WHERE resource = ?1 AND id = ?2 AND version <= ?3 RETURNING docid"
             }
         })?;
+        // The same update for a document whose status stays (most updates): with `status` out of
+        // the `SET`, SQLite leaves the index on it and the trigger on it alone.
+        let mut update_in_status = tx.prepare_cached(match guard {
+            Guard::Newer => {
+                "UPDATE documents SET version = ?3, doc = ?4, last_updated = ?5, tags = ?7, words = ?8 \
+                 WHERE resource = ?1 AND id = ?2 AND version < ?3 AND status = ?6 RETURNING docid"
+            }
+            Guard::SameOrNewer => {
+                "UPDATE documents SET version = ?3, doc = ?4, last_updated = ?5, tags = ?7, words = ?8 \
+                 WHERE resource = ?1 AND id = ?2 AND version <= ?3 AND status = ?6 RETURNING docid"
+            }
+        })?;
         // A docid above the highest before this commit is new (docids count up), so it has no
         // index entry to take out.
         let highest: i64 =
@@ -470,6 +484,8 @@ fn write_rows(
             let docid: i64 = if insert.execute(values)? == 1 {
                 *inserted.entry(row.status.as_str()).or_default() += 1;
                 tx.last_insert_rowid()
+            } else if let Some(docid) = update_in_status.query_row(values, |r| r.get(0)).optional()? {
+                docid
             } else {
                 match update.query_row(values, |r| r.get(0)).optional()? {
                     Some(docid) => docid,
@@ -535,13 +551,53 @@ fn field_expression(field: &str) -> Result<String, StoreError> {
     Ok(format!("json_extract(doc, '{}')", json_path(field)?))
 }
 
+/// The documents of model `resource` wherever they are stored: under its own name (from before
+/// generations), `{resource}#{n}`, or a rebuild's `{resource}~rebuild#{n}`. The `WHERE` of the
+/// indexes [`ReadStore::index_fields`] makes for the model, and a term of each of its lists: the
+/// planner reads a partial index only for a query whose `WHERE` holds the index's own term.
+/// Model names are letters, digits, `_` and `-`, so the text needs no escaping.
+fn model_term(resource: &str) -> Result<String, StoreError> {
+    let valid =
+        !resource.is_empty() && resource.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid {
+        return Err(StoreError::InvalidRequest(format!(
+            "'{resource}' cannot have declared fields: a model's name is letters, digits, '_' and '-'"
+        )));
+    }
+    Ok(format!("(resource = '{resource}' OR resource GLOB '{resource}[#~]*')"))
+}
+
+/// Drops the indexes on declared fields that covered every model's documents (before each model
+/// got its own, see [`ReadStore::index_fields`]); the server makes the new ones as it starts.
+fn drop_indexes_of_every_model(conn: &Connection) -> rusqlite::Result<()> {
+    let old: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'documents' \
+             AND name GLOB 'documents_by_*' AND name <> 'documents_by_status' AND instr(name, '/') = 0",
+        )?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for name in old {
+        conn.execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))?;
+    }
+    Ok(())
+}
+
 /// `WHERE` clause and parameters for a list query (parameter 1 is the resource). A filter on
 /// `status` reads the column (and its index): it holds the document's `status`, always a string,
 /// so the two agree on every value.
-fn where_clause(resource: &str, filters: &[Filter]) -> Result<(String, Vec<SqlValue>), StoreError> {
+fn where_clause(
+    resource: &str,
+    model: Option<&str>,
+    filters: &[Filter],
+) -> Result<(String, Vec<SqlValue>), StoreError> {
     let mut values = vec![SqlValue::Text(resource.to_owned())];
     let (status, others): (Vec<&Filter>, Vec<&Filter>) = filters.iter().partition(|f| f.field == "status");
     let mut sql = "resource = ?1".to_owned();
+    if let Some(model) = model {
+        sql.push_str(" AND ");
+        sql.push_str(model);
+    }
     for filter in status {
         values.push(SqlValue::Text(filter.value.clone()));
         sql.push_str(&format!(" AND status = ?{}", values.len()));
@@ -598,6 +654,67 @@ fn filter_predicates(filters: &[Filter], values: &mut Vec<SqlValue>) -> Result<S
         values.push(filter.value.parse::<f64>().map_or(SqlValue::Null, SqlValue::Real));
     }
     Ok(sql)
+}
+
+/// The statements of a list: its total, its page, and their parameters (the first is the
+/// resource, which the caller replaces with where the resource is stored).
+struct ListStatements {
+    count: String,
+    page: String,
+    values: Vec<SqlValue>,
+}
+
+/// [`ListStatements`] of `query` over `resource`, whose declared fields are `indexed`.
+fn list_statements(
+    resource: &str,
+    indexed: Option<&HashSet<String>>,
+    query: &ListQuery,
+) -> Result<ListStatements, StoreError> {
+    // The model's term only where it has indexes to read: it costs a check per row.
+    let model = indexed.map(|_| model_term(resource)).transpose()?;
+    let (clause, mut values) = where_clause(resource, model.as_deref(), &query.filters)?;
+    // A filter on an indexed field: the matches are read from the index, place by place.
+    let lookup = indexed
+        .and_then(|indexed| query.filters.iter().find(|f| f.field != "status" && indexed.contains(&f.field)));
+    let branches: Vec<String> = match lookup {
+        Some(filter) => {
+            indexed_places(filter, &mut values)?.iter().map(|place| format!("{clause} AND {place}")).collect()
+        }
+        None => vec![clause],
+    };
+    // The path inline, not bound: the index on a declared field (`index_fields`) is on this
+    // very expression, so the page is read from it in order.
+    let (key, order) = match &query.sort {
+        Some((field, order)) => {
+            let direction = if *order == SortOrder::Asc { "ASC" } else { "DESC" };
+            (field_expression(field)?, format!("sort_key {direction}, id {direction}"))
+        }
+        None => ("NULL".to_owned(), "id ASC".to_owned()),
+    };
+    // The total of a list with no filter, or by status alone, is kept; others are counted.
+    let count = match query.filters.as_slice() {
+        [] => "SELECT COALESCE(SUM(documents), 0) FROM list_counts WHERE resource = ?1".to_owned(),
+        [Filter { field, .. }] if field == "status" => {
+            "SELECT COALESCE(SUM(documents), 0) FROM list_counts WHERE resource = ?1 AND status = ?2"
+                .to_owned()
+        }
+        _ => {
+            let counts: Vec<String> =
+                branches.iter().map(|b| format!("(SELECT COUNT(*) FROM documents WHERE {b})")).collect();
+            format!("SELECT {}", counts.join(" + "))
+        }
+    };
+    let selects: Vec<String> = branches
+        .iter()
+        .map(|b| format!("SELECT doc, id, {key} AS sort_key FROM documents WHERE {b}"))
+        .collect();
+    let page = format!(
+        "{} ORDER BY {order} LIMIT {} OFFSET {}",
+        selects.join(" UNION ALL "),
+        query.limit as i64,
+        query.offset as i64
+    );
+    Ok(ListStatements { count, page, values })
 }
 
 /// How a search finds its documents: an FTS5 query over words and keys, the filters the keys
@@ -1391,51 +1508,10 @@ impl ReadStore for SqliteReadStore {
     }
 
     async fn list(&self, resource: &str, query: &ListQuery) -> Result<Page, StoreError> {
-        let (clause, mut values) = where_clause(resource, &query.filters)?;
-        // A filter on an indexed field: the matches are read from the index, place by place.
-        let lookup = {
+        let ListStatements { count, page, mut values } = {
             let indexed = self.indexed_fields.read().expect("indexed fields poisoned");
-            query.filters.iter().find(|f| f.field != "status" && indexed.contains(&f.field))
+            list_statements(resource, indexed.get(resource), query)?
         };
-        let branches: Vec<String> = match lookup {
-            Some(filter) => indexed_places(filter, &mut values)?
-                .iter()
-                .map(|place| format!("{clause} AND {place}"))
-                .collect(),
-            None => vec![clause],
-        };
-        // The path inline, not bound: the index on a declared field (`index_fields`) is on this
-        // very expression, so the page is read from it in order.
-        let (key, order) = match &query.sort {
-            Some((field, order)) => {
-                let direction = if *order == SortOrder::Asc { "ASC" } else { "DESC" };
-                (field_expression(field)?, format!("sort_key {direction}, id {direction}"))
-            }
-            None => ("NULL".to_owned(), "id ASC".to_owned()),
-        };
-        // The total of a list with no filter, or by status alone, is kept; others are counted.
-        let count = match query.filters.as_slice() {
-            [] => "SELECT COALESCE(SUM(documents), 0) FROM list_counts WHERE resource = ?1".to_owned(),
-            [Filter { field, .. }] if field == "status" => {
-                "SELECT COALESCE(SUM(documents), 0) FROM list_counts WHERE resource = ?1 AND status = ?2"
-                    .to_owned()
-            }
-            _ => {
-                let counts: Vec<String> =
-                    branches.iter().map(|b| format!("(SELECT COUNT(*) FROM documents WHERE {b})")).collect();
-                format!("SELECT {}", counts.join(" + "))
-            }
-        };
-        let selects: Vec<String> = branches
-            .iter()
-            .map(|b| format!("SELECT doc, id, {key} AS sort_key FROM documents WHERE {b}"))
-            .collect();
-        let page = format!(
-            "{} ORDER BY {order} LIMIT {} OFFSET {}",
-            selects.join(" UNION ALL "),
-            query.limit as i64,
-            query.offset as i64
-        );
         let resource = resource.to_owned();
         self.readers
             .run(move |conn| {
@@ -1461,18 +1537,23 @@ impl ReadStore for SqliteReadStore {
             .await
     }
 
-    async fn index_fields(&self, _resource: &str, fields: &[&str]) -> Result<(), StoreError> {
-        // One index per field over every model's documents (storage first), so a rebuild's new
-        // generation is covered from its first document. Read forward or backward, it gives a
-        // sorted list's page in order (ties by id, reversed in a descending list), and it finds
-        // the candidates of a filter on the field (see `indexed_places`).
+    async fn index_fields(&self, resource: &str, fields: &[&str]) -> Result<(), StoreError> {
+        // One partial index per field over the model's documents in every storage it may have
+        // (see `model_term`), so a rebuild's new generation is covered from its first document,
+        // and the documents of other models are not in it: an index over every document cost
+        // each commit of every model a B-tree write per declared field, of all models. Read
+        // forward or backward, it gives a sorted list's page in order (ties by id, reversed in a
+        // descending list), and it finds the candidates of a filter on the field (see
+        // `indexed_places`).
+        let model = model_term(resource)?;
         let fields: Vec<String> =
             fields.iter().filter(|field| **field != "status").map(|field| (*field).to_owned()).collect();
         let statements = fields
             .iter()
             .map(|field| {
                 Ok(format!(
-                    "CREATE INDEX IF NOT EXISTS \"documents_by_{field}\" ON documents (resource, {}, id)",
+                    "CREATE INDEX IF NOT EXISTS \"documents_by_{resource}/{field}\" ON documents (resource, {}, id) \
+                     WHERE {model}",
                     field_expression(field)?
                 ))
             })
@@ -1484,7 +1565,12 @@ impl ReadStore for SqliteReadStore {
             Ok(())
         })
         .await?;
-        self.indexed_fields.write().expect("indexed fields poisoned").extend(fields);
+        self.indexed_fields
+            .write()
+            .expect("indexed fields poisoned")
+            .entry(resource.to_owned())
+            .or_default()
+            .extend(fields);
         Ok(())
     }
 
@@ -1651,6 +1737,112 @@ mod tests {
     /// The ids found, best first.
     fn ids(found: &SearchResults) -> Vec<&str> {
         found.items.iter().map(|d| d.id.as_str()).collect()
+    }
+
+    /// The plan SQLite makes for `sql` (bound to `values`), one line per step.
+    fn plan(conn: &Connection, sql: &str, values: &[SqlValue]) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt.query_map(params_from_iter(values), |row| row.get::<_, String>(3)).unwrap();
+        rows.collect::<Result<Vec<_>, _>>().unwrap().join("\n")
+    }
+
+    /// A declared field's index holds its model's documents alone, in every storage the model
+    /// gets (a rebuild's too), and the model's lists, sorted or filtered on the field, read it.
+    #[tokio::test]
+    async fn a_declared_field_is_indexed_for_its_model_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteReadStore::open(dir.path()).unwrap();
+        store.index_fields("orders", &["total"]).await.unwrap();
+        let with_total = |id: &str, total: i64| {
+            let mut doc = document(id, 1, "PLACED", "");
+            doc.set("total", total);
+            doc
+        };
+        store.commit("orders", "orders", vec![with_total("o-1", 20), with_total("o-2", 5)], 2).await.unwrap();
+        store.commit("customers", "customers", vec![with_total("c-1", 7)], 2).await.unwrap();
+        store.commit("orders~rebuild", "orders~rebuild", vec![with_total("o-3", 9)], 3).await.unwrap();
+        let conn = Connection::open(dir.path().join("read.db")).unwrap();
+        // Partial: its `WHERE` is the model's term, which the orders of both storages meet.
+        let sql: String = conn
+            .query_row("SELECT sql FROM sqlite_schema WHERE name = 'documents_by_orders/total'", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        let term = model_term("orders").unwrap();
+        assert!(sql.ends_with(&format!("WHERE {term}")), "{sql}");
+        let in_index: Vec<String> = conn
+            .prepare(&format!(
+                "SELECT id FROM documents INDEXED BY \"documents_by_orders/total\" WHERE {term} ORDER BY id"
+            ))
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(in_index, ["o-1", "o-2", "o-3"]);
+
+        let indexed: HashSet<String> = ["total".to_owned()].into();
+        let sorted = ListQuery {
+            filters: vec![],
+            sort: Some(("total".into(), SortOrder::Desc)),
+            limit: 10,
+            offset: 0,
+        };
+        let filtered = ListQuery {
+            filters: vec![Filter { field: "total".into(), value: "20".into() }],
+            sort: None,
+            limit: 10,
+            offset: 0,
+        };
+        for query in [sorted, filtered] {
+            let ListStatements { page, mut values, .. } =
+                list_statements("orders", Some(&indexed), &query).unwrap();
+            values[0] = SqlValue::Text(storage(&conn, "orders").unwrap().name);
+            let plan = plan(&conn, &page, &values);
+            assert!(plan.contains("documents_by_orders/total"), "{query:?}: {plan}");
+        }
+        let found = store
+            .list(
+                "orders",
+                &ListQuery {
+                    filters: vec![],
+                    sort: Some(("total".into(), SortOrder::Asc)),
+                    limit: 10,
+                    offset: 0,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(found.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["o-2", "o-1"]);
+        assert!(matches!(
+            store.index_fields("bad name", &["total"]).await,
+            Err(StoreError::InvalidRequest(_))
+        ));
+    }
+
+    /// An index on a declared field over every model's documents, which a store made before
+    /// each model had its own, is dropped when the store opens.
+    #[tokio::test]
+    async fn an_index_over_every_model_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteReadStore::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join("read.db")).unwrap();
+        conn.execute_batch(
+            "CREATE INDEX \"documents_by_total\" ON documents (resource, json_extract(doc, '$.total'), id)",
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteReadStore::open(dir.path()).unwrap();
+        store.index_fields("orders", &["total"]).await.unwrap();
+        let conn = Connection::open(dir.path().join("read.db")).unwrap();
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND name GLOB 'documents_by_*' ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, ["documents_by_orders/total", "documents_by_status"]);
     }
 
     /// A `read.db` written before the search keys existed still answers searches, filters and
