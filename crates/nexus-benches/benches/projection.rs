@@ -16,7 +16,7 @@ fn projection(c: &mut Criterion) {
         aggregate_version: 1,
         position: 1,
         timestamp: "2026-01-01T00:00:00.000Z".into(),
-        payload: nexus_benches::order_placed_payload(1),
+        payload: nexus_benches::order_placed_payload(1).into(),
         metadata: EventMetadata {
             correlation_id: "c".into(),
             causation_id: "c".into(),

@@ -35,7 +35,7 @@ fn placed(position: u64, seed: &mut u64) -> DomainEvent {
         aggregate_version: 1,
         position,
         timestamp: "2026-01-01T00:00:00.000Z".into(),
-        payload,
+        payload: payload.into(),
         metadata: EventMetadata {
             correlation_id: "c".into(),
             causation_id: "c".into(),

@@ -18,7 +18,7 @@ fn stored(event_type: &str, schema_version: &str, payload: serde_json::Value) ->
         aggregate_version: 1,
         position: 1,
         timestamp: "2026-01-01T00:00:00.000Z".into(),
-        payload,
+        payload: payload.into(),
         metadata: EventMetadata {
             correlation_id: "c".into(),
             causation_id: "c".into(),

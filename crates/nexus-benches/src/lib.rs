@@ -50,7 +50,7 @@ pub fn new_events(aggregate_id: &str, count: usize) -> Vec<NewEvent> {
             event_id: format!("{aggregate_id}-{i}"),
             event_type: "OrderPlaced".into(),
             timestamp: "2026-01-01T00:00:00.000Z".into(),
-            payload: order_placed_payload(i as u64),
+            payload: order_placed_payload(i as u64).into(),
             metadata: EventMetadata {
                 correlation_id: "bench".into(),
                 causation_id: "bench".into(),

@@ -22,7 +22,7 @@ pub fn event(n: u64) -> DomainEvent {
         aggregate_version: 1,
         position: n,
         timestamp: "2026-01-01T00:00:00.000Z".into(),
-        payload: json!({"n": n}),
+        payload: json!({"n": n}).into(),
         metadata: EventMetadata { schema_version: "2".into(), ..EventMetadata::default() },
     }
 }

@@ -18,7 +18,7 @@ fn event(n: u64, event_type: &str, timestamp: &str) -> NewEvent {
         event_id: format!("evt-{event_type}-{n}-{unique}"),
         event_type: event_type.to_owned(),
         timestamp: timestamp.to_owned(),
-        payload: json!({"n": n}),
+        payload: json!({"n": n}).into(),
         metadata: EventMetadata {
             correlation_id: "corr".into(),
             causation_id: "cause".into(),

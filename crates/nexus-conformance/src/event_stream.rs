@@ -21,7 +21,7 @@ fn event(aggregate: &str, version: u64) -> DomainEvent {
         aggregate_version: version,
         position: 0,
         timestamp: "2026-01-01T00:00:00.000Z".into(),
-        payload: json!({"v": version}),
+        payload: json!({"v": version}).into(),
         metadata: EventMetadata::default(),
     }
 }

@@ -23,7 +23,7 @@ async fn append(events: &Arc<dyn EventStore>, id: &str, from: u64, count: u64, a
             event_id: format!("{id}-{}", from + n + 1),
             event_type: "Happened".into(),
             timestamp: at.to_owned(),
-            payload: json!({}),
+            payload: json!({}).into(),
             metadata: EventMetadata::default(),
         })
         .collect();

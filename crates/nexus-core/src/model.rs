@@ -1,5 +1,7 @@
 //! The wire-level records: commands in, events stored, results out.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -36,7 +38,9 @@ pub struct DomainEvent {
     /// Global, gap-free, commit-ordered position in the store's change feed (starts at 1).
     pub position: u64,
     pub timestamp: String,
-    pub payload: Value,
+    /// Shared, not copied: an event goes to every consumer of the feed (each projection, the
+    /// router, the sagas) and is never changed, so a copy of it shares its payload.
+    pub payload: Arc<Value>,
     pub metadata: EventMetadata,
 }
 

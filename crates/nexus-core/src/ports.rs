@@ -38,7 +38,8 @@ pub struct NewEvent {
     pub event_id: String,
     pub event_type: String,
     pub timestamp: String,
-    pub payload: Value,
+    /// Shared with the [`DomainEvent`] the store answers once it is committed.
+    pub payload: std::sync::Arc<Value>,
     pub metadata: EventMetadata,
 }
 

@@ -77,7 +77,7 @@ mod tests {
             aggregate_version: position,
             position,
             timestamp: "2026-01-01T00:00:00.000Z".into(),
-            payload: serde_json::json!({"n": position}),
+            payload: serde_json::json!({"n": position}).into(),
             metadata: Default::default(),
         }
     }

@@ -151,7 +151,7 @@ impl EventLog {
             aggregate_version: *version,
             position,
             timestamp: crate::model::format_timestamp(at),
-            payload,
+            payload: payload.into(),
             metadata: EventMetadata {
                 correlation_id: format!("corr-{position}"),
                 causation_id: format!("cmd-{position}"),

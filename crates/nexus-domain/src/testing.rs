@@ -47,7 +47,7 @@ pub(crate) fn stored(aggregate_id: &str, version: u64, event_type: &str, payload
         aggregate_version: version,
         position: version,
         timestamp: "2026-01-01T00:00:00.000Z".to_owned(),
-        payload,
+        payload: payload.into(),
         metadata: EventMetadata { schema_version: "1".to_owned(), ..EventMetadata::default() },
     }
 }

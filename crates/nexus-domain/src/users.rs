@@ -181,7 +181,7 @@ mod tests {
         let v1 = stored("u-1", 1, "UserRegistered", json!({"fullName": "Ada Lovelace", "email": "a@b"}));
         let mut doc = ReadDocument::empty("u-1", "u-1");
         assert!(UsersProjection.apply(&mut doc, &v1).is_err());
-        assert!(serde_json::from_value::<UserEvent>(event("UserRegistered", v1.payload)).is_err());
+        assert!(serde_json::from_value::<UserEvent>(event("UserRegistered", (*v1.payload).clone())).is_err());
     }
 }
 

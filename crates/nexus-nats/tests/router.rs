@@ -50,7 +50,7 @@ async fn a_replaying_router_duplicates_nothing_on_jetstream() {
                 event_id: format!("{aggregate}-{version}-{}", uuid::Uuid::new_v4().simple()),
                 event_type: "OrderPlaced".into(),
                 timestamp: "2026-01-01T00:00:00.000Z".into(),
-                payload: serde_json::json!({"v": version}),
+                payload: serde_json::json!({"v": version}).into(),
                 metadata: EventMetadata::default(),
             };
             let request = AppendRequest {

@@ -48,7 +48,7 @@ async fn events_per_second_through_nats_to_a_projection() {
                 event_id: format!("t{a}-{v}-{}", uuid::Uuid::new_v4().simple()),
                 event_type: "Tick".into(),
                 timestamp: "2026-01-01T00:00:00.000Z".into(),
-                payload: serde_json::json!({}),
+                payload: serde_json::json!({}).into(),
                 metadata: EventMetadata::default(),
             })
             .collect();

@@ -117,7 +117,7 @@ fn event() -> DomainEvent {
         aggregate_version: 1,
         position: 1,
         timestamp: "2026-01-01T00:00:00.000Z".into(),
-        payload: json!({"over": "tls"}),
+        payload: json!({"over": "tls"}).into(),
         metadata: Default::default(),
     }
 }
@@ -146,7 +146,7 @@ async fn an_event_goes_through_a_server_that_requires_tls() {
         stream.publish(&[event()]).await.unwrap();
         let fetched = stream.fetch("reader", 0, 10, Duration::from_secs(5)).await.unwrap();
         assert_eq!(fetched.len(), 1, "{url}: the one event");
-        assert_eq!(fetched[0].event.payload, json!({"over": "tls"}));
+        assert_eq!(fetched[0].event.payload, json!({"over": "tls"}).into());
         assert_eq!(fetched[0].event.event_id, "e-tls-1");
         stream.ack("reader", 0, fetched[0].sequence).await.unwrap();
         stream.ping().await.unwrap();

@@ -84,7 +84,7 @@ async fn main() {
                             event_id: format!("{aggregate_id}-{}", version + i as u64 + 1),
                             event_type: "BenchmarkEvent".into(),
                             timestamp: "2026-01-01T00:00:00.000Z".into(),
-                            payload: json!({"writer": writer, "n": version + i as u64 + 1, "note": "a small event"}),
+                            payload: json!({"writer": writer, "n": version + i as u64 + 1, "note": "a small event"}).into(),
                             metadata: EventMetadata {
                                 correlation_id: "bench".into(),
                                 causation_id: "bench".into(),

@@ -146,7 +146,7 @@ fn decode_event(row: &Row) -> Result<DomainEvent, StoreError> {
         timestamp: row.try_get(5).map_err(field)?,
         aggregate_version: unsigned(version, &event_id)?,
         position: unsigned(position, &event_id)?,
-        payload,
+        payload: payload.into(),
         metadata,
         event_id,
     })

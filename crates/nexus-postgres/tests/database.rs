@@ -21,7 +21,7 @@ fn request(aggregate_id: &str, expected: u64, ids: &[&str]) -> AppendRequest {
                 event_id: (*id).into(),
                 event_type: "Happened".into(),
                 timestamp: "2026-01-01T00:00:00.000Z".into(),
-                payload: json!({"id": id}),
+                payload: json!({"id": id}).into(),
                 metadata: Default::default(),
             })
             .collect(),
@@ -132,7 +132,7 @@ async fn a_bad_append_in_a_batch_is_refused_alone() {
     // JSONB refuses a NUL character: an error raised inside the batch, not a refusal the append
     // function answers. Its batch-mates must still commit.
     let mut bad = request("bad", 0, &["nul"]);
-    bad.events[0].payload = json!({"text": "nul \u{0000} here"});
+    bad.events[0].payload = json!({"text": "nul \u{0000} here"}).into();
     let mut tasks = Vec::new();
     for n in 0..20 {
         let store = store.clone();

@@ -149,7 +149,7 @@ fn request(aggregate_id: &str) -> AppendRequest {
             event_id: format!("{aggregate_id}-1"),
             event_type: "Happened".into(),
             timestamp: "2026-01-01T00:00:00.000Z".into(),
-            payload: json!({"over": "tls"}),
+            payload: json!({"over": "tls"}).into(),
             metadata: Default::default(),
         }],
         command: None,
@@ -167,7 +167,7 @@ async fn round_trip(url: &str, roots: &[CertificateDer<'static>], aggregate_id: 
     assert!(matches!(outcome, AppendOutcome::Committed(_)), "{outcome:?}");
     let events = store.read_stream(aggregate_id, 1, None).await.unwrap();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].payload, json!({"over": "tls"}));
+    assert_eq!(events[0].payload, json!({"over": "tls"}).into());
     // The leases have a connection of their own.
     let lease = backend.leases().try_lease(aggregate_id).await.unwrap();
     assert!(lease.is_some(), "{url}: the lease is free");

@@ -24,7 +24,7 @@ fn events(process: usize, task: usize, n: usize) -> Vec<NewEvent> {
             event_id: format!("p{process}-t{task}-n{n}-{i}"),
             event_type: "Counted".into(),
             timestamp: "2026-01-01T00:00:00.000Z".into(),
-            payload: json!({"process": process, "task": task, "n": n}),
+            payload: json!({"process": process, "task": task, "n": n}).into(),
             metadata: Default::default(),
         })
         .collect()

@@ -57,7 +57,7 @@ async fn main() {
         aggregate_version: 1,
         position: 1,
         timestamp: "2026-01-01T00:00:00.000Z".into(),
-        payload: json!({"fullName": "Ada King Lovelace", "email": "ada@example.com"}),
+        payload: json!({"fullName": "Ada King Lovelace", "email": "ada@example.com"}).into(),
         metadata: EventMetadata { schema_version: "1".into(), ..EventMetadata::default() },
     };
     let started = Instant::now();

@@ -304,7 +304,7 @@ impl CommandBus {
                     event_id: uuid::Uuid::now_v7().to_string(),
                     event_type: draft.event_type,
                     timestamp: timestamp.clone(),
-                    payload: draft.payload,
+                    payload: draft.payload.into(),
                     metadata: EventMetadata {
                         correlation_id: request.correlation_id.clone().unwrap_or_else(|| command_id.clone()),
                         causation_id: request.causation_id.clone().unwrap_or_else(|| command_id.clone()),

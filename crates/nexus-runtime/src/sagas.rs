@@ -731,7 +731,7 @@ impl Shared {
             event_id: uuid::Uuid::now_v7().to_string(),
             event_type: event_type.clone(),
             timestamp: format_timestamp(Utc::now()),
-            payload: payload.clone(),
+            payload: Arc::new(payload.clone()),
             metadata: EventMetadata {
                 correlation_id: definition
                     .metadata

@@ -28,7 +28,8 @@ impl Upcasting {
         let Ok(mut version) = version.parse::<u32>() else { return event };
         let mut changed = false;
         while let Some(upcaster) = domain.upcaster_from(&event.event_type, version) {
-            event.payload = (upcaster.upcast)(std::mem::take(&mut event.payload));
+            event.payload =
+                Arc::new((upcaster.upcast)(Arc::unwrap_or_clone(std::mem::take(&mut event.payload))));
             version += 1;
             changed = true;
         }

@@ -46,7 +46,7 @@ async fn the_database_refuses_update_and_delete_of_events() {
         event_id: "e1".into(),
         event_type: "Happened".into(),
         timestamp: "2026-01-01T00:00:00.000Z".into(),
-        payload: serde_json::json!({}),
+        payload: serde_json::json!({}).into(),
         metadata: Default::default(),
     };
     let request = AppendRequest {

@@ -24,7 +24,7 @@ fn append(aggregate: &str, payload: serde_json::Value) -> AppendRequest {
         event_id: format!("{aggregate}-1"),
         event_type: "OrderPlaced".into(),
         timestamp: "2026-01-01T00:00:00.000Z".into(),
-        payload,
+        payload: payload.into(),
         metadata: Default::default(),
     };
     AppendRequest {

@@ -14,7 +14,7 @@ fn append(aggregate: &str, expected_version: u64, payloads: &[serde_json::Value]
             event_id: format!("{aggregate}-{}", expected_version + index as u64 + 1),
             event_type: "OrderPlaced".into(),
             timestamp: "2026-01-01T00:00:00.000Z".into(),
-            payload: payload.clone(),
+            payload: payload.clone().into(),
             metadata: EventMetadata {
                 correlation_id: "c-1".into(),
                 causation_id: "k-1".into(),

@@ -644,7 +644,7 @@ mod tests {
                 aggregate_version: i as u64 + 1,
                 position: i as u64 + 1,
                 timestamp: "2026-01-01T00:00:00.000Z".into(),
-                payload: stored.remove("payload").unwrap(),
+                payload: stored.remove("payload").unwrap().into(),
                 metadata: Default::default(),
             };
             assert!(SagasProjection.handles(&stored.event_type));

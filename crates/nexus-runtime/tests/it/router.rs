@@ -23,7 +23,7 @@ async fn append(store: &SqliteEventStore, aggregate: &str, event_type: &str, pay
         event_id: uuid::Uuid::now_v7().to_string(),
         event_type: event_type.into(),
         timestamp: "2026-01-01T00:00:00.000Z".into(),
-        payload,
+        payload: payload.into(),
         metadata: EventMetadata { schema_version: "1".into(), ..EventMetadata::default() },
     };
     let request = AppendRequest {

@@ -325,7 +325,7 @@ pub(crate) async fn append(
             event_id: raw.event_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
             event_type: raw.event_type,
             timestamp,
-            payload: raw.payload,
+            payload: raw.payload.into(),
             metadata: EventMetadata {
                 correlation_id: raw.metadata.correlation_id.unwrap_or_else(|| "import".into()),
                 causation_id: raw.metadata.causation_id.unwrap_or_else(|| "import".into()),

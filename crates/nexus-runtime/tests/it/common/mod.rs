@@ -16,7 +16,7 @@ pub fn tick(aggregate: &str, version: u64) -> AppendRequest {
             event_id: format!("{aggregate}-{version}"),
             event_type: "Tick".into(),
             timestamp: "2026-01-01T00:00:00.000Z".into(),
-            payload: json!({}),
+            payload: json!({}).into(),
             metadata: EventMetadata::default(),
         }],
         command: None,
