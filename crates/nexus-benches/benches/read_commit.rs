@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use nexus_core::{DomainEvent, EventMetadata, Projection, ReadDocument, ReadStore};
+use nexus_core::{DomainEvent, Projection, ReadDocument, ReadStore};
 use nexus_domain::{CustomersProjection, OrdersProjection};
 use nexus_sqlite::SqliteReadStore;
 
@@ -28,21 +28,7 @@ fn placed(position: u64, seed: &mut u64) -> DomainEvent {
     *seed ^= *seed << 17;
     let mut payload = nexus_benches::order_placed_payload(position);
     payload["customerId"] = format!("customer-{}", *seed % CUSTOMERS).into();
-    DomainEvent {
-        event_id: format!("event-{position}"),
-        event_type: "OrderPlaced".into(),
-        aggregate_id: format!("order-{position:012}"),
-        aggregate_version: 1,
-        position,
-        timestamp: "2026-01-01T00:00:00.000Z".into(),
-        payload: payload.into(),
-        metadata: EventMetadata {
-            correlation_id: "c".into(),
-            causation_id: "c".into(),
-            user_id: "u".into(),
-            schema_version: "1".into(),
-        },
-    }
+    nexus_benches::stored_event("OrderPlaced", &format!("order-{position:012}"), position, "1", payload)
 }
 
 /// The model state the bench keeps beside the store: the customers' documents, as a runner would

@@ -6,26 +6,12 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use nexus_core::{DomainEvent, EventMetadata};
+use nexus_core::DomainEvent;
 use nexus_runtime::Upcasting;
 use serde_json::json;
 
 fn stored(event_type: &str, schema_version: &str, payload: serde_json::Value) -> DomainEvent {
-    DomainEvent {
-        event_id: "0190a0c0-0000-7000-8000-000000000001".into(),
-        event_type: event_type.into(),
-        aggregate_id: "user-1".into(),
-        aggregate_version: 1,
-        position: 1,
-        timestamp: "2026-01-01T00:00:00.000Z".into(),
-        payload: payload.into(),
-        metadata: EventMetadata {
-            correlation_id: "c".into(),
-            causation_id: "c".into(),
-            user_id: "u".into(),
-            schema_version: schema_version.into(),
-        },
-    }
+    nexus_benches::stored_event(event_type, "user-1", 1, schema_version, payload)
 }
 
 fn upcasting(c: &mut Criterion) {

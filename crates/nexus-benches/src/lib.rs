@@ -9,12 +9,14 @@
 //! - `validation`: `PayloadValidator::check` of a valid and an invalid `PlaceOrder`.
 //! - `upcasting`: `Upcasting::upcast` of a `UserRegistered` v1 to v2, and of a current event.
 //! - `projection`: `OrdersProjection::apply` of an `OrderPlaced`.
+//! - `read_commit`: `SqliteReadStore` commits of 128 new `orders` documents and the `customers`
+//!   documents their orders change, as the projections make them under `nexus bench`.
 //!
 //! Architecture invariant: measurement only. Nothing here is used by another crate, and nothing
 //! here is built by `cargo test` (no test targets), so criterion stays out of CI builds.
 
-use nexus_core::EventMetadata;
 use nexus_core::ports::NewEvent;
+use nexus_core::{DomainEvent, EventMetadata};
 use serde_json::{Value, json};
 
 /// The PostgreSQL the benches use: `NEXUS_TEST_POSTGRES_URL`, as the tests do, or the local
@@ -59,4 +61,30 @@ pub fn new_events(aggregate_id: &str, count: usize) -> Vec<NewEvent> {
             },
         })
         .collect()
+}
+
+/// A stored event of `event_type` at version 1 of `aggregate_id`, at `position`, with `payload`
+/// written at `schema_version`.
+pub fn stored_event(
+    event_type: &str,
+    aggregate_id: &str,
+    position: u64,
+    schema_version: &str,
+    payload: Value,
+) -> DomainEvent {
+    DomainEvent {
+        event_id: format!("0190a0c0-0000-7000-8000-{position:012}"),
+        event_type: event_type.into(),
+        aggregate_id: aggregate_id.into(),
+        aggregate_version: 1,
+        position,
+        timestamp: "2026-01-01T00:00:00.000Z".into(),
+        payload: payload.into(),
+        metadata: EventMetadata {
+            correlation_id: "c".into(),
+            causation_id: "c".into(),
+            user_id: "u".into(),
+            schema_version: schema_version.into(),
+        },
+    }
 }
