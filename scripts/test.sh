@@ -34,4 +34,4 @@ echo "== API fuzzing: schemathesis against a real nexus serve (no 5xx, every err
 scripts/fuzz-api.sh
 
 echo "== nexus bench smoke run (completes and reports; no speed assertion)"
-cargo run --locked -q -p nexus -- bench --duration 3 --concurrency 8 --mix place=70,ship=10,get=15,list=5 --lag-samples 20
+cargo run --locked -q -p nexus -- bench --duration 3 --concurrency 8 --mix place=70,ship=10,get=15,list=5 --lag-samples 20 --compare-raw

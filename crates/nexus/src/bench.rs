@@ -82,6 +82,12 @@ pub struct BenchArgs {
     /// a ratio of that ceiling: two figures measured in one run, on the same cores.
     #[arg(long)]
     compare_live: bool,
+    /// Also measure this machine's durable-commit ceiling before the run: as many threads as
+    /// clients, as long, each committing one order-like row per transaction into a scratch SQLite
+    /// database with the event store's settings (WAL, `synchronous = FULL`; no group commit), in a
+    /// temporary directory. The run's commands a second are reported as a ratio of it.
+    #[arg(long)]
+    compare_raw: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -244,8 +250,21 @@ pub async fn run(
         }
         false => None,
     };
+    let raw = match args.compare_raw {
+        true => {
+            let (writers, duration) = (args.concurrency, Duration::from_secs(args.duration));
+            eprintln!("raw SQLite ceiling: {writers} writers, {} s", args.duration);
+            let measured = tokio::task::spawn_blocking(move || {
+                let dir = tempfile::tempdir().context("a temporary directory for the raw ceiling")?;
+                crate::raw_ceiling::measure(dir.path(), writers, duration)
+            })
+            .await??;
+            Some(measured)
+        }
+        false => None,
+    };
     let (mut stats, elapsed, samples) = measure(&args, &mix, &base, &client, credentials, watched).await?;
-    report(&args, &mut stats, elapsed, samples, ceiling);
+    report(&args, &mut stats, elapsed, samples, Ceilings { live: ceiling, raw });
     Ok(())
 }
 
@@ -822,7 +841,16 @@ fn summarize(latencies: &mut BTreeMap<Op, Vec<u32>>, seconds: f64) -> serde_json
     operations
 }
 
-fn report(args: &BenchArgs, stats: &mut Stats, elapsed: Duration, samples: Vec<Value>, ceiling: Option<f64>) {
+/// The ceilings measured in the same invocation, in operations (or commits) a second.
+struct Ceilings {
+    /// `--compare-live`: `GET /health/live`.
+    live: Option<f64>,
+    /// `--compare-raw`: one durable SQLite commit per row.
+    raw: Option<f64>,
+}
+
+fn report(args: &BenchArgs, stats: &mut Stats, elapsed: Duration, samples: Vec<Value>, ceilings: Ceilings) {
+    let Ceilings { live: ceiling, raw } = ceilings;
     let seconds = elapsed.as_secs_f64();
     let total_ok: usize = stats.latencies.values().map(Vec::len).sum();
     let operations = summarize(&mut stats.latencies, seconds);
@@ -847,6 +875,10 @@ fn report(args: &BenchArgs, stats: &mut Stats, elapsed: Duration, samples: Vec<V
         // With --compare-live: the HTTP ceiling measured just before, and this run's share of it.
         "liveOpsPerSecond": ceiling.map(f64::round),
         "ratioToLive": ceiling.map(|live| round2(total_ok as f64 / seconds / live)),
+        // With --compare-raw: durable single-row SQLite commits a second just before, and this
+        // run's commands a second as a share of it.
+        "rawCommitsPerSecond": raw.map(f64::round),
+        "ratioToRaw": raw.map(|raw| round2(commands as f64 / seconds / raw)),
         "samples": (!samples.is_empty()).then_some(&samples),
     });
     if args.json {
@@ -863,6 +895,14 @@ fn report(args: &BenchArgs, stats: &mut Stats, elapsed: Duration, samples: Vec<V
             "HTTP ceiling in the same run (GET /health/live, {} clients): {live:.0} ops/s; this run: {:.3} of it",
             args.concurrency,
             total_ok as f64 / seconds / live
+        );
+    }
+    if let Some(raw) = raw {
+        println!(
+            "raw SQLite ceiling in the same run ({} writers, one synced commit per row): {raw:.0} commits/s; \
+             this run's commands: {:.3} of it",
+            args.concurrency,
+            commands as f64 / seconds / raw
         );
     }
     if let Some(rate) = args.rate {

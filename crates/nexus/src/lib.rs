@@ -5,3 +5,4 @@
 
 mod bench;
 pub mod cli;
+mod raw_ceiling;
