@@ -583,9 +583,10 @@ fn drop_indexes_of_every_model(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// `WHERE` clause and parameters for a list query (parameter 1 is the resource). A filter on
-/// `status` reads the column (and its index): it holds the document's `status`, always a string,
-/// so the two agree on every value.
+/// `WHERE` clause and parameters for a list query (parameter 1 is the resource), with `model`'s
+/// term (see [`model_term`]) when the model has declared fields. A filter on `status` reads the
+/// column (and its index): it holds the document's `status`, always a string, so the two agree
+/// on every value.
 fn where_clause(
     resource: &str,
     model: Option<&str>,

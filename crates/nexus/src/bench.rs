@@ -234,7 +234,7 @@ pub async fn run(
         .and_then(|r| r.error_for_status())
         .with_context(|| format!("server at {base} is not ready"))?;
 
-    let ceiling = match args.compare_live {
+    let live = match args.compare_live {
         true => {
             let live = BenchArgs {
                 mix: "live=100".to_owned(),
@@ -264,7 +264,7 @@ pub async fn run(
         false => None,
     };
     let (mut stats, elapsed, samples) = measure(&args, &mix, &base, &client, credentials, watched).await?;
-    report(&args, &mut stats, elapsed, samples, Ceilings { live: ceiling, raw });
+    report(&args, &mut stats, elapsed, samples, Ceilings { live, raw });
     Ok(())
 }
 
@@ -850,7 +850,7 @@ struct Ceilings {
 }
 
 fn report(args: &BenchArgs, stats: &mut Stats, elapsed: Duration, samples: Vec<Value>, ceilings: Ceilings) {
-    let Ceilings { live: ceiling, raw } = ceilings;
+    let Ceilings { live, raw } = ceilings;
     let seconds = elapsed.as_secs_f64();
     let total_ok: usize = stats.latencies.values().map(Vec::len).sum();
     let operations = summarize(&mut stats.latencies, seconds);
@@ -873,8 +873,8 @@ fn report(args: &BenchArgs, stats: &mut Stats, elapsed: Duration, samples: Vec<V
         "errorsByCode": stats.errors,
         "lag": percentiles(&mut stats.lags),
         // With --compare-live: the HTTP ceiling measured just before, and this run's share of it.
-        "liveOpsPerSecond": ceiling.map(f64::round),
-        "ratioToLive": ceiling.map(|live| round2(total_ok as f64 / seconds / live)),
+        "liveOpsPerSecond": live.map(f64::round),
+        "ratioToLive": live.map(|live| round2(total_ok as f64 / seconds / live)),
         // With --compare-raw: durable single-row SQLite commits a second just before, and this
         // run's commands a second as a share of it.
         "rawCommitsPerSecond": raw.map(f64::round),
@@ -890,7 +890,7 @@ fn report(args: &BenchArgs, stats: &mut Stats, elapsed: Duration, samples: Vec<V
         total_ok as f64 / seconds,
         commands as f64 / seconds
     );
-    if let Some(live) = ceiling {
+    if let Some(live) = live {
         println!(
             "HTTP ceiling in the same run (GET /health/live, {} clients): {live:.0} ops/s; this run: {:.3} of it",
             args.concurrency,

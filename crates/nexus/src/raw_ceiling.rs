@@ -19,8 +19,7 @@ const PAYLOAD: &str = r#"{"customerId":"customer-4711","items":[{"productId":"pr
 /// `raw-ceiling.db` under `dir`.
 pub(crate) fn measure(dir: &Path, writers: usize, duration: Duration) -> anyhow::Result<f64> {
     let path = dir.join("raw-ceiling.db");
-    let setup = open(&path)?;
-    setup
+    open(&path)?
         .execute_batch(
             "CREATE TABLE IF NOT EXISTS rows (position INTEGER PRIMARY KEY, event_id TEXT NOT NULL, \
              aggregate_id TEXT NOT NULL, event_type TEXT NOT NULL, payload TEXT NOT NULL)",
