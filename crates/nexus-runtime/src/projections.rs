@@ -791,7 +791,9 @@ impl ProjectionRunner {
         if touched.is_empty() && !self.pacer.due(last_position) {
             return Ok(Some(last_position));
         }
+        let committing = std::time::Instant::now();
         self.read.commit(name, name, touched, last_position).await?;
+        record_commit(name, committing);
         self.pacer.committed();
 
         if let Ok(at) = DateTime::parse_from_rfc3339(&last.timestamp) {
@@ -807,6 +809,13 @@ impl ProjectionRunner {
         }
         Ok(Some(last_position))
     }
+}
+
+/// Records how long a projection's read-model commit took, its wait for the store's writer
+/// included: the part of the lag a projection does not control.
+pub(crate) fn record_commit(projection: &str, started: std::time::Instant) {
+    metrics::histogram!("nexus_projection_commit_seconds", "projection" => projection.to_owned())
+        .record(started.elapsed().as_secs_f64());
 }
 
 /// How long a loop waits before it tries a failed step again; `None` when it need not wait (the

@@ -312,7 +312,9 @@ impl StreamProjectionRunner {
             None => Vec::new(),
         };
         let position = last.max(checkpoint);
+        let committing = std::time::Instant::now();
         self.read.commit(checkpoint_name, name, touched, position).await?;
+        crate::projections::record_commit(name, committing);
         self.stream.ack(name, partition, last).await?;
         if let Some(applied) = batch.iter().map(|e| e.event.position).max() {
             self.status.applied_in_partition(partition, applied);
