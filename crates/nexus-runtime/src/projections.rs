@@ -793,7 +793,7 @@ impl ProjectionRunner {
         }
         let committing = std::time::Instant::now();
         self.read.commit(name, name, touched, last_position).await?;
-        record_commit(name, committing);
+        record_commit(self.projection.name(), committing);
         self.pacer.committed();
 
         if let Ok(at) = DateTime::parse_from_rfc3339(&last.timestamp) {
@@ -813,8 +813,8 @@ impl ProjectionRunner {
 
 /// Records how long a projection's read-model commit took, its wait for the store's writer
 /// included: the part of the lag a projection does not control.
-pub(crate) fn record_commit(projection: &str, started: std::time::Instant) {
-    metrics::histogram!("nexus_projection_commit_seconds", "projection" => projection.to_owned())
+pub(crate) fn record_commit(projection: &'static str, started: std::time::Instant) {
+    metrics::histogram!("nexus_projection_commit_seconds", "projection" => projection)
         .record(started.elapsed().as_secs_f64());
 }
 

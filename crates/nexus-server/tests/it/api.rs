@@ -594,10 +594,13 @@ async fn health_and_metrics_answer() {
     assert_eq!(server.get("/health/live").await.status, 200);
     assert_eq!(server.get("/health/ready").await.status, 200);
     server.accepted("PlaceOrder", place_body("o-metrics", "c-1", 1.0)).await;
+    // Once the order is in its read model, its projection has timed a commit.
+    assert_eq!(server.get("/api/queries/orders/o-metrics?minVersion=1").await.status, 200);
     let reply = server.get("/metrics").await;
     assert_eq!(reply.status, 200);
     let text = reply.body.as_str().expect("Prometheus text, not JSON");
     assert!(text.contains("nexus_command_duration_seconds"), "{text}");
+    assert!(text.contains("nexus_projection_commit_seconds_count{projection=\"orders\"}"), "{text}");
 }
 
 /// §1: a clean stop, then a restart on the same data directory that lost nothing.
